@@ -1,0 +1,182 @@
+//! The one error type of the program.
+//!
+//! Owns: `Error`, its context variants (which database, which batch, which variable) and the questions that
+//! decide what to do with an error: [`Error::is_transient`] (retry later) and [`Error::is_data_error`] (the
+//! remote rejected the *rows*, not the connection). Does not own: exit codes (main.rs maps errors to them)
+//! nor logging.
+
+use std::fmt;
+
+use crate::config::ConfigErrors;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which of the two databases an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The sync server on this box (`POSTGRES_SYNC_*`).
+    Local,
+    /// The central client server (`POSTGRES_CLIENT_*`).
+    Remote,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration is invalid: every problem, each naming its variable.
+    Config(ConfigErrors),
+    /// Bad command line.
+    Usage(String),
+    /// A PostgreSQL error on one database; `target` is `host:port/db`, `context` says what we were doing.
+    Db { side: Side, target: String, context: String, source: postgres::Error },
+    /// No connection could be had from a pool (the database is down, refuses, or hangs).
+    Connect { side: Side, target: String, source: r2d2::Error },
+    /// Files, sockets, child processes.
+    Io { context: String, source: std::io::Error },
+    /// TLS setup (bad CA file, ...).
+    Tls { side: Side, context: String, source: native_tls::Error },
+    /// A shutdown was requested while we were waiting to retry.
+    Shutdown,
+    /// Anything else, already worded for a person.
+    Other(String),
+}
+
+impl Error {
+    pub fn db(side: Side, target: &str, context: impl Into<String>, source: postgres::Error) -> Error {
+        Error::Db { side, target: target.to_string(), context: context.into(), source }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The SQLSTATE of a database error, if the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// A failure of the link or of the server's availability: worth retrying with backoff, never a reason to
+    /// give up on the rows themselves.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Io { .. } => true,
+            Error::Db { source, .. } => pg_error_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// The remote rejected the data itself (SQLSTATE class 22 data exception or 23 integrity constraint):
+    /// the same rows will be rejected again, so they must be isolated rather than retried. A connection,
+    /// timeout, shutdown or schema error is never a data error.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Db { source, .. } => pg_error_is_data_error(source),
+            _ => false,
+        }
+    }
+
+    /// Short name of the kind of error, for log lines and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Usage(_) => "usage",
+            Error::Db { .. } if self.is_data_error() => "data",
+            Error::Db { .. } if self.is_transient() => "connection",
+            Error::Db { .. } => "query",
+            Error::Connect { .. } => "connection",
+            Error::Io { .. } => "io",
+            Error::Tls { .. } => "tls",
+            Error::Shutdown => "shutdown",
+            Error::Other(_) => "other",
+        }
+    }
+}
+
+/// Classifies a `postgres::Error` as transient: closed connection, I/O, or a SQLSTATE of class 08
+/// (connection exception), 53 (insufficient resources), 57 (operator intervention: shutdown, statement
+/// timeout), 58 (system error), 40 (serialization failure, deadlock).
+pub fn pg_error_is_transient(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => matches!(&code.code()[..2], "08" | "53" | "57" | "58" | "40"),
+        // No SQLSTATE: the error came from the client side (I/O, protocol, timeout), not from the server.
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// Classifies a `postgres::Error` as a data error: SQLSTATE class 22 or 23.
+pub fn pg_error_is_data_error(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|code| matches!(&code.code()[..2], "22" | "23"))
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(errs) => write!(f, "{errs}"),
+            Error::Usage(msg) => f.write_str(msg),
+            Error::Db { side, target, context, source } => {
+                write!(f, "{side} database {target}: {context}: {}", describe_pg_error(source))
+            }
+            Error::Connect { side, target, source } => {
+                write!(f, "{side} database {target}: cannot connect: {source}")
+            }
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Tls { side, context, source } => write!(f, "{side} database TLS: {context}: {source}"),
+            Error::Shutdown => f.write_str("shutdown requested"),
+            Error::Other(msg) => f.write_str(msg),
+        }
+    }
+}
+
+/// The server's message with its SQLSTATE and detail, or the client-side error.
+pub fn describe_pg_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                // Details of constraint violations quote the offending values; keep them short.
+                let detail: String = detail.chars().take(200).collect();
+                s.push_str(&format!("; {detail}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            if let Some(src) = std::error::Error::source(e) {
+                s.push_str(&format!(": {src}"));
+            }
+            s
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Db { source, .. } => Some(source),
+            Error::Connect { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(source),
+            Error::Tls { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigErrors> for Error {
+    fn from(e: ConfigErrors) -> Error {
+        Error::Config(e)
+    }
+}

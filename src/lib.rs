@@ -1,0 +1,18 @@
+//! sync-process: keeps an edge PostgreSQL (the sync server) in step with a central one (the client server).
+//!
+//! Readings flow up, exactly once (upload.rs); meters and tenants flow down, mirrored (download.rs); the
+//! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod retry;
+pub mod shutdown;
+pub mod cli;
+pub mod download;
+pub mod upload;
+pub mod demo;
+pub mod logging;
+pub mod scheduler;
+pub mod status;
