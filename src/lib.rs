@@ -9,6 +9,7 @@ pub mod error;
 pub mod migrate;
 pub mod retry;
 pub mod shutdown;
+pub mod alerts;
 pub mod cli;
 pub mod download;
 pub mod upload;

@@ -1,0 +1,1 @@
+//! Alerts (skeleton: the service issue fills this in).
