@@ -761,6 +761,25 @@ mod tests {
     }
 
     #[test]
+    fn example_env_file_documents_every_variable_with_its_default() {
+        let text = include_str!("../sync-process.env");
+        let file = parse_env_file(text).expect("sync-process.env parses");
+        for (key, default, _) in VARIABLES {
+            let documented = file.contains_key(*key) || text.contains(&format!("#{key}="));
+            assert!(documented, "{key} is missing from sync-process.env");
+            if let (Some(d), Some(v)) = (default, file.get(*key)) {
+                assert_eq!(v, d, "{key}: sync-process.env and the code disagree on the default");
+            }
+        }
+        // As shipped, it is "not configured": exactly the required variables are reported.
+        let errs = Config::from_map(&file).expect_err("not configured");
+        assert!(errs.keys().iter().all(|k| k.starts_with("POSTGRES_")), "{errs}");
+        let mut with_creds = file.clone();
+        with_creds.extend(valid_map());
+        Config::from_map(&with_creds).expect("the example plus credentials is valid");
+    }
+
+    #[test]
     fn environment_wins_over_file() {
         let file = parse_env_file("BATCH_SIZE=10\nLOG_LEVEL=debug").expect("valid");
         let m = gather(file, vec![("BATCH_SIZE".to_string(), "20".to_string())]);

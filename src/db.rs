@@ -6,8 +6,17 @@
 //! Every session gets a connect timeout, TCP keepalives, a TCP user timeout and a server-side
 //! statement_timeout, so a remote that stops answering makes an operation fail instead of hanging the daemon.
 //! Sessions also pin `DateStyle=ISO, YMD` so that timestamps pass through as text verbatim.
+//!
+//! A server whose kernel accepts and acknowledges but whose PostgreSQL never answers (a hung process, a
+//! middlebox black hole) defeats all of those: the driver's connect timeout covers only the TCP connect and
+//! the blocked read never ends. So connection attempts run on a helper thread that the pool waits for at most
+//! DB_CONNECTION_TIMEOUT_MS ([`BoundedManager`]), and remote operations can run the same way with
+//! [`ConnectionManager::call_bounded`]: a stalled attempt is abandoned (its thread ends whenever the link
+//! does) and reported as a transient error, so the cycle fails within a bound and the next one starts fresh.
 //! Does not own: SQL (each component keeps its own), migrations (migrate.rs).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres_native_tls::MakeTlsConnector;
@@ -19,14 +28,88 @@ use crate::error::{Error, Result, Side};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 
-pub type PgManager = PostgresConnectionManager<MakeTlsConnector>;
-pub type Conn = PooledConnection<PgManager>;
+pub type Conn = PooledConnection<BoundedManager>;
+
+/// Connection attempts still hanging after their deadline, per database, beyond which new attempts are
+/// refused at once rather than piling up threads.
+const MAX_HUNG_CONNECTS: usize = 4;
+
+/// r2d2's manager for postgres, with every connection attempt bounded in time (see the module comment).
+pub struct BoundedManager {
+    inner: Arc<PostgresConnectionManager<MakeTlsConnector>>,
+    timeout: Duration,
+    hung: Arc<AtomicUsize>,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    Pg(postgres::Error),
+    /// The server accepted TCP but did not complete the startup within the timeout.
+    TimedOut(Duration),
+    /// Earlier attempts are still hanging; no new one was started.
+    TooManyHung(usize),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Pg(e) => write!(f, "{}", crate::error::describe_pg_error(e)),
+            ConnectFailure::TimedOut(d) => write!(f, "the server accepted the connection but did not answer within {d:?}"),
+            ConnectFailure::TooManyHung(n) => write!(f, "{n} earlier connection attempts still wait for the server's answer"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {}
+
+impl r2d2::ManageConnection for BoundedManager {
+    type Connection = postgres::Client;
+    type Error = ConnectFailure;
+
+    fn connect(&self) -> std::result::Result<postgres::Client, ConnectFailure> {
+        let hung = self.hung.load(Ordering::SeqCst);
+        if hung >= MAX_HUNG_CONNECTS {
+            return Err(ConnectFailure::TooManyHung(hung));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new().name("pg-connect".into()).spawn(move || {
+            // If the receiver gave up, the connection (if it ever comes) is simply dropped.
+            let _ = tx.send(inner.connect());
+        });
+        if spawned.is_err() {
+            return self.inner.connect().map_err(ConnectFailure::Pg);
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(result) => result.map_err(ConnectFailure::Pg),
+            Err(_) => {
+                // Count the abandoned attempt until its thread ends.
+                self.hung.fetch_add(1, Ordering::SeqCst);
+                let hung = Arc::clone(&self.hung);
+                let _ = std::thread::Builder::new().name("pg-connect-wait".into()).spawn(move || {
+                    let _ = rx.recv();
+                    hung.fetch_sub(1, Ordering::SeqCst);
+                });
+                Err(ConnectFailure::TimedOut(self.timeout))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut postgres::Client) -> std::result::Result<(), ConnectFailure> {
+        conn.simple_query("").map(|_| ()).map_err(ConnectFailure::Pg)
+    }
+
+    fn has_broken(&self, conn: &mut postgres::Client) -> bool {
+        conn.is_closed()
+    }
+}
 
 /// One database: its pool, its side and its name for messages (`host:port/db`, never the password).
 pub struct Database {
     side: Side,
     target: String,
-    pool: Pool<PgManager>,
+    pool: Pool<BoundedManager>,
 }
 
 impl Database {
@@ -34,7 +117,11 @@ impl Database {
     pub fn new(side: Side, db: &DbConfig, cfg: &Config) -> Result<Database> {
         let pg = pg_config(db, cfg);
         let tls = tls_connector(side, db)?;
-        let manager = PostgresConnectionManager::new(pg, tls);
+        let manager = BoundedManager {
+            inner: Arc::new(PostgresConnectionManager::new(pg, tls)),
+            timeout: cfg.connection_timeout,
+            hung: Arc::new(AtomicUsize::new(0)),
+        };
         let pool = Pool::builder()
             .max_size(cfg.pool_max)
             .min_idle(Some(0))
@@ -78,8 +165,8 @@ impl Database {
 #[derive(Debug)]
 struct QuietErrors;
 
-impl r2d2::HandleError<postgres::Error> for QuietErrors {
-    fn handle_error(&self, error: postgres::Error) {
+impl r2d2::HandleError<ConnectFailure> for QuietErrors {
+    fn handle_error(&self, error: ConnectFailure) {
         log::debug!("pool: connection attempt failed: {error}");
     }
 }
@@ -153,6 +240,9 @@ pub struct ConnectionManager {
     pub connection_retry: RetryPolicy,
     pub query_retry: RetryPolicy,
     pub shutdown: Shutdown,
+    /// How long [`ConnectionManager::call_bounded`] waits for an operation: the statement timeout plus the
+    /// connection timeout (a slow statement is the server's to cancel; only a silent server exceeds this).
+    pub call_deadline: Duration,
 }
 
 impl ConnectionManager {
@@ -164,6 +254,7 @@ impl ConnectionManager {
             connection_retry: RetryPolicy { base: cfg.retry_base_delay, max_retries: cfg.max_connection_retries },
             query_retry: RetryPolicy { base: cfg.retry_base_delay, max_retries: cfg.max_query_retries },
             shutdown,
+            call_deadline: cfg.statement_timeout + cfg.connection_timeout,
         })
     }
 
@@ -190,6 +281,35 @@ impl ConnectionManager {
             let mut conn = self.get(side)?;
             op(&mut conn)
         })
+    }
+
+    /// Runs `op` on a connection to `side` on a helper thread and waits at most `call_deadline` for it. A server
+    /// that stops answering mid-operation makes this return `Error::Stalled` (transient) instead of blocking
+    /// forever; the connection stays with the abandoned thread and is dropped when the link ends. The caller
+    /// must treat the outcome of a stalled write as unknown (the upload protocol does: the ledger decides).
+    /// One attempt: wrap it in [`retry`] for retries.
+    pub fn call_bounded<T, F>(&self, side: Side, what: &str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    {
+        let mut conn = self.get(side)?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("pg-call".into())
+            .spawn(move || {
+                let _ = tx.send(op(&mut conn));
+            })
+            .map_err(|e| Error::io(format!("starting a thread for {what}"), e))?;
+        match rx.recv_timeout(self.call_deadline) {
+            Ok(result) => result,
+            Err(_) => Err(Error::Stalled {
+                side,
+                target: self.db(side).target().to_string(),
+                what: what.to_string(),
+                after: self.call_deadline,
+            }),
+        }
     }
 
     /// Tests a database with `SELECT 1` (one attempt, no retries).

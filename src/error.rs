@@ -41,6 +41,8 @@ pub enum Error {
     Connect { side: Side, target: String, source: r2d2::Error },
     /// Files, sockets, child processes.
     Io { context: String, source: std::io::Error },
+    /// The server stopped answering in the middle of an operation; its outcome is unknown.
+    Stalled { side: Side, target: String, what: String, after: std::time::Duration },
     /// TLS setup (bad CA file, ...).
     Tls { side: Side, context: String, source: native_tls::Error },
     /// A shutdown was requested while we were waiting to retry.
@@ -70,7 +72,7 @@ impl Error {
     /// give up on the rows themselves.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Io { .. } => true,
+            Error::Connect { .. } | Error::Io { .. } | Error::Stalled { .. } => true,
             Error::Db { source, .. } => pg_error_is_transient(source),
             _ => false,
         }
@@ -94,7 +96,7 @@ impl Error {
             Error::Db { .. } if self.is_data_error() => "data",
             Error::Db { .. } if self.is_transient() => "connection",
             Error::Db { .. } => "query",
-            Error::Connect { .. } => "connection",
+            Error::Connect { .. } | Error::Stalled { .. } => "connection",
             Error::Io { .. } => "io",
             Error::Tls { .. } => "tls",
             Error::Shutdown => "shutdown",
@@ -134,6 +136,9 @@ impl fmt::Display for Error {
                 write!(f, "{side} database {target}: cannot connect: {source}")
             }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Stalled { side, target, what, after } => {
+                write!(f, "{side} database {target}: {what}: no answer within {after:?} (outcome unknown)")
+            }
             Error::Tls { side, context, source } => write!(f, "{side} database TLS: {context}: {source}"),
             Error::Shutdown => f.write_str("shutdown requested"),
             Error::Other(msg) => f.write_str(msg),

@@ -1,0 +1,13 @@
+//! The integration tests: one binary, one shared throwaway PostgreSQL server (support::pg), a fresh database
+//! pair per test. A module per area.
+
+mod support;
+
+mod cli;
+mod db;
+mod download;
+mod harness;
+mod migrate;
+mod security;
+mod service;
+mod upload;
