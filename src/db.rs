@@ -15,7 +15,7 @@
 //! does) and reported as a transient error, so the cycle fails within a bound and the next one starts fresh.
 //! Does not own: SQL (each component keeps its own), migrations (migrate.rs).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +110,12 @@ pub struct Database {
     side: Side,
     target: String,
     pool: Pool<BoundedManager>,
+    /// Where a refused TCP connect can be seen at once (None for Unix sockets).
+    probe: Option<(String, u16)>,
+    timeout: Duration,
+    /// Set when connection retries ran out; further uses in the same cycle try once instead of backing off
+    /// again (see [`ConnectionManager::begin_cycle`]).
+    unreachable: AtomicBool,
 }
 
 impl Database {
@@ -132,7 +138,9 @@ impl Database {
             .test_on_check_out(false)
             .error_handler(Box::new(QuietErrors))
             .build_unchecked(manager);
-        Ok(Database { side, target: db.target(), pool })
+        let probe = (!db.host.starts_with('/')).then(|| (db.host.clone(), db.port));
+        let timeout = cfg.connection_timeout;
+        Ok(Database { side, target: db.target(), pool, probe, timeout, unreachable: AtomicBool::new(false) })
     }
 
     pub fn side(&self) -> Side {
@@ -146,7 +154,19 @@ impl Database {
 
     /// One attempt at a connection from the pool (waits at most DB_CONNECTION_TIMEOUT_MS).
     pub fn try_get(&self) -> Result<Conn> {
-        self.pool.get().map_err(|source| Error::Connect { side: self.side, target: self.target.clone(), source })
+        let connect_error = |cause: String| Error::Connect { side: self.side, target: self.target.clone(), cause };
+        // r2d2 keeps retrying inside `get` until its timeout even when the server refuses at once; a quick TCP
+        // probe when no idle connection exists reports "connection refused" without that wait.
+        if let (Some((host, port)), 0) = (&self.probe, self.pool.state().idle_connections) {
+            if let Err(e) = tcp_probe(host, *port, self.timeout) {
+                return Err(connect_error(e));
+            }
+        }
+        self.pool.get().map_err(|e| {
+            let msg = e.to_string();
+            let cause = msg.strip_prefix("timed out waiting for connection: ").unwrap_or(&msg);
+            connect_error(format!("no connection within {:?}: {cause}", self.timeout))
+        })
     }
 
     /// Wraps a `postgres::Error` of this database with what we were doing.
@@ -158,6 +178,22 @@ impl Database {
     pub fn open_connections(&self) -> u32 {
         self.pool.state().connections
     }
+}
+
+/// Fails at once when the server's port refuses (or the name does not resolve); anything slower is left to
+/// the real connection attempt.
+fn tcp_probe(host: &str, port: u16, timeout: Duration) -> std::result::Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs: Vec<_> = (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(()),
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| format!("{host} resolves to no address")))
 }
 
 /// r2d2 logs every failed connection attempt at error level by default; we log failures ourselves, with
@@ -208,10 +244,16 @@ pub fn session_options(statement_timeout: Duration) -> String {
 
 /// A TLS connector that checks what the sslmode asks for, as libpq does: prefer and require encrypt
 /// without checking the certificate; verify-ca checks the chain against the CA; verify-full also the host
-/// name. With a CA file, only that CA is trusted; without one, the system's roots.
+/// name; require with a CA file is verify-ca. With a CA file, only that CA is trusted; without one, the
+/// system's roots.
 fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
     let mut b = native_tls::TlsConnector::builder();
-    match db.sslmode {
+    // As libpq: `require` with a CA file behaves as `verify-ca`.
+    let mode = match (db.sslmode, &db.sslrootcert) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        (mode, _) => mode,
+    };
+    match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
             b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
         }
@@ -220,7 +262,7 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
         }
         SslMode::VerifyFull => {}
     }
-    if let (Some(path), SslMode::VerifyCa | SslMode::VerifyFull) = (&db.sslrootcert, db.sslmode) {
+    if let (Some(path), SslMode::VerifyCa | SslMode::VerifyFull) = (&db.sslrootcert, mode) {
         let pem = std::fs::read(path).map_err(|e| Error::io(format!("reading CA file {}", path.display()), e))?;
         let cert = native_tls::Certificate::from_pem(&pem).map_err(|source| Error::Tls {
             side,
@@ -267,18 +309,36 @@ impl ConnectionManager {
 
     /// A connection to `side`, retried with backoff up to MAX_CONNECTION_RETRIES; each failure is logged with
     /// host and port.
+    /// If the retries ran out earlier in this cycle, one attempt only: a remote that was just found down costs
+    /// the backoff once per cycle, not once per part.
     pub fn get(&self, side: Side) -> Result<Conn> {
         let db = self.db(side);
-        retry(&format!("connecting to the {side} database {}", db.target()), self.connection_retry, &self.shutdown, || {
+        let policy = if db.unreachable.load(Ordering::SeqCst) {
+            RetryPolicy { max_retries: 0, ..self.connection_retry }
+        } else {
+            self.connection_retry
+        };
+        let result = retry(&format!("connecting to the {side} database {}", db.target()), policy, &self.shutdown, || {
             db.try_get()
-        })
+        });
+        db.unreachable.store(matches!(result, Err(Error::Connect { .. })), Ordering::SeqCst);
+        result
     }
 
-    /// Runs `op` on a connection to `side`; a transient failure (including a lost connection) is retried on a
-    /// fresh connection up to MAX_QUERY_RETRIES times. `what` names the operation in logs and errors.
+    /// Forgets which databases were found unreachable: the next use of each backs off fully again. The
+    /// scheduler calls this at the start of every cycle.
+    pub fn begin_cycle(&self) {
+        self.local.unreachable.store(false, Ordering::SeqCst);
+        self.remote.unreachable.store(false, Ordering::SeqCst);
+    }
+
+    /// Runs `op` on a connection to `side`; a transient failure of `op` (including a lost connection) is
+    /// retried on a fresh connection up to MAX_QUERY_RETRIES times. Failing to connect is not retried again
+    /// here: [`ConnectionManager::get`] already did (the two retry counts do not multiply).
     pub fn with_conn<T>(&self, side: Side, what: &str, mut op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
-        retry(what, self.query_retry, &self.shutdown, || {
-            let mut conn = self.get(side)?;
+        let connect_failed = std::cell::Cell::new(false);
+        crate::retry::retry_if(what, self.query_retry, &self.shutdown, |e| e.is_transient() && !connect_failed.get(), || {
+            let mut conn = self.get(side).inspect_err(|_| connect_failed.set(true))?;
             op(&mut conn)
         })
     }

@@ -38,7 +38,7 @@ pub enum Error {
     /// A PostgreSQL error on one database; `target` is `host:port/db`, `context` says what we were doing.
     Db { side: Side, target: String, context: String, source: postgres::Error },
     /// No connection could be had from a pool (the database is down, refuses, or hangs).
-    Connect { side: Side, target: String, source: r2d2::Error },
+    Connect { side: Side, target: String, cause: String },
     /// Files, sockets, child processes.
     Io { context: String, source: std::io::Error },
     /// The server stopped answering in the middle of an operation; its outcome is unknown.
@@ -132,9 +132,7 @@ impl fmt::Display for Error {
             Error::Db { side, target, context, source } => {
                 write!(f, "{side} database {target}: {context}: {}", describe_pg_error(source))
             }
-            Error::Connect { side, target, source } => {
-                write!(f, "{side} database {target}: cannot connect: {source}")
-            }
+            Error::Connect { side, target, cause } => write!(f, "{side} database {target}: cannot connect: {cause}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Stalled { side, target, what, after } => {
                 write!(f, "{side} database {target}: {what}: no answer within {after:?} (outcome unknown)")
@@ -172,7 +170,6 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Db { source, .. } => Some(source),
-            Error::Connect { source, .. } => Some(source),
             Error::Io { source, .. } => Some(source),
             Error::Tls { source, .. } => Some(source),
             _ => None,

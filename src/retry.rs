@@ -33,17 +33,23 @@ impl RetryPolicy {
 /// Runs `op` until it succeeds, fails with an error that is not transient, or has failed `1 + max_retries`
 /// times. `what` names the operation in the log lines (never with a password: callers pass host:port).
 /// Returns `Error::Shutdown` when shutdown is requested during a wait.
-pub fn retry<T>(
+pub fn retry<T>(what: &str, policy: RetryPolicy, shutdown: &Shutdown, op: impl FnMut() -> Result<T>) -> Result<T> {
+    retry_if(what, policy, shutdown, Error::is_transient, op)
+}
+
+/// [`retry`], with the caller deciding which errors are worth another attempt.
+pub fn retry_if<T>(
     what: &str,
     policy: RetryPolicy,
     shutdown: &Shutdown,
+    should_retry: impl Fn(&Error) -> bool,
     mut op: impl FnMut() -> Result<T>,
 ) -> Result<T> {
     let mut attempt = 0u32;
     loop {
         match op() {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && attempt < policy.max_retries => {
+            Err(e) if should_retry(&e) && attempt < policy.max_retries => {
                 attempt += 1;
                 let wait = policy.delay(attempt);
                 log::warn!(
