@@ -228,7 +228,9 @@ fn pg_config(db: &DbConfig, cfg: &Config) -> postgres::Config {
             SslMode::Prefer => postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => postgres::config::SslMode::Require,
         })
-        .options(&session_options(cfg.statement_timeout));
+        .options(&session_options(cfg.statement_timeout))
+        // Server notices ("... already exists, skipping" during migrations) are for debugging, not operators.
+        .notice_callback(|n| log::debug!("server notice: {}: {}", n.severity(), n.message()));
     pg
 }
 
