@@ -1,0 +1,268 @@
+//! The two mirrored tables as data, and every SQL statement of the download, built from that data.
+//!
+//! Owns: [`TableSpec`] (table, key column, compared columns in schema order with their kind),
+//! [`METERS`] and [`TENANTS`], and the SQL text the download runs on each side: the per-bucket digests, the
+//! per-row digests of some buckets, the rows of some keys, the local column limits and the three local
+//! writes (delete, update, insert through `unnest` of array parameters). Does not own: running the SQL or
+//! deciding anything (download.rs), comparing rows (diff.rs).
+//!
+//! Every compared value crosses the wire as text: `::text` for text and TIMESTAMP (sessions pin
+//! `DateStyle=ISO`, so a TIMESTAMP reads back verbatim), `::jsonb::text` for JSON (jsonb's text output is
+//! canonical: key order and whitespace of the original do not show; a remote `json` column is
+//! canonicalised the same way). The same expressions feed the digests, so two rows have the same digest when
+//! (up to a 64-bit hash collision) their texts are equal.
+
+/// How a compared column is carried as text and written back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// VARCHAR/TEXT: the text itself; written back by assignment (an over-long value is an error, never
+    /// silently truncated).
+    Text,
+    /// JSONB: its canonical text; written back with `::jsonb`.
+    Json,
+    /// TIMESTAMP (without time zone): its ISO text; written back with `::timestamp`.
+    Timestamp,
+}
+
+/// One compared column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+/// A mirrored table: what the generic download needs to know about it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TableSpec {
+    /// Table name, the same on both sides.
+    pub table: &'static str,
+    /// The primary key column (text).
+    pub key: &'static str,
+    /// The compared columns, in schema order (this is also the order of `changedFields`).
+    pub columns: &'static [Column],
+    /// Singular noun for log lines ("meter", "tenant").
+    pub noun: &'static str,
+    /// Index in `columns` of the column shown next to the key in log lines (the name).
+    pub label: usize,
+    /// Local-only column set to the server's LOCALTIMESTAMP on each written row.
+    pub synced_at: &'static str,
+}
+
+const fn text(name: &'static str) -> Column {
+    Column { name, kind: Kind::Text }
+}
+const fn json(name: &'static str) -> Column {
+    Column { name, kind: Kind::Json }
+}
+const fn timestamp(name: &'static str) -> Column {
+    Column {
+        name,
+        kind: Kind::Timestamp,
+    }
+}
+
+pub const METERS: TableSpec = TableSpec {
+    table: "meters",
+    key: "meter_id",
+    columns: &[
+        text("name"),
+        text("location_id"),
+        text("meter_type"),
+        text("unit"),
+        json("configuration"),
+        timestamp("updated_at"),
+    ],
+    noun: "meter",
+    label: 0,
+    synced_at: "synced_at",
+};
+
+pub const TENANTS: TableSpec = TableSpec {
+    table: "tenant",
+    key: "tenant_id",
+    columns: &[
+        text("name"),
+        json("configuration"),
+        json("metadata"),
+        timestamp("updated_at"),
+    ],
+    noun: "tenant",
+    label: 0,
+    synced_at: "synced_at",
+};
+
+/// Rows are spread over this many buckets by a hash of their key (`BUCKET_MASK + 1` = 4096). A cycle where
+/// nothing changed transfers one small row per non-empty bucket from each side.
+pub const BUCKET_MASK: i64 = 4095;
+
+/// The bucket of a row whose key is NULL (only possible on a remote without a primary key).
+pub const NULL_KEY_BUCKET: i32 = -1;
+
+impl TableSpec {
+    /// The compared columns as text, in schema order, comma-separated.
+    fn value_exprs(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| match c.kind {
+                Kind::Json => format!("{}::jsonb::text", c.name),
+                Kind::Text | Kind::Timestamp => format!("{}::text", c.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Per row: key `k`, bucket `b`, 64-bit digest `d` of the key and compared values as text.
+    ///
+    /// The hashes are PostgreSQL's own `hashtextextended` (PostgreSQL 11+; stable across versions because
+    /// hash partitioning depends on it). md5 would be portable to big-endian servers too, but on PostgreSQL
+    /// 15 it costs about 0.6 us a call: two per row put 100k rows well over the cycle budget. If the two
+    /// servers ever hashed differently, every row would merely be fetched and compared (still correct); the
+    /// download then warns.
+    fn digest_source(&self) -> String {
+        format!(
+            "SELECT {key}::text AS k, \
+             coalesce((hashtextextended({key}::text COLLATE \"C\", 0) & {mask})::int4, {null_bucket}) AS b, \
+             hashtextextended(row({key}::text, {values})::text, 0) AS d \
+             FROM {table}",
+            key = self.key,
+            mask = BUCKET_MASK,
+            null_bucket = NULL_KEY_BUCKET,
+            values = self.value_exprs(),
+            table = self.table,
+        )
+    }
+
+    /// Step 1, both sides: `(bucket int4, rows int4, digest int8)` for every non-empty bucket. The bucket
+    /// digest hashes the exact sum of its row digests: order-free, so a hash aggregate serves it (`OFFSET 0`
+    /// keeps the planner from sorting the whole rows by an expression it cannot estimate).
+    pub fn bucket_digests_sql(&self) -> String {
+        format!(
+            "SELECT b, count(*)::int4, hashtextextended(sum(d)::text, 0) FROM ({} OFFSET 0) s GROUP BY b",
+            self.digest_source()
+        )
+    }
+
+    /// Step 2, both sides: `(key text, digest int8)` of the rows in the buckets `$1::int4[]`.
+    pub fn row_digests_sql(&self) -> String {
+        format!("SELECT k, d FROM ({}) s WHERE b = ANY($1)", self.digest_source())
+    }
+
+    /// Step 3, both sides: `(key, values as text...)` of the rows whose key is in `$1::text[]`.
+    pub fn rows_sql(&self) -> String {
+        format!(
+            "SELECT {key}::text, {values} FROM {table} WHERE {key}::text = ANY($1)",
+            key = self.key,
+            values = self.value_exprs(),
+            table = self.table
+        )
+    }
+
+    pub fn count_sql(&self) -> String {
+        format!("SELECT count(*) FROM {}", self.table)
+    }
+
+    /// Local: `DELETE` the keys in `$1::text[]`.
+    pub fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {table} WHERE {key} = ANY($1)",
+            table = self.table,
+            key = self.key
+        )
+    }
+
+    /// `unnest($1, $2, ...) AS u(k, v1, v2, ...)`: the key then each compared column, one text array each.
+    fn unnest_source(&self) -> String {
+        let params: Vec<String> = (1..=self.columns.len() + 1).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (1..=self.columns.len()).map(|i| format!("v{i}")).collect();
+        format!("unnest({}) AS u(k, {})", params.join(", "), names.join(", "))
+    }
+
+    /// `u.v<i>` with the cast back to the column's type.
+    fn cast_back(i: usize, c: &Column) -> String {
+        match c.kind {
+            Kind::Text => format!("u.v{}", i + 1),
+            Kind::Json => format!("u.v{}::jsonb", i + 1),
+            Kind::Timestamp => format!("u.v{}::timestamp", i + 1),
+        }
+    }
+
+    /// Local: `UPDATE` every compared column and synced_at of the keys in `$1`, values in `$2..`.
+    pub fn update_sql(&self) -> String {
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = {}", c.name, Self::cast_back(i, c)))
+            .collect();
+        format!(
+            "UPDATE {table} AS t SET {sets}, {synced_at} = LOCALTIMESTAMP FROM {src} WHERE t.{key} = u.k",
+            table = self.table,
+            sets = sets.join(", "),
+            synced_at = self.synced_at,
+            src = self.unnest_source(),
+            key = self.key
+        )
+    }
+
+    /// Local: `INSERT` the keys in `$1` with values in `$2..` and synced_at.
+    pub fn insert_sql(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name).collect();
+        let values: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Self::cast_back(i, c))
+            .collect();
+        format!(
+            "INSERT INTO {table} ({key}, {names}, {synced_at}) SELECT u.k, {values}, LOCALTIMESTAMP FROM {src}",
+            table = self.table,
+            key = self.key,
+            names = names.join(", "),
+            synced_at = self.synced_at,
+            values = values.join(", "),
+            src = self.unnest_source()
+        )
+    }
+
+    /// The key then the compared columns: the columns whose local limits are checked.
+    pub fn checked_columns(&self) -> Vec<&'static str> {
+        std::iter::once(self.key)
+            .chain(self.columns.iter().map(|c| c.name))
+            .collect()
+    }
+}
+
+/// Local: `(column name, max characters or NULL, NOT NULL)` of every column of the table `$1`, resolved
+/// through the search_path exactly as the unqualified statements above resolve it (hence pg_catalog and
+/// `to_regclass` rather than information_schema, which needs the schema spelled out).
+pub const LOCAL_LIMITS_SQL: &str = "SELECT a.attname::text, \
+     CASE WHEN a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype) AND a.atttypmod > 4 \
+          THEN a.atttypmod - 4 END::int4, \
+     a.attnotnull \
+     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_name_every_column_in_schema_order() {
+        let sql = METERS.rows_sql();
+        assert_eq!(
+            sql,
+            "SELECT meter_id::text, name::text, location_id::text, meter_type::text, unit::text, \
+             configuration::jsonb::text, updated_at::text FROM meters WHERE meter_id::text = ANY($1)"
+        );
+        let ins = TENANTS.insert_sql();
+        assert_eq!(
+            ins,
+            "INSERT INTO tenant (tenant_id, name, configuration, metadata, updated_at, synced_at) \
+             SELECT u.k, u.v1, u.v2::jsonb, u.v3::jsonb, u.v4::timestamp, LOCALTIMESTAMP \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(k, v1, v2, v3, v4)"
+        );
+        assert!(TENANTS
+            .update_sql()
+            .contains("metadata = u.v3::jsonb, updated_at = u.v4::timestamp, synced_at"));
+        assert_eq!(METERS.checked_columns().len(), 7);
+    }
+}
