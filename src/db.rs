@@ -55,8 +55,12 @@ impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectFailure::Pg(e) => write!(f, "{}", crate::error::describe_pg_error(e)),
-            ConnectFailure::TimedOut(d) => write!(f, "the server accepted the connection but did not answer within {d:?}"),
-            ConnectFailure::TooManyHung(n) => write!(f, "{n} earlier connection attempts still wait for the server's answer"),
+            ConnectFailure::TimedOut(d) => {
+                write!(f, "the server accepted the connection but did not answer within {d:?}")
+            }
+            ConnectFailure::TooManyHung(n) => {
+                write!(f, "{n} earlier connection attempts still wait for the server's answer")
+            }
         }
     }
 }
@@ -87,10 +91,12 @@ impl r2d2::ManageConnection for BoundedManager {
                 // Count the abandoned attempt until its thread ends.
                 self.hung.fetch_add(1, Ordering::SeqCst);
                 let hung = Arc::clone(&self.hung);
-                let _ = std::thread::Builder::new().name("pg-connect-wait".into()).spawn(move || {
-                    let _ = rx.recv();
-                    hung.fetch_sub(1, Ordering::SeqCst);
-                });
+                let _ = std::thread::Builder::new()
+                    .name("pg-connect-wait".into())
+                    .spawn(move || {
+                        let _ = rx.recv();
+                        hung.fetch_sub(1, Ordering::SeqCst);
+                    });
                 Err(ConnectFailure::TimedOut(self.timeout))
             }
         }
@@ -140,7 +146,14 @@ impl Database {
             .build_unchecked(manager);
         let probe = (!db.host.starts_with('/')).then(|| (db.host.clone(), db.port));
         let timeout = cfg.connection_timeout;
-        Ok(Database { side, target: db.target(), pool, probe, timeout, unreachable: AtomicBool::new(false) })
+        Ok(Database {
+            side,
+            target: db.target(),
+            pool,
+            probe,
+            timeout,
+            unreachable: AtomicBool::new(false),
+        })
     }
 
     pub fn side(&self) -> Side {
@@ -154,7 +167,11 @@ impl Database {
 
     /// One attempt at a connection from the pool (waits at most DB_CONNECTION_TIMEOUT_MS).
     pub fn try_get(&self) -> Result<Conn> {
-        let connect_error = |cause: String| Error::Connect { side: self.side, target: self.target.clone(), cause };
+        let connect_error = |cause: String| Error::Connect {
+            side: self.side,
+            target: self.target.clone(),
+            cause,
+        };
         // r2d2 keeps retrying inside `get` until its timeout even when the server refuses at once; a quick TCP
         // probe when no idle connection exists reports "connection refused" without that wait.
         if let (Some((host, port)), 0) = (&self.probe, self.pool.state().idle_connections) {
@@ -184,7 +201,10 @@ impl Database {
 /// the real connection attempt.
 fn tcp_probe(host: &str, port: u16, timeout: Duration) -> std::result::Result<(), String> {
     use std::net::{TcpStream, ToSocketAddrs};
-    let addrs: Vec<_> = (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -257,7 +277,8 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
     };
     match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+            b.danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
         }
         SslMode::VerifyCa => {
             b.danger_accept_invalid_hostnames(true);
@@ -273,7 +294,11 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
         })?;
         b.add_root_certificate(cert).disable_built_in_roots(true);
     }
-    let connector = b.build().map_err(|source| Error::Tls { side, context: "building the TLS connector".into(), source })?;
+    let connector = b.build().map_err(|source| Error::Tls {
+        side,
+        context: "building the TLS connector".into(),
+        source,
+    })?;
     Ok(MakeTlsConnector::new(connector))
 }
 
@@ -295,8 +320,14 @@ impl ConnectionManager {
         Ok(ConnectionManager {
             local: Database::new(Side::Local, &cfg.local, cfg)?,
             remote: Database::new(Side::Remote, &cfg.remote, cfg)?,
-            connection_retry: RetryPolicy { base: cfg.retry_base_delay, max_retries: cfg.max_connection_retries },
-            query_retry: RetryPolicy { base: cfg.retry_base_delay, max_retries: cfg.max_query_retries },
+            connection_retry: RetryPolicy {
+                base: cfg.retry_base_delay,
+                max_retries: cfg.max_connection_retries,
+            },
+            query_retry: RetryPolicy {
+                base: cfg.retry_base_delay,
+                max_retries: cfg.max_query_retries,
+            },
             shutdown,
             call_deadline: cfg.statement_timeout + cfg.connection_timeout,
         })
@@ -316,14 +347,21 @@ impl ConnectionManager {
     pub fn get(&self, side: Side) -> Result<Conn> {
         let db = self.db(side);
         let policy = if db.unreachable.load(Ordering::SeqCst) {
-            RetryPolicy { max_retries: 0, ..self.connection_retry }
+            RetryPolicy {
+                max_retries: 0,
+                ..self.connection_retry
+            }
         } else {
             self.connection_retry
         };
-        let result = retry(&format!("connecting to the {side} database {}", db.target()), policy, &self.shutdown, || {
-            db.try_get()
-        });
-        db.unreachable.store(matches!(result, Err(Error::Connect { .. })), Ordering::SeqCst);
+        let result = retry(
+            &format!("connecting to the {side} database {}", db.target()),
+            policy,
+            &self.shutdown,
+            || db.try_get(),
+        );
+        db.unreachable
+            .store(matches!(result, Err(Error::Connect { .. })), Ordering::SeqCst);
         result
     }
 
@@ -339,10 +377,40 @@ impl ConnectionManager {
     /// here: [`ConnectionManager::get`] already did (the two retry counts do not multiply).
     pub fn with_conn<T>(&self, side: Side, what: &str, mut op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
         let connect_failed = std::cell::Cell::new(false);
-        crate::retry::retry_if(what, self.query_retry, &self.shutdown, |e| e.is_transient() && !connect_failed.get(), || {
-            let mut conn = self.get(side).inspect_err(|_| connect_failed.set(true))?;
-            op(&mut conn)
-        })
+        crate::retry::retry_if(
+            what,
+            self.query_retry,
+            &self.shutdown,
+            |e| e.is_transient() && !connect_failed.get(),
+            || {
+                let mut conn = self.get(side).inspect_err(|_| connect_failed.set(true))?;
+                op(&mut conn)
+            },
+        )
+    }
+
+    /// [`ConnectionManager::with_conn`] with each attempt bounded in time by
+    /// [`ConnectionManager::call_bounded`]: for reads from a database that may stop answering. `op` owns what
+    /// it uses (it may outlive the call on an abandoned thread).
+    pub fn with_conn_bounded<T, F>(&self, side: Side, what: &str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Conn) -> Result<T> + Send + Sync + 'static,
+    {
+        let op = Arc::new(op);
+        let connect_failed = std::cell::Cell::new(false);
+        crate::retry::retry_if(
+            what,
+            self.query_retry,
+            &self.shutdown,
+            |e| e.is_transient() && !connect_failed.get(),
+            || {
+                let op = Arc::clone(&op);
+                self.call_bounded(side, what, move |c| op(c)).inspect_err(|e| {
+                    connect_failed.set(matches!(e, Error::Connect { .. } | Error::Shutdown));
+                })
+            },
+        )
     }
 
     /// Runs `op` on a connection to `side` on a helper thread and waits at most `call_deadline` for it. A server
@@ -378,7 +446,8 @@ impl ConnectionManager {
     pub fn test(&self, side: Side) -> Result<()> {
         let db = self.db(side);
         let mut conn = db.try_get()?;
-        conn.simple_query("SELECT 1").map_err(|e| db.err("testing the connection", e))?;
+        conn.simple_query("SELECT 1")
+            .map_err(|e| db.err("testing the connection", e))?;
         Ok(())
     }
 }

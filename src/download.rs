@@ -202,19 +202,16 @@ impl<'a> DownloadSyncManager<'a> {
     }
 
     fn count(&self, side: Side, spec: &TableSpec) -> Result<i64> {
-        let db = self.conns.db(side);
+        let target = self.conns.db(side).target().to_string();
         let sql = spec.count_sql();
-        self.conns.with_conn(
-            side,
-            &format!("counting {} in the {side} database {}", spec.table, db.target()),
-            |c| {
-                let row = c
-                    .query_typed_one(&sql, &[])
-                    .map_err(|e| db.err(format!("counting {}", spec.table), e))?;
-                row.try_get(0)
-                    .map_err(|e| db.err(format!("counting {}", spec.table), e))
-            },
-        )
+        let context = format!("counting {}", spec.table);
+        let what = format!("{context} in the {side} database {target}");
+        self.conns.with_conn_bounded(side, &what, move |c| {
+            let row = c
+                .query_typed_one(&sql, &[])
+                .map_err(|e| Error::db(side, &target, &context, e))?;
+            row.try_get(0).map_err(|e| Error::db(side, &target, &context, e))
+        })
     }
 
     /// One download of `spec`, logged; never panics. Returns the outcome or the error message, and the
@@ -373,74 +370,64 @@ impl<'a> DownloadSyncManager<'a> {
     }
 
     fn bucket_digests(&self, side: Side, spec: &TableSpec) -> Result<BTreeMap<i32, BucketDigest>> {
-        let db = self.conns.db(side);
+        let target = self.conns.db(side).target().to_string();
         let sql = spec.bucket_digests_sql();
         let context = format!("reading the {} bucket digests", spec.table);
-        self.conns.with_conn(
-            side,
-            &format!("{context} from the {side} database {}", db.target()),
-            |c| {
-                let rows = c.query_typed(&sql, &[]).map_err(|e| db.err(&context, e))?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
-                    .collect::<std::result::Result<_, postgres::Error>>()
-                    .map_err(|e| db.err(&context, e))
-            },
-        )
+        let what = format!("{context} from the {side} database {target}");
+        self.conns.with_conn_bounded(side, &what, move |c| {
+            let rows = c
+                .query_typed(&sql, &[])
+                .map_err(|e| Error::db(side, &target, &context, e))?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+                .collect::<std::result::Result<_, postgres::Error>>()
+                .map_err(|e| Error::db(side, &target, &context, e))
+        })
     }
 
     fn row_digests(&self, side: Side, spec: &TableSpec, buckets: &[i32]) -> Result<Vec<(Option<String>, i64)>> {
-        let db = self.conns.db(side);
+        let target = self.conns.db(side).target().to_string();
         let sql = spec.row_digests_sql();
         let context = format!("reading the {} row digests of {} buckets", spec.table, buckets.len());
-        self.conns.with_conn(
-            side,
-            &format!("{context} from the {side} database {}", db.target()),
-            |c| {
-                let mut out = Vec::new();
-                let mut it = c
-                    .query_typed_raw(&sql, [(buckets, Type::INT4_ARRAY)])
-                    .map_err(|e| db.err(&context, e))?;
-                while let Some(r) = it.next().map_err(|e| db.err(&context, e))? {
-                    out.push((
-                        r.try_get(0).map_err(|e| db.err(&context, e))?,
-                        r.try_get(1).map_err(|e| db.err(&context, e))?,
-                    ));
-                }
-                Ok(out)
-            },
-        )
+        let what = format!("{context} from the {side} database {target}");
+        let buckets = buckets.to_vec();
+        self.conns.with_conn_bounded(side, &what, move |c| {
+            let err = |e| Error::db(side, &target, &context, e);
+            let mut out = Vec::new();
+            let mut it = c.query_typed_raw(&sql, [(&buckets, Type::INT4_ARRAY)]).map_err(err)?;
+            while let Some(r) = it.next().map_err(err)? {
+                out.push((r.try_get(0).map_err(err)?, r.try_get(1).map_err(err)?));
+            }
+            Ok(out)
+        })
     }
 
     fn rows(&self, side: Side, spec: &TableSpec, keys: &[String]) -> Result<Vec<(Option<String>, Values)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.conns.db(side);
+        let target = self.conns.db(side).target().to_string();
         let sql = spec.rows_sql();
         let context = format!("reading {} {} rows", keys.len(), spec.table);
+        let what = format!("{context} from the {side} database {target}");
         let width = spec.columns.len();
-        self.conns.with_conn(
-            side,
-            &format!("{context} from the {side} database {}", db.target()),
-            |c| {
-                let mut out = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(CHUNK) {
-                    let mut it = c
-                        .query_typed_raw(&sql, [(chunk, Type::TEXT_ARRAY)])
-                        .map_err(|e| db.err(&context, e))?;
-                    while let Some(r) = it.next().map_err(|e| db.err(&context, e))? {
-                        let key: Option<String> = r.try_get(0).map_err(|e| db.err(&context, e))?;
-                        let values = (1..=width)
-                            .map(|i| r.try_get::<_, Option<String>>(i))
-                            .collect::<std::result::Result<Values, _>>()
-                            .map_err(|e| db.err(&context, e))?;
-                        out.push((key, values));
-                    }
+        let keys = keys.to_vec();
+        self.conns.with_conn_bounded(side, &what, move |c| {
+            let err = |e| Error::db(side, &target, &context, e);
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(CHUNK) {
+                let mut it = c.query_typed_raw(&sql, [(chunk, Type::TEXT_ARRAY)]).map_err(err)?;
+                while let Some(r) = it.next().map_err(err)? {
+                    let key: Option<String> = r.try_get(0).map_err(err)?;
+                    let values = (1..=width)
+                        .map(|i| r.try_get::<_, Option<String>>(i))
+                        .collect::<std::result::Result<Values, _>>()
+                        .map_err(err)?;
+                    out.push((key, values));
                 }
-                Ok(out)
-            },
-        )
+            }
+            Ok(out)
+        })
     }
 
     /// What the local table can hold: the key's and each compared column's limits, in that order.

@@ -1,13 +1,43 @@
-//! Sync Scheduler (skeleton: the service issue fills this in).
+//! Sync Scheduler: the daemon's main loop and the sync cycle.
+//!
+//! Owns: the main loop ([`run_daemon`]: `enum Event { Tick, Shutdown }`, a crossbeam tick every
+//! SYNC_INTERVAL_SECONDS selected together with the shutdown channel; the next cycle starts at once while the
+//! upload reports a backlog), the signal thread (SIGTERM/SIGINT registered before any other thread starts; the
+//! first signal requests shutdown and wakes the loop, a second one exits at once), one cycle ([`run_once`],
+//! [`Service::cycle`]: upload, meters, tenants, each isolated from the others' failures and panics), the
+//! cycle's mutual exclusion (in the process: [`CycleGuard`], the only way to run the parts; across processes on
+//! one local database: a PostgreSQL session advisory lock on a dedicated connection), the `sync_logs` rows and
+//! their daily pruning, MIGRATE_ON_START, the status snapshot and alert observations after each cycle, and the
+//! systemd notifications (READY/STOPPING/WATCHDOG). Does not own: what a part does (upload.rs, download.rs),
+//! the HTTP server (status.rs), alert conditions (alerts.rs).
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Receiver, Sender};
 use serde::Serialize;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
+use crate::alerts::{Alerts, Observation};
 use crate::config::Config;
-use crate::download::{MeterSyncResult, TenantSyncResult};
-use crate::error::{Error, Result};
-use crate::upload::UploadSyncResult;
+use crate::db::{Conn, ConnectionManager, Database};
+use crate::download::{DownloadSyncManager, MeterSyncResult, TenantSyncResult};
+use crate::error::{Error, Result, Side};
+use crate::migrate;
+use crate::shutdown::Shutdown;
+use crate::status::{self, SharedSnapshot, Snapshot, StatusServer};
+use crate::upload::{UploadSyncManager, UploadSyncResult};
 
-/// The contract's SyncCycleResult: what `once` prints. Durations in milliseconds; timestamp RFC 3339 UTC.
+/// The contract's SyncCycleResult: what `once` prints. Durations in milliseconds; timestamp RFC 3339 UTC (the
+/// cycle's start).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncCycleResult {
@@ -19,12 +49,932 @@ pub struct SyncCycleResult {
     pub timestamp: String,
 }
 
-pub fn run_daemon(cfg: &Config) -> Result<()> {
-    let _ = cfg;
-    Err(Error::Other("run: not implemented yet".into()))
+/// What wakes the main loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Time for a cycle (the interval passed, or the upload left a backlog).
+    Tick,
+    /// SIGTERM/SIGINT: finish nothing new, leave the loop.
+    Shutdown,
 }
 
+/// The upload drain budget of `once` (drain the whole queue): a century, which still fits an `Instant`.
+pub const UNLIMITED_BUDGET: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Key of the cross-process cycle lock ("sync" in ASCII, then 3; migrate.rs uses 1, upload.rs 2 for its drain).
+pub const CYCLE_LOCK_KEY: (i32, i32) = (0x7379_6e63, 3);
+/// sync_logs pruning period.
+const PRUNE_EVERY: Duration = Duration::from_secs(86_400);
+/// Longest error text stored in sync_logs.
+const MAX_LOGGED_ERROR: usize = 2000;
+
+/// The `sync_type` values of sync_logs, one per part.
+pub const SYNC_TYPES: [&str; 3] = ["upload", "download_meters", "download_tenants"];
+
+// ---------------------------------------------------------------------------------------------------------
+// Mutual exclusion in the process.
+
+/// The process's one cycle slot. [`CycleSlot::try_enter`] hands out at most one [`CycleGuard`] at a time, and
+/// the parts of a cycle can only be run with a guard in hand, so two cycles cannot overlap in this process
+/// whatever the calling code does.
+#[derive(Debug, Default)]
+pub struct CycleSlot {
+    busy: AtomicBool,
+}
+
+/// Proof that the holder runs the only cycle of the process; frees the slot on drop (also on panic).
+#[derive(Debug)]
+pub struct CycleGuard {
+    slot: Arc<CycleSlot>,
+}
+
+impl CycleSlot {
+    pub fn new() -> Arc<CycleSlot> {
+        Arc::new(CycleSlot::default())
+    }
+
+    /// The guard, or None while another guard is alive.
+    pub fn try_enter(self: &Arc<Self>) -> Option<CycleGuard> {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| CycleGuard { slot: self.clone() })
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for CycleGuard {
+    fn drop(&mut self) {
+        self.slot.busy.store(false, Ordering::Release);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Mutual exclusion across processes.
+
+/// The cross-process cycle lock: a session advisory lock held by a dedicated local connection for the cycle.
+/// Released on drop. A failed release is harmless: the dedicated pool holds one connection, and acquiring
+/// first drops every advisory lock that session still holds.
+struct CycleLock {
+    conn: Conn,
+}
+
+enum LockAttempt {
+    Held(Box<CycleLock>),
+    /// Another process holds it.
+    Busy,
+    Failed(Error),
+}
+
+fn acquire_cycle_lock(lock_db: &Database, conns: &ConnectionManager) -> LockAttempt {
+    let what = format!(
+        "connecting to the local database {} for the cycle lock",
+        lock_db.target()
+    );
+    let conn = crate::retry::retry(&what, conns.connection_retry, &conns.shutdown, || lock_db.try_get());
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => return LockAttempt::Failed(e),
+    };
+    let taken = conn
+        .simple_query("SELECT pg_advisory_unlock_all()")
+        .and_then(|_| {
+            conn.query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&CYCLE_LOCK_KEY.0, &CYCLE_LOCK_KEY.1],
+            )
+        })
+        .map(|row| row.get::<_, bool>(0));
+    match taken {
+        Ok(true) => LockAttempt::Held(Box::new(CycleLock { conn })),
+        Ok(false) => LockAttempt::Busy,
+        Err(e) => LockAttempt::Failed(lock_db.err("taking the cycle lock", e)),
+    }
+}
+
+impl Drop for CycleLock {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.simple_query("SELECT pg_advisory_unlock_all()") {
+            log::warn!(
+                "releasing the cycle lock on the local database failed (it is released when that session ends): {e}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Parts, results and their log lines (pure).
+
+/// One part of a cycle as sync_logs and the log see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartSummary {
+    pub sync_type: &'static str,
+    pub success: bool,
+    pub records: u64,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// The three parts of a result: records are uploaded readings, or new + updated + deleted rows.
+pub fn part_summaries(r: &SyncCycleResult) -> [PartSummary; 3] {
+    let u = &r.upload_result;
+    let m = &r.meter_download_result;
+    let t = &r.tenant_download_result;
+    [
+        PartSummary {
+            sync_type: SYNC_TYPES[0],
+            success: u.success,
+            records: u.records_uploaded,
+            error: u.error.clone(),
+            duration_ms: u.duration,
+        },
+        PartSummary {
+            sync_type: SYNC_TYPES[1],
+            success: m.success,
+            records: m.new_meters + m.updated_meters + m.deleted_meters,
+            error: m.error.clone(),
+            duration_ms: m.duration,
+        },
+        PartSummary {
+            sync_type: SYNC_TYPES[2],
+            success: t.success,
+            records: t.new_tenants + t.updated_tenants + t.deleted_tenants,
+            error: t.error.clone(),
+            duration_ms: t.duration,
+        },
+    ]
+}
+
+/// The first error of a result, prefixed with its part (`upload: ...`).
+pub fn first_error(r: &SyncCycleResult) -> Option<String> {
+    part_summaries(r).into_iter().find(|p| !p.success).map(|p| {
+        format!(
+            "{}: {}",
+            p.sync_type,
+            p.error.as_deref().unwrap_or("failed without an error message")
+        )
+    })
+}
+
+/// Property 11's first line: the cycle starts, with the queue size (or why it is unknown).
+pub fn cycle_start_line(cycle: u64, queue: &std::result::Result<u64, String>) -> String {
+    match queue {
+        Ok(n) => format!("sync cycle {cycle} starting: {n} readings queued"),
+        Err(e) => format!("sync cycle {cycle} starting: queue size unknown ({e})"),
+    }
+}
+
+/// Property 11's other lines, for a finished cycle: the upload with counts and duration, the delete with its
+/// count, each download, every error with its part and the error's own context, and the cycle's outcome.
+pub fn cycle_result_lines(cycle: u64, r: &SyncCycleResult) -> Vec<(log::Level, String)> {
+    use log::Level::{Error as E, Info as I, Warn as W};
+    let mut lines = Vec::new();
+    let err = |e: &Option<String>| {
+        e.clone()
+            .unwrap_or_else(|| "failed without an error message".to_string())
+    };
+    let u = &r.upload_result;
+    if u.success {
+        lines.push((
+            I,
+            format!(
+                "upload succeeded: {} readings uploaded in {} ms",
+                u.records_uploaded, u.duration
+            ),
+        ));
+        lines.push((
+            I,
+            format!(
+                "delete succeeded: {} uploaded readings deleted locally",
+                u.records_deleted
+            ),
+        ));
+    } else {
+        lines.push((
+            E,
+            format!(
+                "upload failed after {} ms ({} readings uploaded and {} deleted before the failure): {}",
+                u.duration,
+                u.records_uploaded,
+                u.records_deleted,
+                err(&u.error)
+            ),
+        ));
+    }
+    if u.records_quarantined > 0 {
+        lines.push((
+            W,
+            format!(
+                "upload: {} readings rejected by the remote were quarantined (see `sync-process quarantine list`)",
+                u.records_quarantined
+            ),
+        ));
+    }
+    if u.backlog_remains {
+        lines.push((
+            I,
+            "upload: readings remain queued; the next cycle continues the drain".to_string(),
+        ));
+    }
+    let m = &r.meter_download_result;
+    if m.success {
+        lines.push((
+            I,
+            format!(
+                "meter download succeeded in {} ms: {} new, {} updated, {} deleted, {} meters",
+                m.duration, m.new_meters, m.updated_meters, m.deleted_meters, m.total_meters
+            ),
+        ));
+    } else {
+        lines.push((
+            E,
+            format!("meter download failed after {} ms: {}", m.duration, err(&m.error)),
+        ));
+    }
+    let t = &r.tenant_download_result;
+    if t.success {
+        lines.push((
+            I,
+            format!(
+                "tenant download succeeded in {} ms: {} new, {} updated, {} deleted, {} tenants",
+                t.duration, t.new_tenants, t.updated_tenants, t.deleted_tenants, t.total_tenants
+            ),
+        ));
+    } else {
+        lines.push((
+            E,
+            format!("tenant download failed after {} ms: {}", t.duration, err(&t.error)),
+        ));
+    }
+    let failed: Vec<&str> = part_summaries(r)
+        .iter()
+        .filter(|p| !p.success)
+        .map(|p| p.sync_type)
+        .collect();
+    if r.success && failed.is_empty() {
+        lines.push((
+            I,
+            format!(
+                "sync cycle {cycle} finished in {} ms: every part succeeded",
+                r.total_duration
+            ),
+        ));
+    } else {
+        let which = if failed.is_empty() {
+            "the cycle".to_string()
+        } else {
+            failed.join(", ")
+        };
+        lines.push((
+            W,
+            format!(
+                "sync cycle {cycle} finished in {} ms with failures: {which}",
+                r.total_duration
+            ),
+        ));
+    }
+    lines
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A result whose parts did not run, all failed with `why`.
+fn not_run(why: &str, timestamp: String, took: Duration) -> SyncCycleResult {
+    let error = Some(format!("not run: {why}"));
+    SyncCycleResult {
+        success: false,
+        upload_result: UploadSyncResult {
+            error: error.clone(),
+            ..Default::default()
+        },
+        meter_download_result: MeterSyncResult {
+            error: error.clone(),
+            ..Default::default()
+        },
+        tenant_download_result: TenantSyncResult {
+            error,
+            ..Default::default()
+        },
+        total_duration: millis(took),
+        timestamp,
+    }
+}
+
+/// Runs `f`, turning a panic into an error message (logged at error level).
+fn isolate<T>(part: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".to_string());
+        log::error!("{part} panicked: {msg}; it counts as failed and the cycle goes on");
+        format!("panic in {part}: {msg}")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The service: one per process, runs cycles.
+
+/// What [`Service::cycle`] did.
+// One value per cycle, moved once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CycleOutcome {
+    Ran {
+        result: SyncCycleResult,
+        backlog_remains: bool,
+    },
+    /// Another cycle holds the lock (in this process or another one on the same local database).
+    Skipped(String),
+}
+
+/// Measured after a cycle. None: could not be measured (keep the last value).
+#[derive(Clone, Debug, Default)]
+struct Measurement {
+    local_up: bool,
+    remote_up: bool,
+    queue_size: Option<u64>,
+    quarantined: Option<u64>,
+    oldest_pending_age: Option<Option<Duration>>,
+    local_meters: Option<u64>,
+    remote_meters: Option<u64>,
+    local_tenants: Option<u64>,
+    remote_tenants: Option<u64>,
+}
+
+fn count(r: Result<i64>, what: &str) -> Option<u64> {
+    match r {
+        Ok(n) => Some(u64::try_from(n).unwrap_or(0)),
+        Err(e) => {
+            log::debug!("status: counting {what} failed: {e}");
+            None
+        }
+    }
+}
+
+/// Both databases, the cycle locks, the status snapshot and the alerts of one process.
+pub struct Service {
+    cfg: Config,
+    conns: ConnectionManager,
+    /// One-connection pool on the local database, only for the cycle lock.
+    lock_db: Database,
+    slot: Arc<CycleSlot>,
+    snapshot: SharedSnapshot,
+    /// None for `once`: no measuring, no alerts.
+    alerts: Option<Alerts>,
+    unmigrated: Vec<Side>,
+    last_prune: Option<Instant>,
+    cycles: u64,
+}
+
+impl Service {
+    /// Builds the pools (without connecting). `daemon`: measure and alert after each cycle.
+    pub fn new(cfg: &Config, shutdown: Shutdown, daemon: bool) -> Result<Service> {
+        let conns = ConnectionManager::new(cfg, shutdown)?;
+        let lock_cfg = Config {
+            pool_max: 1,
+            ..cfg.clone()
+        };
+        let lock_db = Database::new(Side::Local, &cfg.local, &lock_cfg)?;
+        let snapshot = Snapshot {
+            started_unix: status::unix_now(),
+            interval_secs: cfg.sync_interval.as_secs(),
+            ..Default::default()
+        };
+        Ok(Service {
+            conns,
+            lock_db,
+            slot: CycleSlot::new(),
+            snapshot: Arc::new(std::sync::Mutex::new(snapshot)),
+            alerts: daemon.then(|| Alerts::new(cfg)),
+            unmigrated: if cfg.migrate_on_start {
+                vec![Side::Local, Side::Remote]
+            } else {
+                Vec::new()
+            },
+            last_prune: None,
+            cycles: 0,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn snapshot(&self) -> SharedSnapshot {
+        self.snapshot.clone()
+    }
+
+    pub fn set_running(&self, running: bool) {
+        status::lock(&self.snapshot).status.is_running = running;
+    }
+
+    /// One cycle, unless another one holds the slot or the cross-process lock.
+    pub fn cycle(&mut self, budget: Duration) -> CycleOutcome {
+        let Some(guard) = self.slot.try_enter() else {
+            return CycleOutcome::Skipped("a cycle is already running in this process".into());
+        };
+        let started = Instant::now();
+        let timestamp = now_rfc3339();
+        // A database found down in the last cycle gets its full backoff again in this one.
+        self.conns.begin_cycle();
+        let lock = match acquire_cycle_lock(&self.lock_db, &self.conns) {
+            LockAttempt::Held(lock) => lock,
+            LockAttempt::Busy => {
+                let why = format!(
+                    "another sync-process holds the cycle lock on the local database {}; skipping this cycle",
+                    self.lock_db.target()
+                );
+                log::info!("{why}");
+                return CycleOutcome::Skipped(why);
+            }
+            LockAttempt::Failed(e) => {
+                self.cycles += 1;
+                let why = format!("the cycle lock could not be taken: {e}");
+                log::error!("sync cycle {} not run ({} error): {why}", self.cycles, e.kind());
+                let result = not_run(&why, timestamp, started.elapsed());
+                self.after_cycle(&result, started.elapsed());
+                return CycleOutcome::Ran {
+                    result,
+                    backlog_remains: false,
+                };
+            }
+        };
+        self.cycles += 1;
+        status::lock(&self.snapshot).status.cycle_in_progress = true;
+        self.migrate_pending();
+        let (result, backlog_remains) = self.run_parts(&guard, budget, timestamp, started);
+        self.write_sync_logs(&result);
+        self.prune_if_due();
+        drop(lock);
+        self.after_cycle(&result, started.elapsed());
+        drop(guard);
+        CycleOutcome::Ran {
+            result,
+            backlog_remains,
+        }
+    }
+
+    /// The parts, in order, each isolated; only callable with the cycle guard.
+    fn run_parts(
+        &self,
+        _guard: &CycleGuard,
+        budget: Duration,
+        timestamp: String,
+        started: Instant,
+    ) -> (SyncCycleResult, bool) {
+        let n = self.cycles;
+        let upload = UploadSyncManager::new(&self.conns, &self.cfg);
+        let queue = isolate("counting the queue", || upload.queue_size())
+            .and_then(|r| r.map(|q| u64::try_from(q).unwrap_or(0)).map_err(|e| e.to_string()));
+        log::info!("{}", cycle_start_line(n, &queue));
+
+        let failed_upload = |error: String| UploadSyncResult {
+            error: Some(error),
+            ..Default::default()
+        };
+        let upload_result = isolate("the upload", || upload.sync_readings(budget)).unwrap_or_else(failed_upload);
+        let download = DownloadSyncManager::new(&self.conns, &self.cfg);
+        let meter_result =
+            isolate("the meter download", || download.sync_meter_configurations()).unwrap_or_else(|error| {
+                MeterSyncResult {
+                    error: Some(error),
+                    ..Default::default()
+                }
+            });
+        let tenant_result =
+            isolate("the tenant download", || download.sync_tenant_data()).unwrap_or_else(|error| TenantSyncResult {
+                error: Some(error),
+                ..Default::default()
+            });
+
+        let backlog = upload_result.backlog_remains;
+        let result = SyncCycleResult {
+            success: upload_result.success && meter_result.success && tenant_result.success,
+            upload_result,
+            meter_download_result: meter_result,
+            tenant_download_result: tenant_result,
+            total_duration: millis(started.elapsed()),
+            timestamp,
+        };
+        for (level, line) in cycle_result_lines(n, &result) {
+            log::log!(level, "{line}");
+        }
+        (result, backlog)
+    }
+
+    /// MIGRATE_ON_START: the sides not migrated yet (each failure is retried at the next cycle).
+    fn migrate_pending(&mut self) {
+        let conns = &self.conns;
+        self.unmigrated.retain(|side| match migrate::migrate(conns.db(*side), false) {
+            Ok(done) => {
+                if done.is_empty() {
+                    log::info!("MIGRATE_ON_START: {side} database {} is up to date", conns.db(*side).target());
+                } else {
+                    log::info!("MIGRATE_ON_START: {side} database {}: applied {}", conns.db(*side).target(), done.join(", "));
+                }
+                false
+            }
+            Err(e) => {
+                log::warn!("MIGRATE_ON_START: migrating the {side} database failed ({} error): {e}; trying again next cycle", e.kind());
+                true
+            }
+        });
+    }
+
+    /// A sync_logs row per part, in one statement on one attempt; a failure is only a warning.
+    fn write_sync_logs(&self, r: &SyncCycleResult) {
+        let rows = part_summaries(r);
+        let params: Vec<(String, bool, i32, Option<String>, i32)> = rows
+            .iter()
+            .map(|p| {
+                (
+                    p.sync_type.to_string(),
+                    p.success,
+                    i32::try_from(p.records).unwrap_or(i32::MAX),
+                    p.error.as_ref().map(|e| e.chars().take(MAX_LOGGED_ERROR).collect()),
+                    i32::try_from(p.duration_ms).unwrap_or(i32::MAX),
+                )
+            })
+            .collect();
+        type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+        let mut refs: Vec<Param<'_>> = Vec::new();
+        for (t, s, n, e, d) in &params {
+            refs.extend::<[Param<'_>; 5]>([t, s, n, e, d]);
+        }
+        let written = self.conns.local.try_get().and_then(|mut conn| {
+            conn.execute(
+                "INSERT INTO sync_logs (sync_type, success, records_processed, error_message, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10), ($11, $12, $13, $14, $15)",
+                &refs,
+            )
+            .map_err(|e| self.conns.local.err("writing sync_logs", e))
+        });
+        if let Err(e) = written {
+            log::warn!(
+                "sync_logs: this cycle's rows were not written ({} error): {e}",
+                e.kind()
+            );
+        }
+    }
+
+    /// Deletes sync_logs rows older than SYNC_LOG_RETENTION_DAYS: at the first cycle, then every 24 h.
+    fn prune_if_due(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        let days = i32::try_from(self.cfg.sync_log_retention_days).unwrap_or(i32::MAX);
+        let pruned = self.conns.local.try_get().and_then(|mut conn| {
+            conn.execute(
+                "DELETE FROM sync_logs WHERE timestamp < LOCALTIMESTAMP - make_interval(days => $1)",
+                &[&days],
+            )
+            .map_err(|e| self.conns.local.err("pruning sync_logs", e))
+        });
+        match pruned {
+            Ok(n) => {
+                log::info!("sync_logs: pruned {n} rows older than {days} days");
+                self.last_prune = Some(Instant::now());
+            }
+            Err(e) => log::warn!(
+                "sync_logs: pruning failed ({} error): {e}; trying again next cycle",
+                e.kind()
+            ),
+        }
+    }
+
+    /// Measures, updates the status snapshot and feeds the alerts (daemon only).
+    fn after_cycle(&mut self, result: &SyncCycleResult, took: Duration) {
+        let Some(alerts) = self.alerts.as_mut() else {
+            return;
+        };
+        let (conns, cfg) = (&self.conns, &self.cfg);
+        let m = if conns.shutdown.is_requested() {
+            // Exiting: no measuring (a down database would delay the exit) and no alerts; the counters below
+            // still count the cycle, and the last measured values stay.
+            let st = &status::lock(&self.snapshot).status;
+            Measurement {
+                local_up: st.local_db_connected,
+                remote_up: st.remote_db_connected,
+                ..Default::default()
+            }
+        } else {
+            let m = isolate("measuring the status", || measure(conns, cfg)).unwrap_or_default();
+            alerts.observe(&Observation {
+                cycle_success: result.success,
+                last_error: first_error(result),
+                local_up: m.local_up,
+                remote_up: m.remote_up,
+                queue_size: m.queue_size,
+            });
+            m
+        };
+        let failures = alerts.consecutive_failures();
+        let mut snap = status::lock(&self.snapshot);
+        snap.cycles_total += 1;
+        if !result.success {
+            snap.cycle_failures_total += 1;
+        } else {
+            snap.last_success_unix = Some(status::unix_now());
+        }
+        snap.records_quarantined_total += result.upload_result.records_quarantined;
+        snap.last_cycle_duration_ms = Some(millis(took));
+        let st = &mut snap.status;
+        st.cycle_in_progress = false;
+        st.last_sync_time = Some(result.timestamp.clone());
+        st.last_sync_success = result.success;
+        st.last_sync_error = first_error(result);
+        st.total_records_synced += result.upload_result.records_uploaded;
+        st.consecutive_failures = failures;
+        st.local_db_connected = m.local_up;
+        st.remote_db_connected = m.remote_up;
+        let keep = |slot: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        keep(&mut st.queue_size, m.queue_size);
+        keep(&mut st.quarantined_count, m.quarantined);
+        keep(&mut st.local_meter_count, m.local_meters);
+        keep(&mut st.remote_meter_count, m.remote_meters);
+        keep(&mut st.local_tenant_count, m.local_tenants);
+        keep(&mut st.remote_tenant_count, m.remote_tenants);
+        if let Some(age) = m.oldest_pending_age {
+            st.oldest_pending_age = age.map(|d| d.as_secs());
+        }
+        st.last_cycle_result = Some(result.clone());
+    }
+}
+
+/// Connectivity by `SELECT 1` (one attempt each), then the counts from the sides that answered.
+fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
+    let test = |side: Side| match conns.test(side) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("status: the {side} database does not answer: {e}");
+            false
+        }
+    };
+    let (local_up, remote_up) = (test(Side::Local), test(Side::Remote));
+    let mut m = Measurement {
+        local_up,
+        remote_up,
+        ..Default::default()
+    };
+    let upload = UploadSyncManager::new(conns, cfg);
+    let download = DownloadSyncManager::new(conns, cfg);
+    if local_up {
+        m.queue_size = count(upload.queue_size(), "the queue");
+        m.quarantined = count(upload.quarantined_count(), "the quarantine");
+        m.oldest_pending_age = match upload.oldest_pending_age() {
+            Ok(age) => Some(age),
+            Err(e) => {
+                log::debug!("status: the oldest pending age failed: {e}");
+                None
+            }
+        };
+        m.local_meters = count(download.local_meter_count(), "local meters");
+        m.local_tenants = count(download.local_tenant_count(), "local tenants");
+    }
+    if remote_up {
+        m.remote_meters = count(download.remote_meter_count(), "remote meters");
+        m.remote_tenants = count(download.remote_tenant_count(), "remote tenants");
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Signals and systemd.
+
+/// The signal thread. The first SIGTERM/SIGINT requests shutdown (ending backoff waits and the drain after
+/// the batch in flight) and wakes the main loop; a second one exits at once with 128 + signal, which is safe
+/// because uploads are exactly-once (the next start recovers a claimed batch).
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+}
+
+impl SignalThread {
+    fn start(shutdown: Shutdown, events: Sender<Event>) -> Result<SignalThread> {
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT]).map_err(|e| Error::io("registering the SIGTERM/SIGINT handlers", e))?;
+        let handle = signals.handle();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut seen = 0u32;
+                for sig in signals.forever() {
+                    seen += 1;
+                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                    if seen == 1 {
+                        log::info!(
+                            "{name} received: shutting down after the batch in flight (send it again to exit at once)"
+                        );
+                        shutdown.request();
+                        let _ = events.try_send(Event::Shutdown);
+                    } else {
+                        log::warn!(
+                            "second {name} received: exiting now; an upload in flight is recovered at the next start"
+                        );
+                        std::process::exit(128 + sig);
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the signal thread", e))?;
+        Ok(SignalThread { handle })
+    }
+}
+
+impl Drop for SignalThread {
+    fn drop(&mut self) {
+        self.handle.close();
+    }
+}
+
+/// Sends `state` (e.g. `READY=1`) to systemd when NOTIFY_SOCKET is set; failures are only debug lines.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify_to(&path, state) {
+        log::debug!("sd_notify {state}: {e}");
+    }
+}
+
+/// One datagram to the notify socket; a leading '@' names an abstract socket.
+pub fn notify_to(path: &OsStr, state: &str) -> std::io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    match path.as_bytes().strip_prefix(b"@") {
+        #[cfg(target_os = "linux")]
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "abstract sockets need Linux",
+            ))
+        }
+        None => {
+            sock.send_to(state.as_bytes(), Path::new(path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Half of WATCHDOG_USEC when systemd asks this process for watchdog pings.
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The entry points.
+
+/// Blocks until the next event: shutdown first, then a pending immediate cycle, then whichever of the
+/// shutdown channel and the tick comes first (answering watchdog ticks on the way).
+fn next_event(
+    shutdown: &Shutdown,
+    run_now: bool,
+    events: &Receiver<Event>,
+    tick: &Receiver<Instant>,
+    watchdog: &Receiver<Instant>,
+) -> Event {
+    loop {
+        if shutdown.is_requested() {
+            return Event::Shutdown;
+        }
+        if run_now {
+            return Event::Tick;
+        }
+        select! {
+            recv(events) -> ev => return ev.unwrap_or(Event::Shutdown),
+            recv(tick) -> _ => return Event::Tick,
+            recv(watchdog) -> _ => sd_notify("WATCHDOG=1"),
+        }
+    }
+}
+
+/// `sync-process run`: cycles every SYNC_INTERVAL_SECONDS until SIGTERM/SIGINT. Returns Ok after a signal;
+/// a database being down is never a reason to return.
+pub fn run_daemon(cfg: &Config) -> Result<()> {
+    let shutdown = Shutdown::new();
+    let (events_tx, events) = crossbeam_channel::bounded::<Event>(4);
+    // Signals first: before any other thread (pools, status server, webhook) starts.
+    let signals = SignalThread::start(shutdown.clone(), events_tx.clone())?;
+    let mut service = Service::new(cfg, shutdown.clone(), true)?;
+    service.set_running(true);
+    let status_server = match cfg.status_bind {
+        Some(bind) => match StatusServer::start(bind, service.snapshot()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("{e}; running without the status server");
+                None
+            }
+        },
+        None => None,
+    };
+    let tick = crossbeam_channel::tick(cfg.sync_interval);
+    let watchdog = watchdog_period()
+        .map(crossbeam_channel::tick)
+        .unwrap_or_else(crossbeam_channel::never);
+    // The drain gives way to the downloads at least once per interval; the next cycle then continues it.
+    let budget = cfg.sync_interval.max(Duration::from_secs(1));
+    sd_notify("READY=1");
+    log::info!(
+        "sync-process running: a cycle every {}s; SIGTERM or SIGINT stops it",
+        cfg.sync_interval.as_secs()
+    );
+    let mut run_now = true;
+    loop {
+        match next_event(&shutdown, run_now, &events, &tick, &watchdog) {
+            Event::Shutdown => break,
+            Event::Tick => {
+                run_now = match service.cycle(budget) {
+                    CycleOutcome::Ran { backlog_remains, .. } => backlog_remains,
+                    CycleOutcome::Skipped(_) => false,
+                };
+                if watchdog_period().is_some() {
+                    sd_notify("WATCHDOG=1");
+                }
+            }
+        }
+    }
+    sd_notify("STOPPING=1");
+    service.set_running(false);
+    log::info!("sync-process stopped");
+    drop(status_server);
+    drop(signals);
+    drop(events_tx);
+    Ok(())
+}
+
+/// `sync-process once`: one cycle whose upload drains the whole queue. Fails when another process holds the
+/// cycle lock on the local database.
 pub fn run_once(cfg: &Config) -> Result<SyncCycleResult> {
-    let _ = cfg;
-    Err(Error::Other("once: not implemented yet".into()))
+    let shutdown = Shutdown::new();
+    let (events_tx, _events) = crossbeam_channel::bounded::<Event>(4);
+    let _signals = SignalThread::start(shutdown.clone(), events_tx)?;
+    let mut service = Service::new(cfg, shutdown, false)?;
+    match service.cycle(UNLIMITED_BUDGET) {
+        CycleOutcome::Ran { result, .. } => Ok(result),
+        CycleOutcome::Skipped(why) => Err(Error::Other(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_is_exclusive_and_released_on_drop() {
+        let slot = CycleSlot::new();
+        let g = slot.try_enter().expect("free");
+        assert!(slot.try_enter().is_none());
+        drop(g);
+        assert!(slot.try_enter().is_some());
+    }
+
+    #[test]
+    fn abstract_and_path_notify_sockets() {
+        let dir = std::env::temp_dir().join(format!("sp-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("notify");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).expect("bind");
+        notify_to(path.as_os_str(), "READY=1").expect("send");
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+        let name = format!("sp-notify-test-{}", std::process::id());
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+            let rx = UnixDatagram::bind_addr(&addr).expect("bind abstract");
+            notify_to(OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send abstract");
+            let n = rx.recv(&mut buf).expect("recv");
+            assert_eq!(&buf[..n], b"STOPPING=1");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        let r: std::result::Result<(), String> = isolate("the test part", || panic!("boom"));
+        assert_eq!(r, Err("panic in the test part: boom".to_string()));
+    }
 }
