@@ -1,15 +1,51 @@
 //! Upload Sync Manager: exactly-once store-and-forward of meter readings (local -> remote).
 //!
-//! (skeleton: the upload issue fills this in; the types and signatures below are the contract with the
-//! scheduler.)
+//! Owns: the upload protocol and all of its SQL on both sides — claim (local), upload (remote, readings and
+//! ledger row in ONE statement), finish (local), recover (by the remote ledger), poison isolation (probing
+//! inside a rolled-back remote transaction, then quarantining locally), the drain loop with its time budget,
+//! pacing and shutdown checks, and the ledger prune. This is the only module that writes remote readings.
+//! Does not own: connections and backoff (db.rs, retry.rs), what counts as transient or data errors
+//! (error.rs), the quarantine commands (quarantine.rs), scheduling cycles (scheduler.rs).
+//!
+//! The protocol (ARCHITECTURE.md, "The upload protocol", is the long form):
+//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings in (timestamp, id) order after a
+//!    remembered key and records them as a batch (random uuid, the reading ids in upload order).
+//! 2. UPLOAD — one remote statement inserts the ledger row (source, batch id) and the readings; it is its own
+//!    transaction. A unique violation on the ledger key means the batch is already in.
+//! 3. FINISH — one local statement deletes the batch row and exactly the readings it names.
+//! 4. RECOVER — at the start of a drain and after any error, every claimed batch is looked up in the ledger:
+//!    present -> finish; absent -> upload the same rows under the same id, then finish.
+//!
+//! Values travel as text (`value::text`, `timestamp::text`, `metadata::text`) and are cast back remotely;
+//! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Statement};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::db::ConnectionManager;
-use crate::error::Result;
+use crate::db::{Conn, ConnectionManager};
+
+use crate::error::{describe_pg_error, pg_error_is_data_error, Error, Result, Side};
+use crate::retry::retry_if;
+
+/// Ledger rows older than this, whose batch is not pending locally, are pruned.
+pub const LEDGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The ledger of one remote and source is pruned at most this often (per process).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Session advisory lock held on the local database while a drain runs, so that two processes (a daemon and
+/// an operator's `once`) never claim the same readings. ("sync" in ASCII, then 2; migrate.rs uses 1.)
+const UPLOAD_LOCK: (i32, i32) = (0x7379_6e63, 2);
+
+/// How often a batch whose probes found no bad reading is uploaded again before the part fails.
+const MAX_UNEXPLAINED_REJECTIONS: u32 = 2;
 
 /// The result of one upload part of a cycle (the contract's `uploadResult`). `duration` is in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -26,6 +62,98 @@ pub struct UploadSyncResult {
     pub backlog_remains: bool,
 }
 
+/// One queued reading as it travels: every value as PostgreSQL's own text form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedReading {
+    pub id: i64,
+    pub meter_id: String,
+    /// `timestamp::text` under DateStyle ISO: `2024-01-02 03:04:05.123456`, `infinity`, `0044-03-15 00:00:00 BC`.
+    pub timestamp: String,
+    /// `value::text`: exact digits and scale, or `NaN`.
+    pub value: String,
+    pub unit: String,
+    /// `metadata::text`; None is SQL NULL (JSON null is `Some("null")`).
+    pub metadata: Option<String>,
+}
+
+/// A claimed batch: its id (also its key in the remote ledger) and its readings in upload order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    /// The batch uuid as text.
+    pub batch_id: String,
+    pub readings: Vec<QueuedReading>,
+}
+
+impl ClaimedBatch {
+    /// The key to continue claiming after this batch.
+    pub fn cursor(&self) -> Option<ClaimCursor> {
+        self.readings.last().map(|r| ClaimCursor {
+            timestamp: r.timestamp.clone(),
+            id: r.id,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.readings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+    }
+}
+
+/// The last claimed (timestamp, id): the next claim continues strictly after it (keyset paging, so a drain
+/// never rescans the dead index entries its own deletes left behind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimCursor {
+    pub timestamp: String,
+    pub id: i64,
+}
+
+/// What the remote statement of [`UploadSyncManager::upload_batch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The readings and the ledger row were inserted (this many readings).
+    Uploaded(u64),
+    /// The ledger already holds this batch id: its readings are in; nothing was inserted.
+    AlreadyPresent,
+}
+
+/// Counters of one drain.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    uploaded: u64,
+    deleted: u64,
+    quarantined: u64,
+    batches: u64,
+}
+
+/// How a drain ended without error.
+enum Drained {
+    Empty,
+    Stopped,
+}
+
+/// What one step of the drain did.
+enum Step {
+    /// A batch went up and was finished; the drain goes on.
+    Delivered,
+    /// The queue is empty.
+    Empty,
+    /// Shutdown or the budget: the batch in flight was finished and nothing else is claimed.
+    Stopped,
+}
+
+/// What the probes of a rejected batch found.
+enum Isolation {
+    /// These readings (index into the batch, error text, SQLSTATE) are rejected on their own.
+    Bad(Vec<(usize, String, Option<String>)>),
+    /// Every reading of a batch of several is rejected: a schema mismatch, not poison.
+    Storm(String),
+    /// Every part passes on its own: the rejection is not explained by any reading.
+    Unexplained,
+}
+
 pub struct UploadSyncManager<'a> {
     pub conns: &'a ConnectionManager,
     pub cfg: &'a Config,
@@ -37,30 +165,954 @@ impl<'a> UploadSyncManager<'a> {
     }
 
     /// Recovers claimed batches, then drains the queue batch after batch until it is empty, shutdown is
-    /// requested, or `budget` is spent.
+    /// requested, or `budget` is spent. Never panics on database trouble: a failure is in the result.
     pub fn sync_readings(&self, budget: Duration) -> UploadSyncResult {
-        let _ = budget;
-        UploadSyncResult { error: Some("upload not implemented yet".into()), ..Default::default() }
+        let started = Instant::now();
+        let mut stats = Stats::default();
+        let outcome = self.drain(started, budget, &mut stats);
+        let duration = started.elapsed();
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let mut result = UploadSyncResult {
+            success: outcome.is_ok(),
+            records_uploaded: stats.uploaded,
+            records_deleted: stats.deleted,
+            records_quarantined: stats.quarantined,
+            error: None,
+            duration: ms,
+            backlog_remains: false,
+        };
+        let summary = format!(
+            "{} readings uploaded, {} deleted locally, {} quarantined, {} batches in {ms} ms",
+            stats.uploaded, stats.deleted, stats.quarantined, stats.batches
+        );
+        match outcome {
+            Ok(Drained::Empty) => log::info!("upload: {summary}; queue empty"),
+            Ok(Drained::Stopped) => {
+                result.backlog_remains = self.backlog_exists();
+                let why = if self.conns.shutdown.is_requested() {
+                    "shutdown requested"
+                } else {
+                    "time budget spent"
+                };
+                log::info!(
+                    "upload: {summary}; stopped ({why}){}",
+                    if result.backlog_remains {
+                        ", backlog remains"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Err(e) => {
+                log::error!("upload failed ({} error) after {summary}: {e}", e.kind());
+                result.error = Some(e.to_string());
+            }
+        }
+        if result.success && !self.conns.shutdown.is_requested() && self.prune_due() {
+            match self.prune_ledger(LEDGER_RETENTION) {
+                Ok(n) => log::info!(
+                    "upload: pruned {n} ledger rows older than {} days",
+                    LEDGER_RETENTION.as_secs() / 86_400
+                ),
+                Err(e) => log::warn!("upload: pruning the ledger failed ({} error): {e}", e.kind()),
+            }
+        }
+        result
     }
 
     /// Readings waiting locally (claimed or not), not counting quarantined ones.
     pub fn queue_size(&self) -> Result<i64> {
-        Ok(0)
+        let db = &self.conns.local;
+        let mut c = self.conns.get(Side::Local)?;
+        let row = c
+            .query_typed_one("SELECT count(*) FROM meter_readings", &[])
+            .map_err(|e| db.err("counting the queue", e))?;
+        Ok(row.get(0))
     }
 
     /// Readings in the local quarantine.
     pub fn quarantined_count(&self) -> Result<i64> {
-        Ok(0)
+        let db = &self.conns.local;
+        let mut c = self.conns.get(Side::Local)?;
+        let row = c
+            .query_typed_one("SELECT count(*) FROM sync_quarantine", &[])
+            .map_err(|e| db.err("counting quarantined readings", e))?;
+        Ok(row.get(0))
     }
 
     /// Age of the oldest queued reading (now - its created_at), None when the queue is empty.
     pub fn oldest_pending_age(&self) -> Result<Option<Duration>> {
-        Ok(None)
+        let db = &self.conns.local;
+        let mut c = self.conns.get(Side::Local)?;
+        // An age, not a reading: float seconds are fine here.
+        let row = c
+            .query_typed_one(
+                "SELECT extract(epoch FROM localtimestamp - min(created_at))::float8 FROM meter_readings",
+                &[],
+            )
+            .map_err(|e| db.err("reading the age of the oldest queued reading", e))?;
+        let secs: Option<f64> = row.get(0);
+        Ok(secs.map(|s| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 })))
+    }
+
+    // ----- The protocol's steps, one statement each. Public so that tests can stop between them. -----
+
+    /// CLAIM: records the next BATCH_SIZE readings after `after` (from the start of the queue when None) as a
+    /// new batch and returns it, or None when there is nothing after `after`. One local statement. The caller
+    /// must not claim while another batch overlapping `after` is pending (the drain claims only after
+    /// recovery, and continues strictly after the last claimed key).
+    pub fn claim_batch(&self, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+        claim(&mut Session::new(self.conns), self.cfg.batch_size, after)
+    }
+
+    /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
+    /// error comes back as the error (`is_data_error()`).
+    pub fn upload_batch(&self, batch: &ClaimedBatch) -> Result<UploadOutcome> {
+        self.remote_upload(&Arc::new(batch.clone()))
+    }
+
+    /// FINISH: deletes the batch row and exactly the readings it names, in one local statement. Returns the
+    /// readings deleted.
+    pub fn finish_batch(&self, batch_id: &str) -> Result<u64> {
+        finish(&mut Session::new(self.conns), batch_id).map(|(_, deleted)| deleted)
+    }
+
+    /// FINISH of `batch_id` and CLAIM of the next batch after `after`, in one local statement (one commit
+    /// instead of two per batch). Returns the readings deleted and the new batch, if any.
+    pub fn finish_and_claim_batch(&self, batch_id: &str, after: &ClaimCursor) -> Result<(u64, Option<ClaimedBatch>)> {
+        finish_and_claim(&mut Session::new(self.conns), batch_id, self.cfg.batch_size, after)
+    }
+
+    /// The claimed batches still pending locally (oldest first), by id.
+    pub fn pending_batches(&self) -> Result<Vec<String>> {
+        Ok(pending(&mut Session::new(self.conns))?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Deletes this source's ledger rows older than `older_than` whose batch is not pending locally.
+    pub fn prune_ledger(&self, older_than: Duration) -> Result<u64> {
+        // Under the upload lock, so that no batch is claimed between reading the pending ids and the delete.
+        let mut session = Session::new(self.conns);
+        let keep: Vec<String> = pending(&mut session)?.into_iter().map(|(id, _)| id).collect();
+        let secs = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let (name, source) = (self.remote_name(), self.cfg.source_id.clone());
+        self.conns
+            .call_bounded(Side::Remote, "pruning the upload ledger", move |c| {
+                let rows = c
+                    .query_typed(
+                        sql::PRUNE,
+                        &[(&source, Type::TEXT), (&secs, Type::INT8), (&keep, Type::TEXT_ARRAY)],
+                    )
+                    .map_err(|e| name.err("pruning the upload ledger", e))?;
+                Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64)
+            })
+    }
+
+    // ----- The drain. -----
+
+    fn drain(&self, started: Instant, budget: Duration, stats: &mut Stats) -> Result<Drained> {
+        let mut session = Session::new(self.conns);
+        let mut needs_recovery = true;
+        // The last claimed key, and a batch claimed (by the merged finish-and-claim) but not yet uploaded.
+        let mut cursor: Option<ClaimCursor> = None;
+        let mut next: Option<ClaimedBatch> = None;
+        let what = format!(
+            "uploading readings to the remote database {}",
+            self.conns.remote.target()
+        );
+        let stop = || self.conns.shutdown.is_requested() || started.elapsed() >= budget;
+        loop {
+            // A batch already claimed is delivered first (the batch in flight completes).
+            if next.is_none() && stop() {
+                return Ok(Drained::Stopped);
+            }
+            // Each batch gets the full retry schedule; every retry starts with recovery. A failure to connect
+            // was already retried by `ConnectionManager::get` (the two retry counts do not multiply).
+            let should_retry = |e: &Error| e.is_transient() && !matches!(e, Error::Connect { .. });
+            let step = retry_if(
+                &what,
+                self.conns.query_retry,
+                &self.conns.shutdown,
+                should_retry,
+                || {
+                    let r = (|| {
+                        if needs_recovery {
+                            self.recover(&mut session, stats)?;
+                            needs_recovery = false;
+                            cursor = None;
+                            next = None;
+                        }
+                        self.step(&mut session, &mut cursor, &mut next, &stop, stats)
+                    })();
+                    if let Err(e) = &r {
+                        needs_recovery = true;
+                        session.forget_broken(e);
+                    }
+                    r
+                },
+            )?;
+            match step {
+                Step::Empty => return Ok(Drained::Empty),
+                Step::Stopped => return Ok(Drained::Stopped),
+                Step::Delivered => self.pace(started, stats.uploaded),
+            }
+        }
+    }
+
+    /// Uploads one batch (the one claimed already, or a newly claimed one) and finishes it; unless the drain
+    /// is to stop, the finish also claims the next batch (into `next`).
+    fn step(
+        &self,
+        s: &mut Session,
+        cursor: &mut Option<ClaimCursor>,
+        next: &mut Option<ClaimedBatch>,
+        stop: &dyn Fn() -> bool,
+        stats: &mut Stats,
+    ) -> Result<Step> {
+        let batch = match next.take() {
+            Some(b) => b,
+            None => {
+                let mut b = claim(s, self.cfg.batch_size, cursor.as_ref())?;
+                if b.is_none() && cursor.is_some() {
+                    // Readings that arrived older than the cursor wait behind it: look again from the start.
+                    *cursor = None;
+                    b = claim(s, self.cfg.batch_size, None)?;
+                }
+                match b {
+                    Some(b) => b,
+                    None => return Ok(Step::Empty),
+                }
+            }
+        };
+        // The key of the batch as claimed (quarantine may narrow it; its readings stay at or before this key).
+        *cursor = batch.cursor();
+        let batch = self.upload_part(s, batch, stats)?;
+        let t0 = Instant::now();
+        let (deleted, claimed) = match cursor.as_ref() {
+            Some(after) if !stop() => finish_and_claim(s, &batch.batch_id, self.cfg.batch_size, after)?,
+            _ => (finish(s, &batch.batch_id)?.1, None),
+        };
+        stats.deleted += deleted;
+        stats.batches += 1;
+        log::debug!(
+            "upload: batch {} finished, {deleted} readings deleted locally in {} ms",
+            batch.batch_id,
+            t0.elapsed().as_millis()
+        );
+        if claimed.is_none() {
+            // End of the queue after the cursor (or stopping): the next claim starts from the beginning.
+            *cursor = None;
+        }
+        *next = claimed;
+        if stop() && next.is_none() {
+            return Ok(Step::Stopped);
+        }
+        Ok(Step::Delivered)
+    }
+
+    /// RECOVER: every pending batch is finished (already in the ledger) or uploaded again under its id.
+    fn recover(&self, s: &mut Session, stats: &mut Stats) -> Result<()> {
+        let pending = pending(s)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = pending.iter().map(|(id, _)| id.clone()).collect();
+        let (name, source) = (self.remote_name(), self.cfg.source_id.clone());
+        let present = self.conns.call_bounded(
+            Side::Remote,
+            "looking up claimed batches in the upload ledger",
+            move |c| ledger_lookup(c, &name, &source, &ids),
+        )?;
+        log::info!(
+            "upload: recovering {} claimed batch(es): {} already in the remote ledger",
+            pending.len(),
+            present.len()
+        );
+        for (id, count) in pending {
+            if present.contains(&id) {
+                let (_, deleted) = finish(s, &id)?;
+                stats.deleted += deleted;
+                log::info!("upload: batch {id} ({count} readings) was already uploaded; deleted {deleted} locally");
+            } else {
+                let batch = load_batch(s, &id)?;
+                log::info!(
+                    "upload: batch {id} is not in the remote ledger; uploading its {} readings again",
+                    batch.len()
+                );
+                let batch = self.upload_part(s, batch, stats)?;
+                let (_, deleted) = finish(s, &batch.batch_id)?;
+                stats.deleted += deleted;
+                stats.batches += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// UPLOAD one batch, isolating poison readings on a data error (they are quarantined and the batch narrowed
+    /// to the good ones). Returns the batch as it now stands in the ledger.
+    fn upload_part(&self, s: &mut Session, batch: ClaimedBatch, stats: &mut Stats) -> Result<Arc<ClaimedBatch>> {
+        let mut batch = Arc::new(batch);
+        let mut unexplained = 0u32;
+        loop {
+            if batch.is_empty() {
+                return Ok(batch);
+            }
+            let t0 = Instant::now();
+            match self.remote_upload(&batch) {
+                Ok(UploadOutcome::Uploaded(n)) => {
+                    stats.uploaded += n;
+                    log::debug!(
+                        "upload: batch {} uploaded, {n} readings in {} ms",
+                        batch.batch_id,
+                        t0.elapsed().as_millis()
+                    );
+                    return Ok(batch);
+                }
+                Ok(UploadOutcome::AlreadyPresent) => {
+                    log::info!(
+                        "upload: batch {} is already in the remote ledger; finishing it",
+                        batch.batch_id
+                    );
+                    return Ok(batch);
+                }
+                Err(e) if e.is_data_error() => {
+                    log::warn!(
+                        "upload: the remote rejected batch {} ({} readings) for a data reason; isolating the bad \
+                         readings: {e}",
+                        batch.batch_id,
+                        batch.len()
+                    );
+                    match self.isolate(&batch, &e)? {
+                        Isolation::Bad(bad) => {
+                            let (moved, good) = self.quarantine(s, &batch, bad)?;
+                            stats.quarantined += moved;
+                            batch = Arc::new(good);
+                        }
+                        Isolation::Storm(msg) => {
+                            self.note_failure(s, &batch.batch_id, &msg);
+                            return Err(Error::Other(msg));
+                        }
+                        Isolation::Unexplained => {
+                            unexplained += 1;
+                            if unexplained >= MAX_UNEXPLAINED_REJECTIONS {
+                                self.note_failure(s, &batch.batch_id, &e.to_string());
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !e.is_transient() {
+                        self.note_failure(s, &batch.batch_id, &e.to_string());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Finds the readings the remote rejects on their own: bisects the batch inside one remote transaction,
+    /// each part under a savepoint (so later parts see earlier good ones, exactly as the real insert would),
+    /// then rolls the whole transaction back. Changes nothing anywhere.
+    fn isolate(&self, batch: &Arc<ClaimedBatch>, first: &Error) -> Result<Isolation> {
+        let n = batch.len();
+        let bad = if n == 1 {
+            let text = match first {
+                Error::Db { source, .. } => describe_pg_error(source),
+                other => other.to_string(),
+            };
+            vec![(0, text, first.sqlstate().map(str::to_string))]
+        } else {
+            let context = format!("probing rejected batch {} ({n} readings)", batch.batch_id);
+            let (name, b) = (self.remote_name(), Arc::clone(batch));
+            self.conns.call_bounded(Side::Remote, &context.clone(), move |c| {
+                let mut bad = Vec::new();
+                let mut tx = c.transaction().map_err(|e| name.err(&context, e))?;
+                let mid = n / 2;
+                probe(&mut tx, &name, &context, &b.readings, 0, mid, &mut bad)?;
+                probe(&mut tx, &name, &context, &b.readings, mid, n, &mut bad)?;
+                tx.rollback().map_err(|e| name.err(&context, e))?;
+                Ok(bad)
+            })?
+        };
+        if bad.is_empty() {
+            log::warn!(
+                "upload: every part of batch {} passes on its own; uploading it again",
+                batch.batch_id
+            );
+            return Ok(Isolation::Unexplained);
+        }
+        if bad.len() == n && n > 1 {
+            return Ok(Isolation::Storm(format!(
+                "the remote database {} rejects every one of the {n} readings of batch {} for a data reason (a schema \
+                 change such as a new NOT NULL column?); nothing quarantined, the batch stays claimed; first error: {}",
+                self.conns.remote.target(),
+                batch.batch_id,
+                bad[0].1
+            )));
+        }
+        Ok(Isolation::Bad(bad))
+    }
+
+    /// Moves the bad readings into sync_quarantine and narrows the batch to the good ones, in one local
+    /// statement. The batch keeps its id: the failed statement proved that id absent from the ledger.
+    /// Returns how many moved, and the batch narrowed to its good readings.
+    fn quarantine(
+        &self,
+        s: &mut Session,
+        batch: &ClaimedBatch,
+        bad: Vec<(usize, String, Option<String>)>,
+    ) -> Result<(u64, ClaimedBatch)> {
+        let db = &self.conns.local;
+        let bad_idx: HashSet<usize> = bad.iter().map(|(i, _, _)| *i).collect();
+        let ids: Vec<i64> = bad.iter().map(|(i, _, _)| batch.readings[*i].id).collect();
+        let errors: Vec<&str> = bad.iter().map(|(_, e, _)| e.as_str()).collect();
+        let states: Vec<Option<&str>> = bad.iter().map(|(_, _, s)| s.as_deref()).collect();
+        let good: Vec<QueuedReading> = batch
+            .readings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !bad_idx.contains(i))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let good_ids: Vec<i64> = good.iter().map(|r| r.id).collect();
+        let note = format!("{} reading(s) quarantined", ids.len());
+        let row = s
+            .local()?
+            .query_typed_one(
+                sql::QUARANTINE,
+                &[
+                    (&batch.batch_id, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&states, Type::TEXT_ARRAY),
+                    (&good_ids, Type::INT8_ARRAY),
+                    (&note, Type::TEXT),
+                ],
+            )
+            .map_err(|e| {
+                db.err(
+                    format!("quarantining {} reading(s) of batch {}", ids.len(), batch.batch_id),
+                    e,
+                )
+            })?;
+        let moved: i64 = row.get(0);
+        for (i, err, _) in &bad {
+            let r = &batch.readings[*i];
+            log::warn!("upload: reading {} (meter {:?}) quarantined: {err}", r.id, r.meter_id);
+        }
+        Ok((
+            moved.max(0) as u64,
+            ClaimedBatch {
+                batch_id: batch.batch_id.clone(),
+                readings: good,
+            },
+        ))
+    }
+
+    /// Records a failure on the batch row for operators (best effort: the error itself is returned anyway).
+    fn note_failure(&self, s: &mut Session, batch_id: &str, msg: &str) {
+        let db = &self.conns.local;
+        let r = s.local().and_then(|c| {
+            c.query_typed(sql::NOTE_FAILURE, &[(&batch_id, Type::TEXT), (&msg, Type::TEXT)])
+                .map_err(|e| db.err(format!("recording the failure of batch {batch_id}"), e))
+        });
+        if let Err(e) = r {
+            log::warn!("upload: {e}");
+        }
+    }
+
+    fn remote_name(&self) -> RemoteName {
+        RemoteName(self.conns.remote.target().to_string())
+    }
+
+    /// The upload statement on a helper thread, bounded in time (a silent server is a transient error whose
+    /// outcome recovery settles).
+    fn remote_upload(&self, batch: &Arc<ClaimedBatch>) -> Result<UploadOutcome> {
+        let (name, source, b) = (self.remote_name(), self.cfg.source_id.clone(), Arc::clone(batch));
+        let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+        self.conns
+            .call_bounded(Side::Remote, &what, move |c| upload(c, &name, &source, &b))
+    }
+
+    /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).
+    fn pace(&self, started: Instant, rows: u64) {
+        let rate = self.cfg.upload_max_rows_per_second;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(rows as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            self.conns.shutdown.sleep(wait);
+        }
+    }
+
+    /// Whether any reading is queued (for `backlog_remains`); false when the database cannot say.
+    fn backlog_exists(&self) -> bool {
+        let Ok(mut c) = self.conns.local.try_get() else {
+            return false;
+        };
+        c.query_typed_one("SELECT EXISTS (SELECT 1 FROM meter_readings)", &[])
+            .map(|r| r.get(0))
+            .unwrap_or(false)
+    }
+
+    /// True at most once per PRUNE_EVERY per remote database and source, in this process.
+    fn prune_due(&self) -> bool {
+        static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+        let key = format!("{}|{}", self.conns.remote.target(), self.cfg.source_id);
+        let mut guard = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        match map.get(&key) {
+            Some(t) if t.elapsed() < PRUNE_EVERY => false,
+            _ => {
+                map.insert(key, Instant::now());
+                true
+            }
+        }
     }
 }
 
-/// `sync-process quarantine ...` (skeleton).
+/// The local connection one drain holds, with the upload lock. If it breaks it is dropped and the next use
+/// takes a fresh one (retried with backoff by `ConnectionManager::get`) and locks again. Remote statements
+/// take a pooled connection each, through `ConnectionManager::call_bounded`.
+struct Session<'a> {
+    conns: &'a ConnectionManager,
+    local: Option<Conn>,
+    /// Statements prepared on `local`, by their SQL (the steady drain's statements are parsed and planned once
+    /// per connection, not per batch).
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl<'a> Session<'a> {
+    fn new(conns: &'a ConnectionManager) -> Session<'a> {
+        Session {
+            conns,
+            local: None,
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// Runs a local statement, prepared once per connection. `context` names it in errors.
+    fn query(
+        &mut self,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+        context: &dyn Fn() -> String,
+    ) -> Result<Vec<postgres::Row>> {
+        let db = &self.conns.local;
+        let statement = match self.prepared.get(sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = self
+                    .local()?
+                    .prepare_typed(sql, types)
+                    .map_err(|e| db.err(context(), e))?;
+                self.prepared.insert(sql, st.clone());
+                st
+            }
+        };
+        let c = self.local()?;
+        c.query(&statement, params).map_err(|e| db.err(context(), e))
+    }
+
+    fn local(&mut self) -> Result<&mut Client> {
+        if self.local.is_none() {
+            let db = &self.conns.local;
+            let mut c = self.conns.get(Side::Local)?;
+            let locked: bool = c
+                .query_typed_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[(&UPLOAD_LOCK.0, Type::INT4), (&UPLOAD_LOCK.1, Type::INT4)],
+                )
+                .map_err(|e| db.err("taking the upload lock", e))?
+                .get(0);
+            if !locked {
+                return Err(Error::Other(format!(
+                    "local database {}: another sync-process is uploading from this database; this upload is skipped",
+                    db.target()
+                )));
+            }
+            self.local = Some(c);
+        }
+        match self.local.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(Error::Other("local connection missing".into())),
+        }
+    }
+
+    /// After an error: drops the local connection if it is closed or, after a transient local error, may be
+    /// half-broken.
+    fn forget_broken(&mut self, e: &Error) {
+        let local_trouble = match e {
+            Error::Db { side, .. } | Error::Connect { side, .. } | Error::Stalled { side, .. } => *side == Side::Local,
+            _ => false,
+        };
+        if self
+            .local
+            .as_ref()
+            .is_some_and(|c| c.is_closed() || (local_trouble && e.is_transient()))
+        {
+            self.release_local();
+        }
+    }
+
+    /// Releases the upload lock before the connection goes back to the pool. If that fails the connection
+    /// is broken, the pool discards it, and the server ends the lock with the session.
+    fn release_local(&mut self) {
+        self.prepared.clear();
+        if let Some(mut c) = self.local.take() {
+            if !c.is_closed() {
+                let _ = c.query_typed(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[(&UPLOAD_LOCK.0, Type::INT4), (&UPLOAD_LOCK.1, Type::INT4)],
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.release_local();
+    }
+}
+
+// ----- The statements. -----
+
+fn reading_from_row(row: &postgres::Row, offset: usize) -> QueuedReading {
+    QueuedReading {
+        id: row.get(offset),
+        meter_id: row.get(offset + 1),
+        timestamp: row.get(offset + 2),
+        value: row.get(offset + 3),
+        unit: row.get(offset + 4),
+        metadata: row.get(offset + 5),
+    }
+}
+
+fn claim(s: &mut Session, batch_size: u32, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+    let limit = i64::from(batch_size);
+    let context = || format!("claiming the next batch of up to {batch_size} readings");
+    let rows = match after {
+        None => s.query(sql::CLAIM_FIRST, &[Type::INT8], &[&limit], &context)?,
+        Some(k) => s.query(
+            sql::CLAIM_NEXT,
+            &[Type::INT8, Type::TEXT, Type::INT8],
+            &[&limit, &k.timestamp, &k.id],
+            &context,
+        )?,
+    };
+    Ok(batch_from_rows(&rows, 0))
+}
+
+/// The claimed batch of a claim's result rows (batch id in column `offset`, the reading after it).
+fn batch_from_rows(rows: &[postgres::Row], offset: usize) -> Option<ClaimedBatch> {
+    let batch_id: String = rows.first()?.get::<_, Option<String>>(offset)?;
+    let readings = rows.iter().map(|r| reading_from_row(r, offset + 1)).collect();
+    Some(ClaimedBatch { batch_id, readings })
+}
+
+/// Returns the readings deleted and the next batch claimed after `after`, if any.
+fn finish_and_claim(
+    s: &mut Session,
+    batch_id: &str,
+    batch_size: u32,
+    after: &ClaimCursor,
+) -> Result<(u64, Option<ClaimedBatch>)> {
+    let limit = i64::from(batch_size);
+    let context = || format!("deleting the uploaded readings of batch {batch_id} and claiming the next batch");
+    let rows = s.query(
+        sql::FINISH_AND_CLAIM,
+        &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
+        &[&limit, &after.timestamp, &after.id, &batch_id],
+        &context,
+    )?;
+    let (finished, deleted): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
+    if finished != 1 {
+        log::warn!("upload: batch {batch_id} was no longer pending when it was finished");
+    }
+    Ok((deleted.max(0) as u64, batch_from_rows(&rows, 2)))
+}
+
+/// The reading values as the five text arrays of the upload statement.
+struct Columns<'r> {
+    meter: Vec<&'r str>,
+    ts: Vec<&'r str>,
+    value: Vec<&'r str>,
+    unit: Vec<&'r str>,
+    metadata: Vec<Option<&'r str>>,
+}
+
+impl<'r> Columns<'r> {
+    fn of(readings: &'r [QueuedReading]) -> Columns<'r> {
+        Columns {
+            meter: readings.iter().map(|r| r.meter_id.as_str()).collect(),
+            ts: readings.iter().map(|r| r.timestamp.as_str()).collect(),
+            value: readings.iter().map(|r| r.value.as_str()).collect(),
+            unit: readings.iter().map(|r| r.unit.as_str()).collect(),
+            metadata: readings.iter().map(|r| r.metadata.as_deref()).collect(),
+        }
+    }
+}
+
+fn is_ledger_conflict(e: &postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| *d.code() == SqlState::UNIQUE_VIOLATION && d.table() == Some("sync_upload_ledger"))
+}
+
+/// Names the remote database in errors made on a helper thread (which cannot borrow the `Database`).
+struct RemoteName(String);
+
+impl RemoteName {
+    fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
+        Error::db(Side::Remote, &self.0, context, source)
+    }
+}
+
+fn upload(c: &mut Client, db: &RemoteName, source_id: &str, batch: &ClaimedBatch) -> Result<UploadOutcome> {
+    let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+    let cols = Columns::of(&batch.readings);
+    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+        (&source_id, Type::TEXT),
+        (&batch.batch_id, Type::TEXT),
+        (&n, Type::INT4),
+        (&cols.meter, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TEXT_ARRAY),
+        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.unit, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::TEXT_ARRAY),
+    ];
+    match c.query_typed(sql::UPLOAD, &params) {
+        Ok(_) => Ok(UploadOutcome::Uploaded(batch.len() as u64)),
+        Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
+        Err(e) => Err(db.err(
+            format!("uploading batch {} ({} readings)", batch.batch_id, batch.len()),
+            e,
+        )),
+    }
+}
+
+/// Inserts `readings[from..to]` under a savepoint of `tx`; on a data error rolls the savepoint back and
+/// bisects, recording single rejected readings in `bad`.
+fn probe(
+    tx: &mut postgres::Transaction<'_>,
+    db: &RemoteName,
+    context: &str,
+    readings: &[QueuedReading],
+    from: usize,
+    to: usize,
+    bad: &mut Vec<(usize, String, Option<String>)>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut sp = tx.savepoint("sync_probe").map_err(|e| db.err(context, e))?;
+    let cols = Columns::of(&readings[from..to]);
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&cols.meter, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TEXT_ARRAY),
+        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.unit, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::TEXT_ARRAY),
+    ];
+    match sp.query_typed(sql::PROBE, &params) {
+        Ok(_) => sp.commit().map_err(|e| db.err(context, e)),
+        Err(e) if pg_error_is_data_error(&e) => {
+            sp.rollback().map_err(|e| db.err(context, e))?;
+            if to - from == 1 {
+                let state = e.code().map(|c| c.code().to_string());
+                bad.push((from, describe_pg_error(&e), state));
+                Ok(())
+            } else {
+                let mid = from + (to - from) / 2;
+                probe(tx, db, context, readings, from, mid, bad)?;
+                probe(tx, db, context, readings, mid, to, bad)
+            }
+        }
+        Err(e) => Err(db.err(context, e)),
+    }
+}
+
+/// Returns (batch rows deleted, readings deleted).
+fn finish(s: &mut Session, batch_id: &str) -> Result<(i64, u64)> {
+    let context = || format!("deleting the uploaded readings of batch {batch_id}");
+    let rows = s.query(sql::FINISH, &[Type::TEXT], &[&batch_id], &context)?;
+    let (batches, readings): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
+    Ok((batches, readings.max(0) as u64))
+}
+
+/// (batch id, number of reading ids), oldest claim first.
+fn pending(s: &mut Session) -> Result<Vec<(String, i32)>> {
+    let rows = s.query(sql::PENDING, &[], &[], &|| {
+        "reading the claimed upload batches".to_string()
+    })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn load_batch(s: &mut Session, batch_id: &str) -> Result<ClaimedBatch> {
+    let context = || format!("reading the readings of claimed batch {batch_id}");
+    let rows = s.query(sql::BATCH_ROWS, &[Type::TEXT], &[&batch_id], &context)?;
+    Ok(ClaimedBatch {
+        batch_id: batch_id.to_string(),
+        readings: rows.iter().map(|r| reading_from_row(r, 0)).collect(),
+    })
+}
+
+fn ledger_lookup(c: &mut Client, db: &RemoteName, source_id: &str, ids: &[String]) -> Result<HashSet<String>> {
+    let rows = c
+        .query_typed(
+            sql::LEDGER_LOOKUP,
+            &[(&source_id, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+        )
+        .map_err(|e| {
+            db.err(
+                format!("looking up {} claimed batch(es) in the upload ledger", ids.len()),
+                e,
+            )
+        })?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// `sync-process quarantine ...`: see quarantine.rs.
 pub fn quarantine_command(cfg: &Config, cmd: &crate::cli::QuarantineCmd) -> Result<()> {
-    let _ = (cfg, cmd);
-    Err(crate::error::Error::Other("quarantine: not implemented yet".into()))
+    crate::quarantine::command(cfg, cmd)
+}
+
+/// Every SQL statement of the upload, both sides. Values are selected as text with aliases that differ from
+/// the column names, and queries order by the real columns (pitfalls.md: ordering by a cast loses the index).
+pub mod sql {
+    /// Local. The first claim of a drain: the oldest readings.
+    pub const CLAIM_FIRST: &str = "
+WITH c AS (
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
+  ORDER BY timestamp, id LIMIT $1
+), b AS (
+  INSERT INTO sync_upload_batches (batch_id, reading_ids)
+  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
+  RETURNING batch_id
+)
+SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text,
+       c.timestamp::text AS ts_text, c.value::text AS value_text, c.unit::text AS unit_text,
+       c.metadata::text AS metadata_text
+FROM b CROSS JOIN c ORDER BY c.timestamp, c.id";
+
+    /// Local. The next claim: keyset after the last claimed (timestamp, id).
+    pub const CLAIM_NEXT: &str = "
+WITH c AS (
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
+  WHERE (timestamp, id) > ($2::timestamp, $3)
+  ORDER BY timestamp, id LIMIT $1
+), b AS (
+  INSERT INTO sync_upload_batches (batch_id, reading_ids)
+  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
+  RETURNING batch_id
+)
+SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text,
+       c.timestamp::text AS ts_text, c.value::text AS value_text, c.unit::text AS unit_text,
+       c.metadata::text AS metadata_text
+FROM b CROSS JOIN c ORDER BY c.timestamp, c.id";
+
+    /// Local. FINISH of batch $4 and CLAIM after ($2, $3) in one statement, so one commit per batch. The claim
+    /// sees the queue as it was before the delete (one snapshot), which is right: the finished readings all lie
+    /// at or before the key it continues after. Always returns a row: (finished, deleted, NULLs) when nothing
+    /// is left to claim.
+    pub const FINISH_AND_CLAIM: &str = "
+WITH f AS (
+  DELETE FROM sync_upload_batches WHERE batch_id = $4::uuid RETURNING reading_ids
+), d AS (
+  DELETE FROM meter_readings r USING f WHERE r.id = ANY(f.reading_ids) RETURNING 1
+), c AS (
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
+  WHERE (timestamp, id) > ($2::timestamp, $3)
+  ORDER BY timestamp, id LIMIT $1
+), b AS (
+  INSERT INTO sync_upload_batches (batch_id, reading_ids)
+  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
+  RETURNING batch_id
+)
+SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
+       b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text,
+       c.timestamp::text AS ts_text, c.value::text AS value_text, c.unit::text AS unit_text,
+       c.metadata::text AS metadata_text
+FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
+ORDER BY c.timestamp, c.id";
+
+    /// Remote. The ledger row first (the readings are joined to it, so a duplicate batch fails on the ledger
+    /// key before any reading is inserted), then the readings in upload order. One statement, one transaction.
+    pub const UPLOAD: &str = "
+WITH l AS (
+  INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) VALUES ($1, $2::uuid, $3)
+  RETURNING batch_id
+)
+INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+FROM l CROSS JOIN unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+     WITH ORDINALITY AS x(m, t, v, u, md, ord)
+ORDER BY x.ord";
+
+    /// Remote. The readings alone, for probing a rejected batch inside a transaction that is rolled back.
+    pub const PROBE: &str = "
+INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS x(m, t, v, u, md, ord)
+ORDER BY x.ord";
+
+    /// Local. Deletes the batch row and exactly the readings it names.
+    pub const FINISH: &str = "
+WITH b AS (
+  DELETE FROM sync_upload_batches WHERE batch_id = $1::uuid RETURNING reading_ids
+), d AS (
+  DELETE FROM meter_readings r USING b WHERE r.id = ANY(b.reading_ids) RETURNING 1
+)
+SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)";
+
+    /// Local.
+    pub const PENDING: &str = "
+SELECT batch_id::text, cardinality(reading_ids) FROM sync_upload_batches ORDER BY claimed_at, batch_id";
+
+    /// Local. A pending batch's readings, in the order of its array.
+    pub const BATCH_ROWS: &str = "
+SELECT r.id::int8 AS id_num, r.meter_id::text AS meter_text, r.timestamp::text AS ts_text,
+       r.value::text AS value_text, r.unit::text AS unit_text, r.metadata::text AS metadata_text
+FROM sync_upload_batches b CROSS JOIN LATERAL unnest(b.reading_ids) WITH ORDINALITY AS u(id, ord)
+JOIN meter_readings r ON r.id = u.id
+WHERE b.batch_id = $1::uuid
+ORDER BY u.ord";
+
+    /// Remote.
+    pub const LEDGER_LOOKUP: &str = "
+SELECT batch_id::text FROM sync_upload_ledger WHERE source_id = $1 AND batch_id = ANY($2::uuid[])";
+
+    /// Local. Moves rejected readings into the quarantine and narrows their batch to the good ones.
+    pub const QUARANTINE: &str = "
+WITH e AS (
+  SELECT * FROM unnest($2::int8[], $3::text[], $4::text[]) AS e(id, error, sqlstate)
+), q AS (
+  DELETE FROM meter_readings r USING e WHERE r.id = e.id
+  RETURNING r.id, r.meter_id, r.timestamp, r.value, r.unit, r.metadata, r.created_at, e.error, e.sqlstate
+), i AS (
+  INSERT INTO sync_quarantine (id, meter_id, timestamp, value, unit, metadata, created_at, error, sqlstate)
+  SELECT * FROM q RETURNING 1
+), u AS (
+  UPDATE sync_upload_batches SET reading_ids = $5::int8[], attempts = attempts + 1, last_error = $6
+  WHERE batch_id = $1::uuid RETURNING 1
+)
+SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM u)";
+
+    /// Local.
+    pub const NOTE_FAILURE: &str = "
+UPDATE sync_upload_batches SET attempts = attempts + 1, last_error = $2 WHERE batch_id = $1::uuid";
+
+    /// Remote. Ledger rows of this source older than $2 seconds, except batches still pending locally.
+    pub const PRUNE: &str = "
+WITH d AS (
+  DELETE FROM sync_upload_ledger
+  WHERE source_id = $1 AND uploaded_at < now() - $2 * interval '1 second' AND batch_id <> ALL($3::uuid[])
+  RETURNING 1
+)
+SELECT count(*) FROM d";
 }

@@ -8,4 +8,5 @@ CREATE TABLE IF NOT EXISTS sync_upload_ledger (
   uploaded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   PRIMARY KEY (source_id, batch_id)
 );
-CREATE INDEX IF NOT EXISTS idx_sync_upload_ledger_uploaded_at ON sync_upload_ledger(uploaded_at);
+-- Serves the prune: this source's rows older than the retention window.
+CREATE INDEX IF NOT EXISTS idx_sync_upload_ledger_source_uploaded_at ON sync_upload_ledger(source_id, uploaded_at);

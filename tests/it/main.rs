@@ -8,6 +8,7 @@ mod db;
 mod download;
 mod harness;
 mod migrate;
+mod packaging;
 mod security;
 mod service;
 mod upload;

@@ -1,0 +1,247 @@
+//! The local quarantine: readings the remote rejected for a data reason, kept until an operator acts.
+//!
+//! Owns: reading, retrying and discarding rows of `sync_quarantine`, and the `sync-process quarantine
+//! list|retry|discard` command (its output on stdout). Moving a rejected reading INTO the quarantine is part of
+//! the upload protocol and lives in upload.rs. Does not own: the table's schema (sql/local).
+
+use std::fmt::Write as _;
+
+use postgres::types::Type;
+use serde::Serialize;
+
+use crate::cli::QuarantineCmd;
+use crate::config::Config;
+use crate::db::{ConnectionManager, Database};
+use crate::error::{Error, Result, Side};
+use crate::shutdown::Shutdown;
+
+/// One quarantined reading, as `quarantine list --json` prints it. Values are PostgreSQL's text forms
+/// (exact); `metadata` is the JSON text (or null for SQL NULL).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuarantinedReading {
+    pub id: i64,
+    pub meter_id: String,
+    pub timestamp: String,
+    pub value: String,
+    pub unit: String,
+    pub metadata: Option<String>,
+    pub error: String,
+    pub sqlstate: Option<String>,
+    pub quarantined_at: String,
+}
+
+/// Every quarantined reading, by id.
+pub fn list(db: &Database) -> Result<Vec<QuarantinedReading>> {
+    let mut c = db.try_get()?;
+    let rows = c
+        .query_typed(
+            "SELECT id, meter_id, timestamp::text AS ts_text, value::text AS value_text, unit,
+                    metadata::text AS metadata_text, error, sqlstate,
+                    to_char(quarantined_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS at_text
+             FROM sync_quarantine ORDER BY id",
+            &[],
+        )
+        .map_err(|e| db.err("listing quarantined readings", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| QuarantinedReading {
+            id: r.get(0),
+            meter_id: r.get(1),
+            timestamp: r.get(2),
+            value: r.get(3),
+            unit: r.get(4),
+            metadata: r.get(5),
+            error: r.get(6),
+            sqlstate: r.get(7),
+            quarantined_at: r.get(8),
+        })
+        .collect())
+}
+
+/// Moves quarantined readings back into the upload queue (same id, values and created_at), all of them when
+/// `ids` is empty. One transaction; when an id is not quarantined nothing changes and the error names it.
+/// Returns how many moved.
+pub fn retry(db: &Database, ids: &[i64]) -> Result<u64> {
+    let mut c = db.try_get()?;
+    let mut tx = c.transaction().map_err(|e| db.err("beginning quarantine retry", e))?;
+    check_ids(&mut tx, db, ids)?;
+    let all = ids.is_empty();
+    let row = tx
+        .query_typed_one(
+            "WITH q AS (
+               DELETE FROM sync_quarantine WHERE $1 OR id = ANY($2::int8[])
+               RETURNING id, meter_id, timestamp, value, unit, metadata, created_at
+             ), i AS (
+               INSERT INTO meter_readings (id, meter_id, timestamp, value, unit, metadata, created_at)
+               SELECT id, meter_id, timestamp, value, unit, metadata, created_at FROM q RETURNING 1
+             )
+             SELECT count(*) FROM i",
+            &[(&all, Type::BOOL), (&ids, Type::INT8_ARRAY)],
+        )
+        .map_err(|e| db.err("moving quarantined readings back into the queue", e))?;
+    tx.commit().map_err(|e| db.err("committing quarantine retry", e))?;
+    let n: i64 = row.get(0);
+    Ok(n.max(0) as u64)
+}
+
+/// Deletes quarantined readings for good: the given ids, or every one with `all`. One transaction; when an
+/// id is not quarantined nothing changes and the error names it. Returns how many were deleted.
+pub fn discard(db: &Database, ids: &[i64], all: bool) -> Result<u64> {
+    if ids.is_empty() && !all {
+        return Ok(0);
+    }
+    let mut c = db.try_get()?;
+    let mut tx = c.transaction().map_err(|e| db.err("beginning quarantine discard", e))?;
+    if !all {
+        check_ids(&mut tx, db, ids)?;
+    }
+    let n = tx
+        .execute("DELETE FROM sync_quarantine WHERE $1 OR id = ANY($2)", &[&all, &ids])
+        .map_err(|e| db.err("discarding quarantined readings", e))?;
+    tx.commit().map_err(|e| db.err("committing quarantine discard", e))?;
+    Ok(n)
+}
+
+/// Fails naming the ids that are not in the quarantine.
+fn check_ids(tx: &mut postgres::Transaction<'_>, db: &Database, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = tx
+        .query_typed(
+            "SELECT x FROM unnest($1::int8[]) AS x WHERE NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = x)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .map_err(|e| db.err("checking quarantined ids", e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = rows.iter().map(|r| r.get::<_, i64>(0).to_string()).collect();
+    Err(Error::Other(format!(
+        "no quarantined reading with id {}; nothing changed",
+        missing.join(", ")
+    )))
+}
+
+/// The human-readable table of `quarantine list`.
+pub fn format_table(rows: &[QuarantinedReading]) -> String {
+    if rows.is_empty() {
+        return "no quarantined readings\n".to_string();
+    }
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                printable(&r.meter_id, 40),
+                r.timestamp.clone(),
+                printable(&r.error, 100),
+                r.quarantined_at.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "METER", "TIMESTAMP", "ERROR", "QUARANTINED AT"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cols: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
+            if i + 1 == cols.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    let _ = writeln!(out, "{} quarantined reading(s)", rows.len());
+    out
+}
+
+/// Control characters escaped, long text cut, so a row stays one line.
+fn printable(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if out.chars().count() > max {
+        out = out.chars().take(max.saturating_sub(3)).collect::<String>() + "...";
+    }
+    out
+}
+
+/// `sync-process quarantine list [--json] | retry [ID...] | discard ID...|--all`: prints to stdout.
+pub fn command(cfg: &Config, cmd: &QuarantineCmd) -> Result<()> {
+    let conns = ConnectionManager::new(cfg, Shutdown::new())?;
+    let db = conns.db(Side::Local);
+    match cmd {
+        QuarantineCmd::List { json } => {
+            let rows = list(db)?;
+            if *json {
+                let text = serde_json::to_string_pretty(&rows)
+                    .map_err(|e| Error::Other(format!("encoding the quarantine list: {e}")))?;
+                println!("{text}");
+            } else {
+                print!("{}", format_table(&rows));
+            }
+        }
+        QuarantineCmd::Retry { ids } => {
+            let n = retry(db, ids)?;
+            log::info!("quarantine: {n} reading(s) moved back to the upload queue");
+            println!("{n} reading(s) moved back to the upload queue");
+        }
+        QuarantineCmd::Discard { ids, all } => {
+            let n = discard(db, ids, *all)?;
+            log::info!("quarantine: {n} reading(s) discarded");
+            println!("{n} reading(s) discarded");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, meter: &str, err: &str) -> QuarantinedReading {
+        QuarantinedReading {
+            id,
+            meter_id: meter.into(),
+            timestamp: "2024-01-01 00:00:00".into(),
+            value: "1.50".into(),
+            unit: "kWh".into(),
+            metadata: None,
+            error: err.into(),
+            sqlstate: Some("23514".into()),
+            quarantined_at: "2024-01-02 00:00:00 UTC".into(),
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_one_line_per_reading() {
+        let t = format_table(&[row(7, "m-1", "check violation"), row(12345, "a\nb", &"x".repeat(300))]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("ID     METER"), "{t}");
+        assert!(lines[2].contains("a\\nb"), "{t}");
+        assert!(lines[2].contains("..."), "{t}");
+        assert_eq!(lines[3], "2 quarantined reading(s)");
+        assert_eq!(format_table(&[]), "no quarantined readings\n");
+    }
+}
