@@ -11,11 +11,19 @@ use crate::error::Error;
 pub enum Command {
     Run,
     Once,
-    Migrate { dry_run: bool, local: bool, remote: bool },
-    Status { json: bool },
+    Migrate {
+        dry_run: bool,
+        local: bool,
+        remote: bool,
+    },
+    Status {
+        json: bool,
+    },
     CheckConfig,
     Quarantine(QuarantineCmd),
-    Demo { keep: bool },
+    Demo {
+        keep: bool,
+    },
     /// Print this text on stdout and exit 0.
     Help(String),
     Version,
@@ -23,11 +31,18 @@ pub enum Command {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuarantineCmd {
-    List { json: bool },
+    List {
+        json: bool,
+    },
     /// Move readings back into the queue: all, or these ids.
-    Retry { ids: Vec<i64> },
+    Retry {
+        ids: Vec<i64>,
+    },
     /// Delete readings for good: these ids, or all with `all`.
-    Discard { ids: Vec<i64>, all: bool },
+    Discard {
+        ids: Vec<i64>,
+        all: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +77,8 @@ Exit codes: 0 ok, 1 runtime failure, 2 configuration or usage error.
 
 fn command_help(cmd: &str) -> Option<&'static str> {
     Some(match cmd {
-        "run" => "\
+        "run" => {
+            "\
 Usage: sync-process [--env-file PATH] run
 
 Runs sync cycles every SYNC_INTERVAL_SECONDS: recover claimed batches, upload the queued readings (batch
@@ -70,14 +86,18 @@ after batch while a backlog remains), download meters, download tenants. A datab
 with backoff and synced when it comes back. SIGTERM or SIGINT: the batch in flight completes, the process
 exits 0; a second signal exits at once (safe: uploads are exactly-once). Serves /status, /metrics and
 /healthz on STATUS_BIND. Migrates first only when MIGRATE_ON_START=true.
-",
-        "once" => "\
+"
+        }
+        "once" => {
+            "\
 Usage: sync-process [--env-file PATH] once
 
 Runs one full cycle (the whole queue is uploaded in BATCH_SIZE batches, then meters, then tenants) and
 prints the cycle's result as one JSON object on stdout. Exit 0 if every part succeeded, 1 otherwise.
-",
-        "migrate" => "\
+"
+        }
+        "migrate" => {
+            "\
 Usage: sync-process [--env-file PATH] migrate [--dry-run] [--local-only | --remote-only]
 
 Creates or upgrades the local schema (seed tables plus upload bookkeeping) and the remote schema (seed
@@ -85,20 +105,26 @@ tables IF NOT EXISTS plus the upload ledger). Idempotent; never drops or rewrite
   --dry-run      list the migrations that would be applied, change nothing
   --local-only   only the local database
   --remote-only  only the remote database
-",
-        "status" => "\
+"
+        }
+        "status" => {
+            "\
 Usage: sync-process [--env-file PATH] status [--json]
 
 Asks the running daemon (GET /status on STATUS_BIND) and prints its status for a person, or as JSON with
 --json. Exit 1 when no daemon answers.
-",
-        "check-config" => "\
+"
+        }
+        "check-config" => {
+            "\
 Usage: sync-process [--env-file PATH] check-config
 
 Validates every variable (exit 2 naming each bad one), prints the configuration with passwords redacted,
 and tests both database connections (exit 1 if one is unreachable).
-",
-        "quarantine" => "\
+"
+        }
+        "quarantine" => {
+            "\
 Usage: sync-process [--env-file PATH] quarantine list [--json]
        sync-process [--env-file PATH] quarantine retry [ID...]
        sync-process [--env-file PATH] quarantine discard ID... | --all
@@ -107,15 +133,18 @@ Readings the remote rejected for a data reason are kept locally in sync_quaranti
   list     show them with the error the remote gave
   retry    put them (all, or the given ids) back in the upload queue
   discard  delete the given ones (or --all) for good
-",
-        "demo" => "\
+"
+        }
+        "demo" => {
+            "\
 Usage: sync-process demo [--keep]
 
 Starts two throwaway PostgreSQL servers (local and remote) from the system's server binaries, migrates and
 seeds them, feeds readings, and runs the real sync loop with a short interval, printing each cycle and a
 status line. Ctrl-C stops and removes everything. --keep leaves the servers running and prints how to
 connect.
-",
+"
+        }
         _ => return None,
     })
 }
@@ -132,7 +161,9 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
     while i < args.len() {
         let a = args[i].as_str();
         if a == "--env-file" {
-            let path = args.get(i + 1).ok_or_else(|| usage_error("--env-file needs a PATH".into()))?;
+            let path = args
+                .get(i + 1)
+                .ok_or_else(|| usage_error("--env-file needs a PATH".into()))?;
             env_file = Some(PathBuf::from(path));
             i += 2;
             continue;
@@ -153,14 +184,23 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
             Some(c) => command_help(c).ok_or_else(|| usage_error(format!("unknown command {c:?}")))?,
             None => USAGE,
         };
-        return Ok(Cli { env_file, command: Command::Help(text.to_string()) });
+        return Ok(Cli {
+            env_file,
+            command: Command::Help(text.to_string()),
+        });
     }
     if matches!(cmd, "-V" | "--version" | "version") {
-        return Ok(Cli { env_file, command: Command::Version });
+        return Ok(Cli {
+            env_file,
+            command: Command::Version,
+        });
     }
     let help = command_help(cmd).ok_or_else(|| usage_error(format!("unknown command {cmd:?}")))?;
     if opts.iter().any(|o| matches!(*o, "-h" | "--help")) {
-        return Ok(Cli { env_file, command: Command::Help(help.to_string()) });
+        return Ok(Cli {
+            env_file,
+            command: Command::Help(help.to_string()),
+        });
     }
     let bad = |o: &str| usage_error(format!("{cmd}: unknown option {o:?}"));
     let command = match cmd {
@@ -185,9 +225,15 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
                 }
             }
             if local_only && remote_only {
-                return Err(usage_error("migrate: --local-only and --remote-only exclude each other".into()));
+                return Err(usage_error(
+                    "migrate: --local-only and --remote-only exclude each other".into(),
+                ));
             }
-            Command::Migrate { dry_run, local: !remote_only, remote: !local_only }
+            Command::Migrate {
+                dry_run,
+                local: !remote_only,
+                remote: !local_only,
+            }
         }
         "status" => match opts {
             [] => Command::Status { json: false },
@@ -218,10 +264,20 @@ fn parse_quarantine(opts: &[&str]) -> Result<QuarantineCmd, Error> {
         ["list"] => Ok(QuarantineCmd::List { json: false }),
         ["list", "--json"] => Ok(QuarantineCmd::List { json: true }),
         ["retry", rest @ ..] => Ok(QuarantineCmd::Retry { ids: ids(rest)? }),
-        ["discard", "--all"] => Ok(QuarantineCmd::Discard { ids: Vec::new(), all: true }),
-        ["discard"] => Err(usage_error("quarantine discard: give the ids to discard, or --all".into())),
-        ["discard", rest @ ..] => Ok(QuarantineCmd::Discard { ids: ids(rest)?, all: false }),
-        _ => Err(usage_error("quarantine: expected list [--json], retry [ID...] or discard ID...|--all".into())),
+        ["discard", "--all"] => Ok(QuarantineCmd::Discard {
+            ids: Vec::new(),
+            all: true,
+        }),
+        ["discard"] => Err(usage_error(
+            "quarantine discard: give the ids to discard, or --all".into(),
+        )),
+        ["discard", rest @ ..] => Ok(QuarantineCmd::Discard {
+            ids: ids(rest)?,
+            all: false,
+        }),
+        _ => Err(usage_error(
+            "quarantine: expected list [--json], retry [ID...] or discard ID...|--all".into(),
+        )),
     }
 }
 
@@ -246,14 +302,24 @@ mod tests {
         assert_eq!(p(&["once"]).expect("ok").command, Command::Once);
         assert_eq!(
             p(&["migrate", "--dry-run", "--remote-only"]).expect("ok").command,
-            Command::Migrate { dry_run: true, local: false, remote: true }
+            Command::Migrate {
+                dry_run: true,
+                local: false,
+                remote: true
+            }
         );
-        assert_eq!(p(&["status", "--json"]).expect("ok").command, Command::Status { json: true });
+        assert_eq!(
+            p(&["status", "--json"]).expect("ok").command,
+            Command::Status { json: true }
+        );
         assert_eq!(
             p(&["quarantine", "retry", "3", "4"]).expect("ok").command,
             Command::Quarantine(QuarantineCmd::Retry { ids: vec![3, 4] })
         );
-        assert_eq!(p(&["once", "--env-file=/a"]).expect("ok").env_file, Some(PathBuf::from("/a")));
+        assert_eq!(
+            p(&["once", "--env-file=/a"]).expect("ok").env_file,
+            Some(PathBuf::from("/a"))
+        );
     }
 
     #[test]

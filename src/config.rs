@@ -143,7 +143,12 @@ impl ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             write!(f, "\n  {}: {}", e.key, e.message)?;
         }
@@ -154,41 +159,109 @@ impl fmt::Display for ConfigErrors {
 /// Every variable the program reads, with its default (None: required or optional without default) and a
 /// one-line description. sync-process.env documents the same list.
 pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
-    ("POSTGRES_SYNC_HOST", None, "local database host (the sync server on this box)"),
+    (
+        "POSTGRES_SYNC_HOST",
+        None,
+        "local database host (the sync server on this box)",
+    ),
     ("POSTGRES_SYNC_PORT", Some("5432"), "local database port"),
     ("POSTGRES_SYNC_DB", None, "local database name"),
     ("POSTGRES_SYNC_USER", None, "local database user"),
     ("POSTGRES_SYNC_PASSWORD", None, "local database password"),
-    ("POSTGRES_SYNC_PASSWORD_FILE", None, "file holding the local password instead"),
+    (
+        "POSTGRES_SYNC_PASSWORD_FILE",
+        None,
+        "file holding the local password instead",
+    ),
     ("POSTGRES_SYNC_SSLMODE", Some("prefer"), "local TLS mode"),
-    ("POSTGRES_SYNC_SSLROOTCERT", None, "CA file for verify-ca/verify-full on the local side"),
+    (
+        "POSTGRES_SYNC_SSLROOTCERT",
+        None,
+        "CA file for verify-ca/verify-full on the local side",
+    ),
     ("POSTGRES_CLIENT_HOST", None, "remote (central) database host"),
     ("POSTGRES_CLIENT_PORT", Some("5432"), "remote database port"),
     ("POSTGRES_CLIENT_DB", None, "remote database name"),
     ("POSTGRES_CLIENT_USER", None, "remote database user"),
     ("POSTGRES_CLIENT_PASSWORD", None, "remote database password"),
-    ("POSTGRES_CLIENT_PASSWORD_FILE", None, "file holding the remote password instead"),
+    (
+        "POSTGRES_CLIENT_PASSWORD_FILE",
+        None,
+        "file holding the remote password instead",
+    ),
     ("POSTGRES_CLIENT_SSLMODE", Some("prefer"), "remote TLS mode"),
-    ("POSTGRES_CLIENT_SSLROOTCERT", None, "CA file for verify-ca/verify-full on the remote side"),
+    (
+        "POSTGRES_CLIENT_SSLROOTCERT",
+        None,
+        "CA file for verify-ca/verify-full on the remote side",
+    ),
     ("SYNC_INTERVAL_SECONDS", Some("60"), "seconds between sync cycles"),
     ("BATCH_SIZE", Some("100"), "readings per upload batch"),
     ("MAX_CONNECTION_RETRIES", Some("5"), "retries of a failed connection"),
     ("MAX_QUERY_RETRIES", Some("3"), "retries of a failed query"),
-    ("RETRY_BASE_DELAY_MS", Some("2000"), "first backoff delay; doubles each retry"),
+    (
+        "RETRY_BASE_DELAY_MS",
+        Some("2000"),
+        "first backoff delay; doubles each retry",
+    ),
     ("DB_POOL_MAX", Some("10"), "connections per pool"),
-    ("DB_POOL_IDLE_TIMEOUT_MS", Some("30000"), "idle connections close after this"),
-    ("DB_CONNECTION_TIMEOUT_MS", Some("5000"), "give up a connection attempt after this"),
-    ("DB_STATEMENT_TIMEOUT_MS", Some("60000"), "server-side statement_timeout of every session"),
+    (
+        "DB_POOL_IDLE_TIMEOUT_MS",
+        Some("30000"),
+        "idle connections close after this",
+    ),
+    (
+        "DB_CONNECTION_TIMEOUT_MS",
+        Some("5000"),
+        "give up a connection attempt after this",
+    ),
+    (
+        "DB_STATEMENT_TIMEOUT_MS",
+        Some("60000"),
+        "server-side statement_timeout of every session",
+    ),
     ("LOG_LEVEL", Some("info"), "error|warn|info|debug|trace"),
-    ("LOG_FILE", Some("logs/sync-process.log"), "log file, rotated daily or at 100 MB; empty = stderr only"),
-    ("SYNC_SOURCE_ID", None, "names this site in the remote upload ledger (default: hostname)"),
-    ("STATUS_BIND", Some("127.0.0.1:9187"), "status HTTP address; empty = off"),
-    ("SYNC_LOG_RETENTION_DAYS", Some("90"), "sync_logs rows older than this are pruned"),
-    ("QUEUE_ALERT_THRESHOLD", Some("10000"), "alert when the local queue is longer"),
-    ("ALERT_AFTER_FAILURES", Some("3"), "alert after this many failed cycles in a row"),
-    ("ALERT_WEBHOOK_URL", None, "http(s) URL that receives alerts as JSON POSTs"),
+    (
+        "LOG_FILE",
+        Some("logs/sync-process.log"),
+        "log file, rotated daily or at 100 MB; empty = stderr only",
+    ),
+    (
+        "SYNC_SOURCE_ID",
+        None,
+        "names this site in the remote upload ledger (default: hostname)",
+    ),
+    (
+        "STATUS_BIND",
+        Some("127.0.0.1:9187"),
+        "status HTTP address; empty = off",
+    ),
+    (
+        "SYNC_LOG_RETENTION_DAYS",
+        Some("90"),
+        "sync_logs rows older than this are pruned",
+    ),
+    (
+        "QUEUE_ALERT_THRESHOLD",
+        Some("10000"),
+        "alert when the local queue is longer",
+    ),
+    (
+        "ALERT_AFTER_FAILURES",
+        Some("3"),
+        "alert after this many failed cycles in a row",
+    ),
+    (
+        "ALERT_WEBHOOK_URL",
+        None,
+        "http(s) URL that receives alerts as JSON POSTs",
+    ),
     ("UPLOAD_MAX_ROWS_PER_SECOND", Some("0"), "upload pacing; 0 = unlimited"),
-    ("DOWNLOAD_MAX_DELETE_RATIO", Some("0.5"), "refuse a download that would delete more than this share"),
+    (
+        "DOWNLOAD_MAX_DELETE_RATIO",
+        Some("0.5"),
+        "refuse a download that would delete more than this share",
+    ),
     ("MIGRATE_ON_START", Some("false"), "run migrations when `run` starts"),
 ];
 
@@ -228,7 +301,10 @@ pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, Vec<String
         };
         let key = key.trim();
         if !is_valid_key(key) {
-            errors.push(format!("line {n}: {:?} is not a variable name (letters, digits, _)", shorten(key)));
+            errors.push(format!(
+                "line {n}: {:?} is not a variable name (letters, digits, _)",
+                shorten(key)
+            ));
             continue;
         }
         match unquote(value.trim()) {
@@ -311,7 +387,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&mut self, key: &str, message: String) {
-        self.errors.push(ConfigError { key: key.to_string(), message });
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            message,
+        });
     }
 
     fn default_of(key: &str) -> Option<&'static str> {
@@ -362,7 +441,10 @@ impl<'a> Reader<'a> {
 impl Config {
     /// Checks a map of variables. Returns the config, or every problem at once.
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
-        let mut r = Reader { map, errors: Vec::new() };
+        let mut r = Reader {
+            map,
+            errors: Vec::new(),
+        };
         let local = read_db(&mut r, "POSTGRES_SYNC", "local");
         let remote = read_db(&mut r, "POSTGRES_CLIENT", "remote");
         let sync_interval = Duration::from_secs(r.int::<u64>("SYNC_INTERVAL_SECONDS", 1, 86_400));
@@ -400,7 +482,10 @@ impl Config {
                 match v.parse::<SocketAddr>() {
                     Ok(a) => Some(a),
                     Err(_) => {
-                        let msg = format!("{:?} is not an address (IP:PORT, e.g. 127.0.0.1:9187; empty = off)", shorten(v));
+                        let msg = format!(
+                            "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:9187; empty = off)",
+                            shorten(v)
+                        );
                         r.err("STATUS_BIND", msg);
                         None
                     }
@@ -410,7 +495,10 @@ impl Config {
         let source_id = match r.raw("SYNC_SOURCE_ID") {
             Some(v) if v.chars().count() <= 200 => v.to_string(),
             Some(v) => {
-                r.err("SYNC_SOURCE_ID", format!("{:?} is longer than 200 characters", shorten(v)));
+                r.err(
+                    "SYNC_SOURCE_ID",
+                    format!("{:?} is longer than 200 characters", shorten(v)),
+                );
                 String::new()
             }
             None => hostname(),
@@ -422,7 +510,10 @@ impl Config {
             None => None,
             Some(v) if v.starts_with("http://") || v.starts_with("https://") => Some(v.to_string()),
             Some(v) => {
-                r.err("ALERT_WEBHOOK_URL", format!("{:?} is not an http:// or https:// URL", shorten(v)));
+                r.err(
+                    "ALERT_WEBHOOK_URL",
+                    format!("{:?} is not an http:// or https:// URL", shorten(v)),
+                );
                 None
             }
         };
@@ -432,16 +523,27 @@ impl Config {
             match v.parse::<f64>() {
                 Ok(x) if (0.0..=1.0).contains(&x) => x,
                 _ => {
-                    r.err("DOWNLOAD_MAX_DELETE_RATIO", format!("{:?} is not a number in 0..=1", shorten(v)));
+                    r.err(
+                        "DOWNLOAD_MAX_DELETE_RATIO",
+                        format!("{:?} is not a number in 0..=1", shorten(v)),
+                    );
                     0.5
                 }
             }
         };
-        let migrate_on_start = match r.raw("MIGRATE_ON_START").unwrap_or("false").to_ascii_lowercase().as_str() {
+        let migrate_on_start = match r
+            .raw("MIGRATE_ON_START")
+            .unwrap_or("false")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
             other => {
-                r.err("MIGRATE_ON_START", format!("{:?} is not a boolean (true|false)", shorten(other)));
+                r.err(
+                    "MIGRATE_ON_START",
+                    format!("{:?} is not a boolean (true|false)", shorten(other)),
+                );
                 false
             }
         };
@@ -482,9 +584,16 @@ impl Config {
                 "{} user={} password={} sslmode={}{}",
                 d.target(),
                 d.user,
-                if d.password.expose().is_empty() { "(empty)" } else { "[redacted]" },
+                if d.password.expose().is_empty() {
+                    "(empty)"
+                } else {
+                    "[redacted]"
+                },
                 d.sslmode.as_str(),
-                d.sslrootcert.as_ref().map(|p| format!(" sslrootcert={}", p.display())).unwrap_or_default()
+                d.sslrootcert
+                    .as_ref()
+                    .map(|p| format!(" sslrootcert={}", p.display()))
+                    .unwrap_or_default()
             )
         };
         let mut s = String::new();
@@ -517,17 +626,26 @@ impl Config {
         s.push_str(&format!(
             "log: level={} file={}\n",
             self.log_level,
-            self.log_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr only)".into())
+            self.log_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(stderr only)".into())
         ));
         s.push_str(&format!(
             "status: {}\n",
-            self.status_bind.map(|a| a.to_string()).unwrap_or_else(|| "(off)".into())
+            self.status_bind
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(off)".into())
         ));
         s.push_str(&format!(
             "alerts: after_failures={} queue_threshold={} webhook={}\n",
             self.alert_after_failures,
             self.queue_alert_threshold,
-            if self.alert_webhook_url.is_some() { "set" } else { "(none)" }
+            if self.alert_webhook_url.is_some() {
+                "set"
+            } else {
+                "(none)"
+            }
         ));
         s.push_str(&format!(
             "download: max_delete_ratio={} | sync_logs retention: {} days | migrate_on_start={}",
@@ -548,17 +666,31 @@ fn read_db(r: &mut Reader<'_>, prefix: &str, side: &str) -> DbConfig {
         Ok(m) => m,
         Err(()) => {
             let v = r.raw(&key("SSLMODE")).unwrap_or("").to_string();
-            r.err(&key("SSLMODE"), format!("{:?} is not an sslmode ({})", shorten(&v), SslMode::ACCEPTED));
+            r.err(
+                &key("SSLMODE"),
+                format!("{:?} is not an sslmode ({})", shorten(&v), SslMode::ACCEPTED),
+            );
             SslMode::Prefer
         }
     };
     let sslrootcert = r.raw(&key("SSLROOTCERT")).map(PathBuf::from);
     if let Some(path) = &sslrootcert {
         if !path.is_file() {
-            r.err(&key("SSLROOTCERT"), format!("{} is not a readable file", path.display()));
+            r.err(
+                &key("SSLROOTCERT"),
+                format!("{} is not a readable file", path.display()),
+            );
         }
     }
-    DbConfig { host, port, dbname, user, password, sslmode, sslrootcert }
+    DbConfig {
+        host,
+        port,
+        dbname,
+        user,
+        password,
+        sslmode,
+        sslrootcert,
+    }
 }
 
 fn read_password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
@@ -580,7 +712,10 @@ fn read_password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
             }
         },
         (None, None) => {
-            r.err(&key, format!("not set (the {side} database password; or set {file_key})"));
+            r.err(
+                &key,
+                format!("not set (the {side} database password; or set {file_key})"),
+            );
             Secret::new("")
         }
     }
@@ -698,11 +833,23 @@ mod tests {
         let errs = Config::from_map(&m).expect_err("invalid");
         assert_eq!(
             errs.keys(),
-            vec!["POSTGRES_SYNC_PORT", "POSTGRES_CLIENT_HOST", "POSTGRES_CLIENT_SSLMODE", "BATCH_SIZE", "LOG_LEVEL"]
+            vec![
+                "POSTGRES_SYNC_PORT",
+                "POSTGRES_CLIENT_HOST",
+                "POSTGRES_CLIENT_SSLMODE",
+                "BATCH_SIZE",
+                "LOG_LEVEL"
+            ]
         );
         let text = errs.to_string();
-        assert!(text.contains(r#"BATCH_SIZE: "abc" is not a whole number (1..=100000)"#), "{text}");
-        assert!(text.contains(r#"POSTGRES_SYNC_PORT: "70000" is out of range (1..=65535)"#), "{text}");
+        assert!(
+            text.contains(r#"BATCH_SIZE: "abc" is not a whole number (1..=100000)"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"POSTGRES_SYNC_PORT: "70000" is out of range (1..=65535)"#),
+            "{text}"
+        );
         assert!(text.contains("disable|prefer|require|verify-ca|verify-full"), "{text}");
     }
 
@@ -729,8 +876,14 @@ mod tests {
         let errs = Config::from_map(&m).expect_err("both set");
         assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_PASSWORD_FILE"]);
         m.remove("POSTGRES_CLIENT_PASSWORD");
-        m.insert("POSTGRES_CLIENT_PASSWORD_FILE".into(), dir.join("missing").display().to_string());
-        assert_eq!(Config::from_map(&m).expect_err("missing").keys(), vec!["POSTGRES_CLIENT_PASSWORD_FILE"]);
+        m.insert(
+            "POSTGRES_CLIENT_PASSWORD_FILE".into(),
+            dir.join("missing").display().to_string(),
+        );
+        assert_eq!(
+            Config::from_map(&m).expect_err("missing").keys(),
+            vec!["POSTGRES_CLIENT_PASSWORD_FILE"]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -793,7 +946,10 @@ mod tests {
         m.insert("BATCH_SIZ".into(), "5".into());
         m.insert("PATH".into(), "/bin".into());
         let w = unknown_variable_warnings(&m);
-        assert_eq!(w, vec!["unknown variable BATCH_SIZ ignored (did you mean BATCH_SIZE?)".to_string()]);
+        assert_eq!(
+            w,
+            vec!["unknown variable BATCH_SIZ ignored (did you mean BATCH_SIZE?)".to_string()]
+        );
     }
 
     /// A map mixing valid and invalid values for a subset of the numeric variables.
@@ -841,7 +997,12 @@ mod tests {
         for (k, v) in &vars.0 {
             m.insert(k.clone(), v.clone());
         }
-        let mut expected: Vec<&str> = vars.0.iter().filter(|(k, v)| !in_range(k, v)).map(|(k, _)| k.as_str()).collect();
+        let mut expected: Vec<&str> = vars
+            .0
+            .iter()
+            .filter(|(k, v)| !in_range(k, v))
+            .map(|(k, _)| k.as_str())
+            .collect();
         expected.sort();
         match Config::from_map(&m) {
             Ok(c) => {
@@ -863,7 +1024,9 @@ mod tests {
 
     #[test]
     fn config_validation_property() {
-        QuickCheck::new().tests(300).quickcheck(prop_config_errors_name_exactly_the_bad_keys as fn(Vars) -> TestResult);
+        QuickCheck::new()
+            .tests(300)
+            .quickcheck(prop_config_errors_name_exactly_the_bad_keys as fn(Vars) -> TestResult);
     }
 
     fn prop_env_file_parser_never_panics(bytes: Vec<u8>) -> bool {
@@ -876,6 +1039,8 @@ mod tests {
 
     #[test]
     fn env_file_parser_property() {
-        QuickCheck::new().tests(500).quickcheck(prop_env_file_parser_never_panics as fn(Vec<u8>) -> bool);
+        QuickCheck::new()
+            .tests(500)
+            .quickcheck(prop_env_file_parser_never_panics as fn(Vec<u8>) -> bool);
     }
 }

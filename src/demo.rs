@@ -334,7 +334,7 @@ fn feed(local: postgres::Config, remote: postgres::Config, stop: &Shutdown, fed:
             }
             Err(e) => {
                 local_client = None;
-                if last_complaint.map_or(true, |t| t.elapsed() > Duration::from_secs(10)) {
+                if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     say(&format!("feeder: inserting local readings failed (will retry): {e}"));
                     last_complaint = Some(Instant::now());
                 }

@@ -36,15 +36,29 @@ pub enum Error {
     /// Bad command line.
     Usage(String),
     /// A PostgreSQL error on one database; `target` is `host:port/db`, `context` says what we were doing.
-    Db { side: Side, target: String, context: String, source: postgres::Error },
+    Db {
+        side: Side,
+        target: String,
+        context: String,
+        source: postgres::Error,
+    },
     /// No connection could be had from a pool (the database is down, refuses, or hangs).
     Connect { side: Side, target: String, cause: String },
     /// Files, sockets, child processes.
     Io { context: String, source: std::io::Error },
     /// The server stopped answering in the middle of an operation; its outcome is unknown.
-    Stalled { side: Side, target: String, what: String, after: std::time::Duration },
+    Stalled {
+        side: Side,
+        target: String,
+        what: String,
+        after: std::time::Duration,
+    },
     /// TLS setup (bad CA file, ...).
-    Tls { side: Side, context: String, source: native_tls::Error },
+    Tls {
+        side: Side,
+        context: String,
+        source: native_tls::Error,
+    },
     /// A shutdown was requested while we were waiting to retry.
     Shutdown,
     /// Anything else, already worded for a person.
@@ -53,11 +67,19 @@ pub enum Error {
 
 impl Error {
     pub fn db(side: Side, target: &str, context: impl Into<String>, source: postgres::Error) -> Error {
-        Error::Db { side, target: target.to_string(), context: context.into(), source }
+        Error::Db {
+            side,
+            target: target.to_string(),
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The SQLSTATE of a database error, if the server sent one.
@@ -129,13 +151,26 @@ impl fmt::Display for Error {
         match self {
             Error::Config(errs) => write!(f, "{errs}"),
             Error::Usage(msg) => f.write_str(msg),
-            Error::Db { side, target, context, source } => {
+            Error::Db {
+                side,
+                target,
+                context,
+                source,
+            } => {
                 write!(f, "{side} database {target}: {context}: {}", describe_pg_error(source))
             }
             Error::Connect { side, target, cause } => write!(f, "{side} database {target}: cannot connect: {cause}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Stalled { side, target, what, after } => {
-                write!(f, "{side} database {target}: {what}: no answer within {after:?} (outcome unknown)")
+            Error::Stalled {
+                side,
+                target,
+                what,
+                after,
+            } => {
+                write!(
+                    f,
+                    "{side} database {target}: {what}: no answer within {after:?} (outcome unknown)"
+                )
             }
             Error::Tls { side, context, source } => write!(f, "{side} database TLS: {context}: {source}"),
             Error::Shutdown => f.write_str("shutdown requested"),

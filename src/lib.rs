@@ -3,19 +3,19 @@
 //! Readings flow up, exactly once (upload.rs); meters and tenants flow down, mirrored (download.rs); the
 //! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
 
-pub mod config;
-pub mod db;
-pub mod error;
-pub mod migrate;
-pub mod retry;
-pub mod shutdown;
 pub mod alerts;
 pub mod cli;
-pub mod download;
-pub mod upload;
-pub mod quarantine;
+pub mod config;
+pub mod db;
 pub mod demo;
+pub mod download;
+pub mod error;
 pub mod logging;
-pub mod scheduler;
-pub mod status;
+pub mod migrate;
 pub mod pgtemp;
+pub mod quarantine;
+pub mod retry;
+pub mod scheduler;
+pub mod shutdown;
+pub mod status;
+pub mod upload;

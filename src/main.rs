@@ -53,13 +53,20 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let (map, file_warnings) = load_variables(cli.env_file.as_deref())?;
     let cfg = Config::from_map(&map)?;
     logging::init(cfg.log_level, cfg.log_file.as_deref())?;
-    for w in file_warnings.iter().chain(config::unknown_variable_warnings(&map).iter()) {
+    for w in file_warnings
+        .iter()
+        .chain(config::unknown_variable_warnings(&map).iter())
+    {
         log::warn!("{w}");
     }
 
     match cli.command {
         Command::Run => {
-            log::info!("sync-process {} starting; configuration:\n{}", env!("CARGO_PKG_VERSION"), cfg.summary());
+            log::info!(
+                "sync-process {} starting; configuration:\n{}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.summary()
+            );
             scheduler::run_daemon(&cfg)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -67,7 +74,11 @@ fn run(args: &[String]) -> Result<ExitCode> {
             let result = scheduler::run_once(&cfg)?;
             let json = serde_json::to_string(&result).map_err(|e| Error::Other(format!("encoding the result: {e}")))?;
             println!("{json}");
-            Ok(if result.success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if result.success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Migrate { dry_run, local, remote } => {
             let conns = db::ConnectionManager::new(&cfg, Shutdown::new())?;
@@ -125,7 +136,12 @@ fn load_variables(env_file: Option<&std::path::Path>) -> Result<(BTreeMap<String
                 }
             }
             config::parse_env_file(&text).map_err(|errs| {
-                Error::Usage(format!("--env-file {}: {} bad line(s):\n  {}", path.display(), errs.len(), errs.join("\n  ")))
+                Error::Usage(format!(
+                    "--env-file {}: {} bad line(s):\n  {}",
+                    path.display(),
+                    errs.len(),
+                    errs.join("\n  ")
+                ))
             })?
         }
     };

@@ -17,7 +17,11 @@ pub struct Migration {
 }
 
 pub const LOCAL: &[Migration] = &[
-    Migration { version: 1, name: "0001_seed_schema.sql", sql: include_str!("../sql/local/0001_seed_schema.sql") },
+    Migration {
+        version: 1,
+        name: "0001_seed_schema.sql",
+        sql: include_str!("../sql/local/0001_seed_schema.sql"),
+    },
     Migration {
         version: 2,
         name: "0002_upload_bookkeeping.sql",
@@ -26,8 +30,16 @@ pub const LOCAL: &[Migration] = &[
 ];
 
 pub const REMOTE: &[Migration] = &[
-    Migration { version: 1, name: "0001_seed_schema.sql", sql: include_str!("../sql/remote/0001_seed_schema.sql") },
-    Migration { version: 2, name: "0002_upload_ledger.sql", sql: include_str!("../sql/remote/0002_upload_ledger.sql") },
+    Migration {
+        version: 1,
+        name: "0001_seed_schema.sql",
+        sql: include_str!("../sql/remote/0001_seed_schema.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_upload_ledger.sql",
+        sql: include_str!("../sql/remote/0002_upload_ledger.sql"),
+    },
 ];
 
 pub fn migrations(side: Side) -> &'static [Migration] {
@@ -64,7 +76,8 @@ pub fn migrate(db: &Database, dry_run: bool) -> Result<Vec<&'static str>> {
                 Vec::new()
             }
         } else {
-            conn.batch_execute(CREATE_TABLE).map_err(|e| db.err("creating sync_schema_migrations", e))?;
+            conn.batch_execute(CREATE_TABLE)
+                .map_err(|e| db.err("creating sync_schema_migrations", e))?;
             versions(&mut conn, db)?
         };
         let mut done = Vec::new();
@@ -72,8 +85,11 @@ pub fn migrate(db: &Database, dry_run: bool) -> Result<Vec<&'static str>> {
             if dry_run {
                 log::info!("migrate --dry-run: {side} {} would apply {}", db.target(), m.name);
             } else {
-                let mut tx = conn.transaction().map_err(|e| db.err(format!("beginning {}", m.name), e))?;
-                tx.batch_execute(m.sql).map_err(|e| db.err(format!("applying {}", m.name), e))?;
+                let mut tx = conn
+                    .transaction()
+                    .map_err(|e| db.err(format!("beginning {}", m.name), e))?;
+                tx.batch_execute(m.sql)
+                    .map_err(|e| db.err(format!("applying {}", m.name), e))?;
                 tx.execute(
                     "INSERT INTO sync_schema_migrations (version, name) VALUES ($1, $2)",
                     &[&m.version, &m.name],
@@ -87,8 +103,14 @@ pub fn migrate(db: &Database, dry_run: bool) -> Result<Vec<&'static str>> {
         Ok(done)
     })();
     // The lock is a session lock: release it, and if that fails the pool's connection still ends it on close.
-    if conn.query("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_KEY.0, &LOCK_KEY.1]).is_err() {
-        log::warn!("migrate: could not release the advisory lock on {side} {}; it ends with the session", db.target());
+    if conn
+        .query("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_KEY.0, &LOCK_KEY.1])
+        .is_err()
+    {
+        log::warn!(
+            "migrate: could not release the advisory lock on {side} {}; it ends with the session",
+            db.target()
+        );
     }
     result
 }

@@ -79,11 +79,20 @@ mod tests {
 
     #[test]
     fn default_schedule_is_2_4_8_16_32() {
-        let p = RetryPolicy { base: Duration::from_secs(2), max_retries: 5 };
+        let p = RetryPolicy {
+            base: Duration::from_secs(2),
+            max_retries: 5,
+        };
         let secs: Vec<u64> = p.delays().iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![2, 4, 8, 16, 32]);
-        let q = RetryPolicy { base: Duration::from_secs(2), max_retries: 3 };
-        assert_eq!(q.delays().iter().map(Duration::as_secs).collect::<Vec<_>>(), vec![2, 4, 8]);
+        let q = RetryPolicy {
+            base: Duration::from_secs(2),
+            max_retries: 3,
+        };
+        assert_eq!(
+            q.delays().iter().map(Duration::as_secs).collect::<Vec<_>>(),
+            vec![2, 4, 8]
+        );
     }
 
     // **Feature: database-sync-process, Property 5: Retry with exponential backoff**
@@ -92,18 +101,27 @@ mod tests {
     fn prop_backoff_doubles(base_ms: u16, retries: u8) -> TestResult {
         let retries = u32::from(retries % 21);
         let base = Duration::from_millis(u64::from(base_ms) + 1);
-        let d = RetryPolicy { base, max_retries: retries }.delays();
+        let d = RetryPolicy {
+            base,
+            max_retries: retries,
+        }
+        .delays();
         let doubles = d.windows(2).all(|w| w[1] == w[0] * 2);
-        TestResult::from_bool(d.len() == retries as usize && d.first().map_or(true, |f| *f == base) && doubles)
+        TestResult::from_bool(d.len() == retries as usize && d.first().is_none_or(|f| *f == base) && doubles)
     }
 
     #[test]
     fn property_5_backoff_schedule() {
-        QuickCheck::new().tests(200).quickcheck(prop_backoff_doubles as fn(u16, u8) -> TestResult);
+        QuickCheck::new()
+            .tests(200)
+            .quickcheck(prop_backoff_doubles as fn(u16, u8) -> TestResult);
     }
 
     fn transient() -> Error {
-        Error::io("test", std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"))
+        Error::io(
+            "test",
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+        )
     }
 
     // **Feature: database-sync-process, Property 5: Retry with exponential backoff**
@@ -112,7 +130,10 @@ mod tests {
     fn prop_retry_attempts(failures: u8, limit: u8) -> bool {
         let (failures, limit) = (u32::from(failures % 8), u32::from(limit % 8));
         let calls = Cell::new(0u32);
-        let policy = RetryPolicy { base: Duration::from_micros(1), max_retries: limit };
+        let policy = RetryPolicy {
+            base: Duration::from_micros(1),
+            max_retries: limit,
+        };
         let r = retry("test op", policy, &Shutdown::new(), || {
             calls.set(calls.get() + 1);
             if calls.get() <= failures {
@@ -126,13 +147,18 @@ mod tests {
 
     #[test]
     fn property_5_retry_attempts() {
-        QuickCheck::new().tests(100).quickcheck(prop_retry_attempts as fn(u8, u8) -> bool);
+        QuickCheck::new()
+            .tests(100)
+            .quickcheck(prop_retry_attempts as fn(u8, u8) -> bool);
     }
 
     #[test]
     fn permanent_errors_are_not_retried() {
         let calls = Cell::new(0);
-        let policy = RetryPolicy { base: Duration::from_micros(1), max_retries: 5 };
+        let policy = RetryPolicy {
+            base: Duration::from_micros(1),
+            max_retries: 5,
+        };
         let r: Result<()> = retry("op", policy, &Shutdown::new(), || {
             calls.set(calls.get() + 1);
             Err(Error::Other("bad".into()))
@@ -145,7 +171,10 @@ mod tests {
     fn shutdown_ends_the_backoff_wait() {
         let s = Shutdown::new();
         s.request();
-        let policy = RetryPolicy { base: Duration::from_secs(3600), max_retries: 5 };
+        let policy = RetryPolicy {
+            base: Duration::from_secs(3600),
+            max_retries: 5,
+        };
         let started = std::time::Instant::now();
         let r: Result<()> = retry("op", policy, &s, || Err(transient()));
         assert!(matches!(r, Err(Error::Shutdown)));

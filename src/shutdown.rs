@@ -55,7 +55,6 @@ impl Shutdown {
             };
         }
     }
-
 }
 
 #[cfg(test)]
@@ -70,7 +69,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         s.request();
         assert!(t.join().expect("sleeper thread"));
-        assert!(s.sleep(Duration::from_secs(30)), "a requested shutdown makes every later sleep return at once");
+        assert!(
+            s.sleep(Duration::from_secs(30)),
+            "a requested shutdown makes every later sleep return at once"
+        );
     }
 
     #[test]

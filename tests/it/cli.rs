@@ -20,7 +20,11 @@ fn version_and_help() {
         assert!(out.stdout.contains(cmd), "--help lists {cmd}");
     }
     let out = run_command(&["migrate", "--help"], &BTreeMap::new());
-    assert!(out.status.success() && out.stdout.contains("--dry-run"), "{}", out.stdout);
+    assert!(
+        out.status.success() && out.stdout.contains("--dry-run"),
+        "{}",
+        out.stdout
+    );
     let out = run_command(&["frobnicate"], &BTreeMap::new());
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.contains("unknown command \"frobnicate\""), "{}", out.stderr);
@@ -57,17 +61,35 @@ fn check_config_tests_both_connections() {
     env.insert("POSTGRES_SYNC_PASSWORD".into(), SECRET.into());
     let out = run_command(&["check-config"], &env);
     assert!(out.status.success(), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("local database") && out.stdout.contains("connected"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("local database") && out.stdout.contains("connected"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("[redacted]"));
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
 
     // The remote on a port where nothing listens: exit 1, the local still reported connected.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     env.insert("POSTGRES_CLIENT_PORT".into(), free.to_string());
     let out = run_command(&["check-config"], &env);
-    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
     assert!(out.stdout.contains("remote database: UNREACHABLE"), "{}", out.stdout);
-    assert!(out.stdout.contains(&format!("127.0.0.1:{free}")), "names host and port: {}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("127.0.0.1:{free}")),
+        "names host and port: {}",
+        out.stdout
+    );
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
 }
 
@@ -85,13 +107,22 @@ fn env_file_is_read_and_the_environment_wins() {
     }
     text.push_str("POSTGRES_CLIENT_DB=no_such_database\nBATCH_SIZ=5\n");
     std::fs::write(&path, text).expect("write env file");
-    let only_db: BTreeMap<String, String> =
-        [("POSTGRES_CLIENT_DB".to_string(), pair.remote.name().to_string())].into_iter().collect();
+    let only_db: BTreeMap<String, String> = [("POSTGRES_CLIENT_DB".to_string(), pair.remote.name().to_string())]
+        .into_iter()
+        .collect();
     let path_s = path.display().to_string();
     let out = run_command(&["--env-file", &path_s, "check-config"], &only_db);
     assert!(out.status.success(), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
-    assert!(out.stdout.contains(pair.remote.name()), "the environment's POSTGRES_CLIENT_DB won: {}", out.stdout);
-    assert!(out.stderr.contains("did you mean BATCH_SIZE?"), "typo warned: {}", out.stderr);
+    assert!(
+        out.stdout.contains(pair.remote.name()),
+        "the environment's POSTGRES_CLIENT_DB won: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("did you mean BATCH_SIZE?"),
+        "typo warned: {}",
+        out.stderr
+    );
 
     std::fs::write(&path, "GOOD=1\nthis is not a variable\n").expect("write bad env file");
     let out = run_command(&["--env-file", &path_s, "check-config"], &BTreeMap::new());
@@ -106,7 +137,11 @@ fn migrate_command_twice() {
     let env = env_map(&pair);
     let out = run_command(&["migrate", "--dry-run"], &env);
     assert!(out.status.success(), "{}", out.stderr);
-    assert!(out.stdout.contains("would apply 0001_seed_schema.sql"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("would apply 0001_seed_schema.sql"),
+        "{}",
+        out.stdout
+    );
     let out = run_command(&["migrate"], &env);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("applied 0001_seed_schema.sql"), "{}", out.stdout);

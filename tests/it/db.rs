@@ -42,12 +42,21 @@ fn a_black_holed_remote_fails_within_a_bound_and_recovers() {
     drop(fresh);
     let started = Instant::now();
     let r = conns.call_bounded(Side::Remote, "a query", |c| {
-        c.simple_query("SELECT 1").map(drop).map_err(|e| Error::db(Side::Remote, "test", "select", e))
+        c.simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| Error::db(Side::Remote, "test", "select", e))
     });
     assert!(r.is_err(), "no answer through a black hole");
-    assert!(r.as_ref().err().is_some_and(Error::is_transient), "a stall is transient: {r:?}");
+    assert!(
+        r.as_ref().err().is_some_and(Error::is_transient),
+        "a stall is transient: {r:?}"
+    );
     // Generous bound (the deadline is 0.8 s): only proves the call does not hang.
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 
     proxy.set_blackhole(false);
     let ok = crate::support::wait_until(Duration::from_secs(20), || conns.test(Side::Remote).is_ok());
@@ -59,13 +68,20 @@ fn a_remote_that_stalls_mid_operation_makes_call_bounded_return() {
     let pair = DbPair::new();
     let (proxy, conns) = through_proxy(&pair);
     let r = conns.call_bounded(Side::Remote, "warm-up", |c| {
-        c.simple_query("SELECT 1").map(drop).map_err(|e| Error::db(Side::Remote, "test", "select", e))
+        c.simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| Error::db(Side::Remote, "test", "select", e))
     });
     r.expect("a call through a healthy proxy succeeds");
     proxy.set_blackhole(true);
     let r = conns.call_bounded(Side::Remote, "stalled query", |c| {
-        c.simple_query("SELECT 1").map(drop).map_err(|e| Error::db(Side::Remote, "test", "select", e))
+        c.simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| Error::db(Side::Remote, "test", "select", e))
     });
-    assert!(matches!(r, Err(Error::Stalled { .. }) | Err(Error::Connect { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Stalled { .. }) | Err(Error::Connect { .. })),
+        "{r:?}"
+    );
     proxy.set_blackhole(false);
 }

@@ -253,8 +253,13 @@ fn proxy_connect_during_blackhole_completes_after_it() {
     let config = db.config_via(pg::HOST, proxy.port());
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || tx.send(config.connect(NoTls).map(drop)));
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "connected through a black hole");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "connected through a black hole"
+    );
     proxy.set_blackhole(false);
-    let connected = rx.recv_timeout(Duration::from_secs(10)).expect("connect still hanging after the black hole");
+    let connected = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("connect still hanging after the black hole");
     assert!(connected.is_ok(), "{connected:?}");
 }

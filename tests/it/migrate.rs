@@ -20,7 +20,10 @@ fn conns(pair: &DbPair) -> (Config, ConnectionManager) {
 
 fn tables(client: &mut postgres::Client) -> Vec<String> {
     client
-        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
         .expect("list tables")
         .iter()
         .map(|r| r.get(0))
@@ -33,28 +36,52 @@ fn migrate_twice_on_fresh_databases() {
     let (_cfg, conns) = conns(&pair);
     for side in [Side::Local, Side::Remote] {
         let first = migrate(conns.db(side), false).expect("first migrate");
-        assert_eq!(first.len(), migrate::migrations(side).len(), "{side}: every file applied");
+        assert_eq!(
+            first.len(),
+            migrate::migrations(side).len(),
+            "{side}: every file applied"
+        );
         let second = migrate(conns.db(side), false).expect("second migrate");
         assert!(second.is_empty(), "{side}: nothing left to apply, got {second:?}");
     }
     let local = tables(&mut pair.local.client());
-    for t in ["meter_readings", "meters", "tenant", "sync_logs", "sync_upload_batches", "sync_quarantine"] {
+    for t in [
+        "meter_readings",
+        "meters",
+        "tenant",
+        "sync_logs",
+        "sync_upload_batches",
+        "sync_quarantine",
+    ] {
         assert!(local.contains(&t.to_string()), "local lacks {t}: {local:?}");
     }
     let remote = tables(&mut pair.remote.client());
-    for t in ["meter_readings", "meters", "tenant", "sync_upload_ledger", "sync_schema_migrations"] {
+    for t in [
+        "meter_readings",
+        "meters",
+        "tenant",
+        "sync_upload_ledger",
+        "sync_schema_migrations",
+    ] {
         assert!(remote.contains(&t.to_string()), "remote lacks {t}: {remote:?}");
     }
     assert!(!remote.contains(&"sync_logs".to_string()), "sync_logs is local only");
     let indexes: Vec<String> = pair
         .local
         .client()
-        .query("SELECT indexname::text FROM pg_indexes WHERE tablename = 'meter_readings'", &[])
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'meter_readings'",
+            &[],
+        )
         .expect("indexes")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for i in ["idx_meter_readings_sync", "idx_meter_readings_meter_time", "idx_meter_readings_claim"] {
+    for i in [
+        "idx_meter_readings_sync",
+        "idx_meter_readings_meter_time",
+        "idx_meter_readings_claim",
+    ] {
         assert!(indexes.contains(&i.to_string()), "missing {i}: {indexes:?}");
     }
 }
@@ -97,7 +124,11 @@ fn migrate_keeps_every_row_of_a_populated_seed_database() {
             &[],
         )
         .expect("count");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (5000, 5000), "new column added with its default");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (5000, 5000),
+        "new column added with its default"
+    );
     let synced_at: i64 = local
         .query_one(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = 'meters' AND column_name = 'synced_at'",
@@ -121,8 +152,15 @@ fn concurrent_migrations_serialize_on_the_advisory_lock() {
             })
         })
         .collect();
-    let applied: Vec<usize> = handles.into_iter().map(|h| h.join().expect("thread").expect("migrate")).collect();
-    assert_eq!(applied.iter().sum::<usize>(), migrate::LOCAL.len(), "each file applied exactly once: {applied:?}");
+    let applied: Vec<usize> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread").expect("migrate"))
+        .collect();
+    assert_eq!(
+        applied.iter().sum::<usize>(),
+        migrate::LOCAL.len(),
+        "each file applied exactly once: {applied:?}"
+    );
 }
 
 #[test]
@@ -131,7 +169,10 @@ fn dry_run_lists_and_changes_nothing() {
     let (_cfg, conns) = conns(&pair);
     let listed = migrate(&conns.remote, true).expect("dry run");
     assert_eq!(listed.len(), migrate::REMOTE.len());
-    assert!(tables(&mut pair.remote.client()).is_empty(), "a dry run creates nothing");
+    assert!(
+        tables(&mut pair.remote.client()).is_empty(),
+        "a dry run creates nothing"
+    );
 }
 
 #[test]
@@ -180,6 +221,10 @@ fn shutdown_ends_connection_retries_early() {
     // With a 10-minute backoff, only the shutdown request can end this wait.
     let got = conns.get(Side::Local);
     stopper.join().expect("stopper");
-    assert!(matches!(got, Err(sync_process::error::Error::Shutdown)), "{:?}", got.err());
+    assert!(
+        matches!(got, Err(sync_process::error::Error::Shutdown)),
+        "{:?}",
+        got.err()
+    );
     server.start_again();
 }

@@ -883,7 +883,7 @@ fn log_file_rotates_on_size_and_day_and_compresses() {
         .expect("touch");
     assert!(yesterday.success());
     let mut f = RotatingFile::with_limits(&path, 300, 3).expect("reopen");
-    f.write(b"line 101 reopened\n").expect("write");
+    f.write_all(b"line 101 reopened\n").expect("write");
     assert_eq!(std::fs::read_to_string(&path).expect("live"), "line 101 reopened\n");
     assert_eq!(f.rotated_paths().len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
