@@ -220,12 +220,16 @@ impl<'a> UploadSyncManager<'a> {
         result
     }
 
-    /// Readings waiting locally (claimed or not), not counting quarantined ones.
+    /// Readings waiting locally (claimed or not), not counting quarantined ones. A row that another program
+    /// marked `is_synchronized = true` (the design's flag; this daemon deletes instead) is not queued.
     pub fn queue_size(&self) -> Result<i64> {
         let db = &self.conns.local;
         let mut c = self.conns.get(Side::Local)?;
         let row = c
-            .query_typed_one("SELECT count(*) FROM meter_readings", &[])
+            .query_typed_one(
+                "SELECT count(*) FROM meter_readings WHERE is_synchronized IS NOT TRUE",
+                &[],
+            )
             .map_err(|e| db.err("counting the queue", e))?;
         Ok(row.get(0))
     }
@@ -247,7 +251,8 @@ impl<'a> UploadSyncManager<'a> {
         // An age, not a reading: float seconds are fine here.
         let row = c
             .query_typed_one(
-                "SELECT extract(epoch FROM localtimestamp - min(created_at))::float8 FROM meter_readings",
+                "SELECT extract(epoch FROM localtimestamp - min(created_at))::float8 FROM meter_readings \
+                 WHERE is_synchronized IS NOT TRUE",
                 &[],
             )
             .map_err(|e| db.err("reading the age of the oldest queued reading", e))?;
@@ -654,9 +659,12 @@ impl<'a> UploadSyncManager<'a> {
         let Ok(mut c) = self.conns.local.try_get() else {
             return false;
         };
-        c.query_typed_one("SELECT EXISTS (SELECT 1 FROM meter_readings)", &[])
-            .map(|r| r.get(0))
-            .unwrap_or(false)
+        c.query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM meter_readings WHERE is_synchronized IS NOT TRUE)",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(false)
     }
 
     /// True at most once per PRUNE_EVERY per remote database and source, in this process.
@@ -989,6 +997,7 @@ pub mod sql {
     pub const CLAIM_FIRST: &str = "
 WITH c AS (
   SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
+  WHERE is_synchronized IS NOT TRUE
   ORDER BY timestamp, id LIMIT $1
 ), b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)
@@ -1004,7 +1013,7 @@ FROM b CROSS JOIN c ORDER BY c.timestamp, c.id";
     pub const CLAIM_NEXT: &str = "
 WITH c AS (
   SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
-  WHERE (timestamp, id) > ($2::timestamp, $3)
+  WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE
   ORDER BY timestamp, id LIMIT $1
 ), b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)
@@ -1027,7 +1036,7 @@ WITH f AS (
   DELETE FROM meter_readings r USING f WHERE r.id = ANY(f.reading_ids) RETURNING 1
 ), c AS (
   SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
-  WHERE (timestamp, id) > ($2::timestamp, $3)
+  WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE
   ORDER BY timestamp, id LIMIT $1
 ), b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)

@@ -1,7 +1,10 @@
 -- Bookkeeping of the exactly-once upload (see ARCHITECTURE.md, "The upload protocol").
 
 -- The claim query walks the queue in (timestamp, id) order from a remembered key: this index serves exactly it.
-CREATE INDEX IF NOT EXISTS idx_meter_readings_claim ON meter_readings(timestamp, id);
+-- The queue is the readings not marked synchronized (this daemon deletes uploaded readings and never sets the
+-- flag; rows another program marked true are not uploaded again).
+CREATE INDEX IF NOT EXISTS idx_meter_readings_claim ON meter_readings(timestamp, id)
+  WHERE is_synchronized IS NOT TRUE;
 
 -- A claimed batch: its id (also the remote ledger key) and the exact reading ids it holds, in upload order.
 -- A batch row exists from the claim until the readings are deleted locally (finish) or split (poison).

@@ -1577,3 +1577,40 @@ fn measure_drain_throughput() {
         );
     }
 }
+
+#[test]
+fn readings_marked_synchronized_by_another_program_are_not_uploaded_again() {
+    let env = Env::new(&[]);
+    let queued = vec![
+        Reading::new("m-1", "2024-01-01 00:00:01", "1.50", None),
+        Reading::new("m-1", "2024-01-01 00:00:03", "3.50", None),
+    ];
+    insert(&env, &queued);
+    // A legacy row that an earlier uploader marked as done (the design's is_synchronized flag).
+    let legacy_id = insert(&env, &[Reading::new("m-1", "2024-01-01 00:00:02", "2.50", None)])[0];
+    env.local()
+        .execute(
+            "UPDATE meter_readings SET is_synchronized = true WHERE id = $1::int8",
+            &[&legacy_id],
+        )
+        .expect("mark the legacy row");
+    assert_eq!(
+        env.manager().queue_size().expect("queue size"),
+        2,
+        "the marked row is not queued"
+    );
+    let r = env.sync();
+    assert!(r.success && r.records_uploaded == 2, "{r:?}");
+    let mut expected = queued.clone();
+    expected.sort();
+    assert_eq!(
+        snapshot(&mut env.remote()),
+        expected,
+        "only the unmarked readings arrive"
+    );
+    let left = count(
+        &mut env.local(),
+        "SELECT count(*) FROM meter_readings WHERE is_synchronized",
+    );
+    assert_eq!(left, 1, "the marked row is left alone");
+}
