@@ -52,7 +52,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
     }
     let (map, file_warnings) = load_variables(cli.env_file.as_deref())?;
     let cfg = Config::from_map(&map)?;
-    logging::init(cfg.log_level, cfg.log_file.as_deref())?;
+    // Only the sync itself writes the log file: `status` or `check-config` run by an operator from any
+    // directory must not create or write the daemon's log.
+    let log_file = if matches!(cli.command, Command::Run | Command::Once) { cfg.log_file.as_deref() } else { None };
+    logging::init(cfg.log_level, log_file)?;
     for w in file_warnings
         .iter()
         .chain(config::unknown_variable_warnings(&map).iter())
