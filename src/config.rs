@@ -722,8 +722,21 @@ fn read_password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
 }
 
 /// Reads a password file (first line, trailing newline removed). The error never contains the contents.
+/// At most 64 KiB are read, so a wrong path such as /dev/zero cannot exhaust memory.
 fn read_password_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use std::io::Read;
+    const LIMIT: u64 = 64 * 1024;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(format!(
+            "{} is larger than {LIMIT} bytes: not a password file",
+            path.display()
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     let first = text.lines().next().unwrap_or("").to_string();
     if first.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -884,6 +897,9 @@ mod tests {
             Config::from_map(&m).expect_err("missing").keys(),
             vec!["POSTGRES_CLIENT_PASSWORD_FILE"]
         );
+        m.insert("POSTGRES_CLIENT_PASSWORD_FILE".into(), "/dev/zero".into());
+        let errs = Config::from_map(&m).expect_err("an endless file is refused, not read whole");
+        assert!(errs.to_string().contains("larger than"), "{errs}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

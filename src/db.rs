@@ -423,7 +423,16 @@ impl ConnectionManager {
         T: Send + 'static,
         F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
     {
-        let mut conn = self.get(side)?;
+        let conn = self.get(side)?;
+        self.run_bounded(side, what, conn, op)
+    }
+
+    /// Runs `op` with `conn` on a helper thread, waiting at most `call_deadline`.
+    fn run_bounded<T, F>(&self, side: Side, what: &str, mut conn: Conn, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()
             .name("pg-call".into())
@@ -442,12 +451,16 @@ impl ConnectionManager {
         }
     }
 
-    /// Tests a database with `SELECT 1` (one attempt, no retries).
+    /// Tests a database with `SELECT 1`: one attempt, no retries, bounded in time like every remote call (an
+    /// idle pooled connection to a server that went silent must not hang the caller).
     pub fn test(&self, side: Side) -> Result<()> {
         let db = self.db(side);
-        let mut conn = db.try_get()?;
-        conn.simple_query("SELECT 1")
-            .map_err(|e| db.err("testing the connection", e))?;
-        Ok(())
+        let conn = db.try_get()?;
+        let target = db.target().to_string();
+        self.run_bounded(side, "testing the connection", conn, move |c| {
+            c.simple_query("SELECT 1")
+                .map(drop)
+                .map_err(|e| Error::db(side, &target, "testing the connection", e))
+        })
     }
 }

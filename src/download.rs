@@ -233,7 +233,9 @@ impl<'a> DownloadSyncManager<'a> {
                 if o.new_ids.is_empty() && o.updated.is_empty() && o.deleted_ids.is_empty() {
                     log::debug!("{}: no change ({} rows, {ms} ms)", spec.table, o.total);
                 } else {
-                    log::info!(
+                    // The scheduler logs each download's counts at info; the changes themselves are logged
+                    // one by one above at info (Properties 9 and 14).
+                    log::debug!(
                         "{}: downloaded {} new, {} updated, {} deleted; {} rows locally ({ms} ms)",
                         spec.table,
                         o.new_ids.len(),

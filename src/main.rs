@@ -54,7 +54,11 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let cfg = Config::from_map(&map)?;
     // Only the sync itself writes the log file: `status` or `check-config` run by an operator from any
     // directory must not create or write the daemon's log.
-    let log_file = if matches!(cli.command, Command::Run | Command::Once) { cfg.log_file.as_deref() } else { None };
+    let log_file = if matches!(cli.command, Command::Run | Command::Once) {
+        cfg.log_file.as_deref()
+    } else {
+        None
+    };
     logging::init(cfg.log_level, log_file)?;
     for w in file_warnings
         .iter()

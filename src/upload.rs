@@ -186,7 +186,8 @@ impl<'a> UploadSyncManager<'a> {
             stats.uploaded, stats.deleted, stats.quarantined, stats.batches
         );
         match outcome {
-            Ok(Drained::Empty) => log::info!("upload: {summary}; queue empty"),
+            // The scheduler logs the part's result at info (Property 11); this adds the batch count.
+            Ok(Drained::Empty) => log::debug!("upload: {summary}; queue empty"),
             Ok(Drained::Stopped) => {
                 result.backlog_remains = self.backlog_exists();
                 let why = if self.conns.shutdown.is_requested() {
@@ -210,7 +211,8 @@ impl<'a> UploadSyncManager<'a> {
         }
         if result.success && !self.conns.shutdown.is_requested() && self.prune_due() {
             match self.prune_ledger(LEDGER_RETENTION) {
-                Ok(n) => log::info!(
+                Ok(n) => log::log!(
+                    if n > 0 { log::Level::Info } else { log::Level::Debug },
                     "upload: pruned {n} ledger rows older than {} days",
                     LEDGER_RETENTION.as_secs() / 86_400
                 ),
@@ -489,7 +491,7 @@ impl<'a> UploadSyncManager<'a> {
                         batch.batch_id,
                         batch.len()
                     );
-                    match self.isolate(&batch, &e)? {
+                    match self.isolate(s, &batch, &e)? {
                         Isolation::Bad(bad) => {
                             let (moved, good) = self.quarantine(s, &batch, bad)?;
                             stats.quarantined += moved;
@@ -521,7 +523,12 @@ impl<'a> UploadSyncManager<'a> {
     /// Finds the readings the remote rejects on their own: bisects the batch inside one remote transaction,
     /// each part under a savepoint (so later parts see earlier good ones, exactly as the real insert would),
     /// then rolls the whole transaction back. Changes nothing anywhere.
-    fn isolate(&self, batch: &Arc<ClaimedBatch>, first: &Error) -> Result<Isolation> {
+    ///
+    /// When every reading of a batch of several is rejected, the batch alone cannot tell poison (these rows)
+    /// from a remote that rejects everything (a schema change): a few queued readings from outside the batch
+    /// are probed the same way. If one of them passes, the batch's readings are poison and are quarantined;
+    /// if none does (or there is none), it is a storm and nothing is quarantined.
+    fn isolate(&self, s: &mut Session, batch: &Arc<ClaimedBatch>, first: &Error) -> Result<Isolation> {
         let n = batch.len();
         let bad = if n == 1 {
             let text = match first {
@@ -550,15 +557,47 @@ impl<'a> UploadSyncManager<'a> {
             return Ok(Isolation::Unexplained);
         }
         if bad.len() == n && n > 1 {
-            return Ok(Isolation::Storm(format!(
-                "the remote database {} rejects every one of the {n} readings of batch {} for a data reason (a schema \
-                 change such as a new NOT NULL column?); nothing quarantined, the batch stays claimed; first error: {}",
-                self.conns.remote.target(),
-                batch.batch_id,
-                bad[0].1
-            )));
+            let (controls, passed) = self.probe_controls(s, batch)?;
+            if passed == 0 {
+                return Ok(Isolation::Storm(format!(
+                    "the remote database {} rejects every one of the {n} readings of batch {} for a data reason, and \
+                     {controls} other queued reading(s) too (a schema change such as a new NOT NULL column?); nothing \
+                     quarantined, the batch stays claimed; first error: {}",
+                    self.conns.remote.target(),
+                    batch.batch_id,
+                    bad[0].1
+                )));
+            }
+            log::warn!(
+                "upload: every reading of batch {} is rejected while {passed} of {controls} other queued readings \
+                 pass: quarantining the batch's readings",
+                batch.batch_id
+            );
         }
         Ok(Isolation::Bad(bad))
+    }
+
+    /// Probes up to CONTROL_READINGS queued readings from outside `batch` in a remote transaction that is rolled
+    /// back. Returns (readings probed, readings the remote accepts).
+    fn probe_controls(&self, s: &mut Session, batch: &ClaimedBatch) -> Result<(usize, usize)> {
+        let ids: Vec<i64> = batch.readings.iter().map(|r| r.id).collect();
+        let context = || format!("reading control readings for rejected batch {}", batch.batch_id);
+        let rows = s.query(sql::CONTROL_READINGS, &[Type::INT8_ARRAY], &[&ids], &context)?;
+        let controls: Vec<QueuedReading> = rows.iter().map(|r| reading_from_row(r, 0)).collect();
+        if controls.is_empty() {
+            return Ok((0, 0));
+        }
+        let n = controls.len();
+        let context = format!("probing {n} control readings for rejected batch {}", batch.batch_id);
+        let name = self.remote_name();
+        let rejected = self.conns.call_bounded(Side::Remote, &context.clone(), move |c| {
+            let mut bad = Vec::new();
+            let mut tx = c.transaction().map_err(|e| name.err(&context, e))?;
+            probe(&mut tx, &name, &context, &controls, 0, n, &mut bad)?;
+            tx.rollback().map_err(|e| name.err(&context, e))?;
+            Ok(bad.len())
+        })?;
+        Ok((n, n - rejected.min(n)))
     }
 
     /// Moves the bad readings into sync_quarantine and narrows the batch to the good ones, in one local
@@ -1111,6 +1150,14 @@ WITH e AS (
   WHERE batch_id = $1::uuid RETURNING 1
 )
 SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM u)";
+
+    /// Local. A few queued readings outside a rejected batch (ids $1), to probe whether the remote accepts
+    /// anything at all.
+    pub const CONTROL_READINGS: &str = "
+SELECT id::int8 AS id_num, meter_id::text AS meter_text, timestamp::text AS ts_text,
+       value::text AS value_text, unit::text AS unit_text, metadata::text AS metadata_text
+FROM meter_readings WHERE is_synchronized IS NOT TRUE AND id <> ALL($1::int8[])
+ORDER BY timestamp, id LIMIT 8";
 
     /// Local.
     pub const NOTE_FAILURE: &str = "

@@ -7,6 +7,7 @@ mod cli;
 mod db;
 mod download;
 mod harness;
+mod hostile;
 mod migrate;
 mod packaging;
 mod security;
