@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres_native_tls::MakeTlsConnector;
 use r2d2::{Pool, PooledConnection};
@@ -29,6 +29,9 @@ use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 
 pub type Conn = PooledConnection<BoundedManager>;
+
+/// How long a remote call in flight may still take once shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connection attempts still hanging after their deadline, per database, beyond which new attempts are
 /// refused at once rather than piling up threads.
@@ -440,14 +443,42 @@ impl ConnectionManager {
                 let _ = tx.send(op(&mut conn));
             })
             .map_err(|e| Error::io(format!("starting a thread for {what}"), e))?;
-        match rx.recv_timeout(self.call_deadline) {
-            Ok(result) => result,
-            Err(_) => Err(Error::Stalled {
-                side,
-                target: self.db(side).target().to_string(),
-                what: what.to_string(),
-                after: self.call_deadline,
-            }),
+        // Wait for the result, the deadline, or a shutdown request; after a shutdown request the call gets a
+        // short grace (a healthy server answers well within it) and is then abandoned: its outcome is unknown,
+        // which the upload protocol settles at the next start. So SIGTERM is honoured within seconds even when
+        // the remote has gone silent.
+        let started = Instant::now();
+        let mut shutdown_seen: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if shutdown_seen.is_none() && self.shutdown.is_requested() {
+                shutdown_seen = Some(now);
+            }
+            let mut until = started + self.call_deadline;
+            if let Some(seen) = shutdown_seen {
+                until = until.min(seen + SHUTDOWN_GRACE);
+            }
+            if now >= until {
+                return Err(match shutdown_seen {
+                    Some(seen) if now >= seen + SHUTDOWN_GRACE => Error::Shutdown,
+                    _ => Error::Stalled {
+                        side,
+                        target: self.db(side).target().to_string(),
+                        what: what.to_string(),
+                        after: self.call_deadline,
+                    },
+                });
+            }
+            match rx.recv_timeout((until - now).min(Duration::from_millis(100))) {
+                Ok(result) => return result,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Other(format!(
+                        "{side} database {}: {what}: the operation's thread ended without a result (a panic)",
+                        self.db(side).target()
+                    )))
+                }
+            }
         }
     }
 

@@ -85,3 +85,33 @@ fn a_remote_that_stalls_mid_operation_makes_call_bounded_return() {
     );
     proxy.set_blackhole(false);
 }
+
+#[test]
+fn shutdown_abandons_a_stalled_remote_call_after_a_short_grace() {
+    let pair = DbPair::new();
+    let target: SocketAddr = format!("{HOST}:{}", pair.remote.port()).parse().expect("addr");
+    let proxy = FaultProxy::start(target);
+    let mut vars = env_map_with_remote(&pair, HOST, proxy.port());
+    // A deadline far beyond the test: only the shutdown request can end the wait.
+    vars.insert("DB_STATEMENT_TIMEOUT_MS".into(), "600000".into());
+    let cfg = Config::from_map(&vars).expect("config");
+    let shutdown = Shutdown::new();
+    let conns = ConnectionManager::new(&cfg, shutdown.clone()).expect("pools");
+    conns.test(Side::Remote).expect("reachable through the proxy");
+    proxy.set_blackhole(true);
+    let stopper = {
+        let s = shutdown.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            s.request();
+        })
+    };
+    let r = conns.call_bounded(Side::Remote, "a stalled query", |c| {
+        c.simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| Error::db(Side::Remote, "test", "select", e))
+    });
+    stopper.join().expect("stopper");
+    assert!(matches!(r, Err(Error::Shutdown)), "{r:?}");
+    proxy.set_blackhole(false);
+}
