@@ -434,8 +434,8 @@ pub fn free_port() -> Result<u16> {
         .map_err(|e| Error::io(format!("binding {HOST}:0 to find a free port"), e))
 }
 
-/// Creates a fresh directory `<temp dir>/<prefix>-<pid>-<counter>-<nanos>`.
-fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
+/// Creates a fresh directory `<temp dir>/<prefix>-<pid>-<counter>-<nanos>` (also used by the test harness).
+pub fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -14,21 +14,12 @@ pub mod pg;
 pub mod proxy;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Creates a fresh directory `temp_dir()/<prefix>-<pid>-<counter>-<nanos>`.
 pub fn unique_temp_dir(prefix: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
-    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("could not create temp dir {}: {e}", dir.display()));
-    dir
+    sync_process::pgtemp::unique_temp_dir(prefix).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `cond` every 20 ms until it is true (returns true) or `timeout` passes (false).
