@@ -146,6 +146,14 @@ impl Database {
             // errors on use instead, and r2d2_postgres discards closed ones.
             .test_on_check_out(false)
             .error_handler(Box::new(QuietErrors))
+            // r2d2's default is 3 worker threads per pool; one is plenty here (attempts are bounded in time) and
+            // saves memory on a small box.
+            .thread_pool(Arc::new(
+                scheduled_thread_pool::ScheduledThreadPool::builder()
+                    .num_threads(1)
+                    .thread_name_pattern(&format!("r2d2-{side}-{{}}"))
+                    .build(),
+            ))
             .build_unchecked(manager);
         let probe = (!db.host.starts_with('/')).then(|| (db.host.clone(), db.port));
         let timeout = cfg.connection_timeout;
