@@ -24,7 +24,13 @@ use sync_process::pgtemp::{self, PgTemp};
 use sync_process::shutdown::Shutdown;
 
 /// The release binary, built by `cargo bench` (the bench profile inherits release: opt-level "s", lto).
+/// BENCH_DAEMON_BIN overrides it (e.g. a build with symbols, for perf).
 pub const BIN: &str = env!("CARGO_BIN_EXE_sync-process");
+
+/// The binary the daemon runs use: BENCH_DAEMON_BIN or [`BIN`].
+pub fn bin() -> String {
+    std::env::var("BENCH_DAEMON_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 /// Database created on each server.
 pub const DB: &str = "bench";
 /// Handed to the daemon (trust authentication ignores it; the daemon rejects an empty one).
@@ -39,6 +45,11 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v:?} does not parse")),
         _ => default,
     }
+}
+
+/// BENCH_PGSS=1: the servers load pg_stat_statements and each measured run prints its statements' server time.
+pub fn pgss() -> bool {
+    std::env::var("BENCH_PGSS").as_deref() == Ok("1")
 }
 
 /// Whether section `name` runs: all of them unless BENCH_ONLY lists some (comma separated).
@@ -57,7 +68,14 @@ pub struct Servers {
 
 impl Servers {
     pub fn start() -> Servers {
-        let opts = pgtemp::Options::default();
+        let mut opts = pgtemp::Options::default();
+        if pgss() {
+            opts.extra_conf = vec![
+                "shared_preload_libraries = 'pg_stat_statements'".into(),
+                "pg_stat_statements.track_planning = on".into(),
+                "pg_stat_statements.track = all".into(),
+            ];
+        }
         let local = PgTemp::start("sync-process-bench-local", &opts).unwrap_or_else(|e| panic!("{e}"));
         let remote = PgTemp::start("sync-process-bench-remote", &opts).unwrap_or_else(|e| panic!("{e}"));
         local.create_database(DB).unwrap_or_else(|e| panic!("{e}"));
@@ -67,7 +85,73 @@ impl Servers {
         let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
         sync_process::migrate::migrate(&conns.local, false).expect("migrating local");
         sync_process::migrate::migrate(&conns.remote, false).expect("migrating remote");
+        if pgss() {
+            for mut c in [servers.local_client(), servers.remote_client()] {
+                c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    .expect("pg_stat_statements");
+            }
+        }
+        // BENCH_LOCAL_DB_SET / BENCH_REMOTE_DB_SET="name=value,...": `ALTER DATABASE bench SET` on that side, for
+        // experiments (e.g. plan_cache_mode=force_generic_plan); every later session of either client sees it.
+        for (var, port) in [
+            ("BENCH_LOCAL_DB_SET", servers.local.port()),
+            ("BENCH_REMOTE_DB_SET", servers.remote.port()),
+        ] {
+            if let Ok(list) = std::env::var(var) {
+                let mut c = connect(port);
+                for kv in list.split(',').filter(|kv| !kv.trim().is_empty()) {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    c.batch_execute(&format!(
+                        "ALTER DATABASE {DB} SET {} = '{}'",
+                        k.trim(),
+                        v.trim().replace('\'', "''")
+                    ))
+                    .unwrap_or_else(|e| panic!("{var}: {kv}: {e}"));
+                }
+            }
+        }
         servers
+    }
+
+    /// With BENCH_PGSS=1: forgets the statement statistics of both servers.
+    pub fn pgss_reset(&self) {
+        if pgss() {
+            for mut c in [self.local_client(), self.remote_client()] {
+                c.batch_execute("SELECT pg_stat_statements_reset()")
+                    .expect("pg_stat_statements_reset");
+            }
+        }
+    }
+
+    /// With BENCH_PGSS=1: prints the statements that took the most server time on each side since the last
+    /// reset (calls, execution and planning time, rows, buffers).
+    pub fn pgss_print(&self, label: &str) {
+        if !pgss() {
+            return;
+        }
+        for (side, mut c) in [("local", self.local_client()), ("remote", self.remote_client())] {
+            let rows = c
+                .query(
+                    "SELECT calls, total_exec_time, total_plan_time, rows, shared_blks_hit + shared_blks_read,
+                            regexp_replace(query, '\\s+', ' ', 'g')
+                     FROM pg_stat_statements
+                     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       AND query NOT LIKE '%pg_stat_statements%'
+                     ORDER BY total_exec_time + total_plan_time DESC LIMIT 8",
+                    &[],
+                )
+                .expect("pg_stat_statements");
+            println!("    [{label}] {side} server, statements by server time:");
+            for r in rows {
+                let (calls, exec, plan, n, blks, q): (i64, f64, f64, i64, i64, String) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+                let q: String = q.chars().take(110).collect();
+                println!(
+                    "      {calls:>7} calls  exec {exec:>8.1} ms  plan {plan:>7.1} ms  {:>6.1} µs/call  rows {n:>8}  buffers {blks:>8}  {q}",
+                    (exec + plan) * 1000.0 / calls.max(1) as f64
+                );
+            }
+        }
     }
 
     pub fn local_client(&self) -> Client {
@@ -82,7 +166,11 @@ impl Servers {
     /// on both sides (the servers have none, and the hand-written loop uses none either); logs at info, to
     /// stderr only; status server off.
     pub fn env(&self, remote_port: u16, batch_size: u32) -> BTreeMap<String, String> {
-        let (lp, rp, bs) = (self.local.port().to_string(), remote_port.to_string(), batch_size.to_string());
+        let (lp, rp, bs) = (
+            self.local.port().to_string(),
+            remote_port.to_string(),
+            batch_size.to_string(),
+        );
         [
             ("POSTGRES_SYNC_HOST", pgtemp::HOST),
             ("POSTGRES_SYNC_PORT", &lp),
@@ -135,7 +223,7 @@ struct Timeval {
     tv_usec: c_long,
 }
 
-/// `struct rusage` of Linux (LP64 and ILP32 alike: two timevals, then 14 longs).
+/// `struct rusage` of 64-bit Linux: two timevals, then 14 longs.
 #[repr(C)]
 #[derive(Default)]
 struct Rusage {
@@ -148,6 +236,99 @@ struct Rusage {
 extern "C" {
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
     fn kill(pid: c_int, sig: c_int) -> c_int;
+    fn getrusage(who: c_int, rusage: *mut Rusage) -> c_int;
+}
+
+fn timeval(t: &Timeval) -> Duration {
+    Duration::from_micros((t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64)
+}
+
+/// CPU time (user + sys) of this process plus that of its reaped children.
+pub fn own_cpu() -> Duration {
+    let mut total = Duration::ZERO;
+    for who in [0, -1] {
+        // RUSAGE_SELF, RUSAGE_CHILDREN
+        let mut ru = Rusage::default();
+        // SAFETY: ru is valid for writing.
+        if unsafe { getrusage(who, &mut ru) } == 0 {
+            total += timeval(&ru.ru_utime) + timeval(&ru.ru_stime);
+        }
+    }
+    total
+}
+
+/// CPU time (user + sys) used so far by the PostgreSQL server whose data dir is `data_dir`: the postmaster,
+/// its live children, and the children it has reaped (ended backends).
+pub fn server_cpu(data_dir: &std::path::Path) -> Duration {
+    let Some(postmaster) = fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Duration::ZERO;
+    };
+    let mut ticks = 0u64;
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ppid = field(1) as u32;
+        if pid == postmaster {
+            ticks += field(11) + field(12) + field(13) + field(14); // utime stime cutime cstime
+        } else if ppid == postmaster {
+            ticks += field(11) + field(12);
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+/// CPU used by the local server, the remote server and this process with its children, between two points.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSplit {
+    pub local: Duration,
+    pub remote: Duration,
+    pub client: Duration,
+}
+
+impl CpuSplit {
+    pub fn now(servers: &Servers) -> CpuSplit {
+        CpuSplit {
+            local: server_cpu(servers.local.data_dir()),
+            remote: server_cpu(servers.remote.data_dir()),
+            client: own_cpu(),
+        }
+    }
+
+    /// The CPU used since `before`, measured after a 200 ms pause: the backends of connections just closed have
+    /// exited and been reaped by then (while one is being reaped its time is briefly in neither place).
+    pub fn after(servers: &Servers, before: CpuSplit) -> CpuSplit {
+        thread::sleep(Duration::from_millis(200));
+        CpuSplit::now(servers).since(before)
+    }
+
+    pub fn since(self, before: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            local: self.local.saturating_sub(before.local),
+            remote: self.remote.saturating_sub(before.remote),
+            client: self.client.saturating_sub(before.client),
+        }
+    }
+
+    /// "local PG 1.20 s, remote PG 0.80 s, client 0.30 s (of 1.50 s wall)"
+    pub fn describe(&self, wall: Duration, client: &str) -> String {
+        format!(
+            "CPU: local PostgreSQL {:.2} s, remote PostgreSQL {:.2} s, {client} {:.2} s; wall {:.2} s",
+            self.local.as_secs_f64(),
+            self.remote.as_secs_f64(),
+            self.client.as_secs_f64(),
+            wall.as_secs_f64()
+        )
+    }
 }
 
 pub const SIGTERM: c_int = 15;
@@ -166,8 +347,8 @@ pub struct Peaks {
     pub rss_anon_kb: u64,
     pub rss_file_kb: u64,
     pub threads: u64,
-    /// Rss by mapping group (binary, libcrypto, heap, anonymous, ...), from the /proc/<pid>/smaps sample
-    /// (one a second) with the highest total.
+    /// Rss by mapping group (binary, libcrypto, heap, anonymous, ...), from a /proc/<pid>/smaps sample taken
+    /// near the peak.
     pub smaps: Vec<(String, u64)>,
 }
 
@@ -179,7 +360,9 @@ pub struct Finished {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr_tail: String,
-    /// ru_maxrss from wait4: the exact peak RSS, in kB.
+    /// ru_maxrss from wait4, in kB. Not the daemon's own figure: Linux folds the parent's RSS at spawn into
+    /// it (the child shares the parent's memory until exec), so it reads high when the bench process is big.
+    /// The reports use the polled VmHWM ([`Peaks::vm_hwm_kb`]) instead.
     pub maxrss_kb: u64,
     pub user: Duration,
     pub sys: Duration,
@@ -205,19 +388,26 @@ pub fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> Child {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     fs::create_dir_all(&dir).expect("bench temp dir");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args).env_clear();
     for key in ["PATH", "HOME"] {
         if let Some(v) = std::env::var_os(key) {
             cmd.env(key, v);
         }
     }
-    cmd.envs(env)
-        .stdin(Stdio::null())
+    cmd.envs(env);
+    // BENCH_DAEMON_ENV="K=V,K2=V2": extra variables for every daemon run (experiments, e.g. MALLOC_ARENA_MAX=1).
+    if let Ok(extra) = std::env::var("BENCH_DAEMON_ENV") {
+        for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            cmd.env(k.trim(), v.trim());
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(fs::File::create(dir.join("stdout")).expect("stdout file"))
         .stderr(fs::File::create(dir.join("stderr")).expect("stderr file"));
     let started = Instant::now();
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
     let pid = child.id();
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -244,13 +434,16 @@ impl Child {
         let wall = self.started.elapsed();
         self.stop.store(true, Ordering::SeqCst);
         assert_eq!(rc, self.pid as c_int, "wait4({}) failed", self.pid);
-        let peaks = self.poller.take().map(|p| p.join().unwrap_or_default()).unwrap_or_default();
+        let peaks = self
+            .poller
+            .take()
+            .map(|p| p.join().unwrap_or_default())
+            .unwrap_or_default();
         let code = if status & 0x7f == 0 {
             Some((status >> 8) & 0xff)
         } else {
             None
         };
-        let tv = |t: &Timeval| Duration::from_micros((t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64);
         let stdout = fs::read_to_string(self.dir.join("stdout")).unwrap_or_default();
         let stderr = fs::read_to_string(self.dir.join("stderr")).unwrap_or_default();
         let lines: Vec<&str> = stderr.lines().collect();
@@ -262,8 +455,8 @@ impl Child {
             stdout,
             stderr_tail,
             maxrss_kb: ru.ru_maxrss.max(0) as u64,
-            user: tv(&ru.ru_utime),
-            sys: tv(&ru.ru_stime),
+            user: timeval(&ru.ru_utime),
+            sys: timeval(&ru.ru_stime),
             peaks,
         }
     }
@@ -279,7 +472,9 @@ fn status_kb(status: &str, key: &str) -> Option<u64> {
 
 fn poll_proc(pid: u32, stop: &AtomicBool) -> Peaks {
     let mut peaks = Peaks::default();
-    let mut best_smaps_total = 0;
+    // smaps is read when VmRSS has grown by 256 kB since the last read (at most every 100 ms), so the breakdown
+    // kept is one taken near the peak.
+    let mut smaps_at_rss = 0;
     let mut last_smaps = Instant::now() - Duration::from_secs(10);
     let path = format!("/proc/{pid}/status");
     while !stop.load(Ordering::SeqCst) {
@@ -289,14 +484,12 @@ fn poll_proc(pid: u32, stop: &AtomicBool) -> Peaks {
         peaks.rss_anon_kb = peaks.rss_anon_kb.max(status_kb(&status, "RssAnon").unwrap_or(0));
         peaks.rss_file_kb = peaks.rss_file_kb.max(status_kb(&status, "RssFile").unwrap_or(0));
         peaks.threads = peaks.threads.max(status_kb(&status, "Threads").unwrap_or(0));
-        if last_smaps.elapsed() >= Duration::from_secs(1) {
+        let rss = status_kb(&status, "VmRSS").unwrap_or(0);
+        if rss >= smaps_at_rss + 256 && last_smaps.elapsed() >= Duration::from_millis(100) {
             last_smaps = Instant::now();
             if let Some(groups) = smaps_groups(pid) {
-                let total: u64 = groups.iter().map(|(_, kb)| kb).sum();
-                if total > best_smaps_total {
-                    best_smaps_total = total;
-                    peaks.smaps = groups;
-                }
+                smaps_at_rss = rss;
+                peaks.smaps = groups;
             }
         }
         thread::sleep(Duration::from_millis(20));
@@ -329,7 +522,7 @@ pub fn smaps_groups(pid: u32) -> Option<Vec<(String, u64)>> {
         }
     }
     let mut v: Vec<(String, u64)> = groups.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|g| std::cmp::Reverse(g.1));
     Some(v)
 }
 
@@ -361,6 +554,43 @@ pub fn rss_now(pid: u32) -> Option<(u64, u64)> {
     Some((status_kb(&status, "VmRSS")?, status_kb(&status, "RssAnon")?))
 }
 
+/// Threads of `pid` now.
+pub fn threads_now(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kb(&status, "Threads")
+}
+
+/// With BENCH_PERF_DIR set: a system-wide `perf record -a` (cpu-clock, 999 Hz, flat) around one measured run,
+/// written to `<dir>/<label>.data`; otherwise nothing. Read with `perf report -i <file> --sort comm,dso,sym`.
+pub struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    pub fn start(label: &str) -> Profile {
+        let Ok(dir) = std::env::var("BENCH_PERF_DIR") else {
+            return Profile(None);
+        };
+        let _ = fs::create_dir_all(&dir);
+        let file = PathBuf::from(dir).join(format!("{label}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-a", "-F", "999", "-e", "cpu-clock", "-o"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        thread::sleep(Duration::from_millis(500)); // perf needs a moment before it records
+        Profile(child)
+    }
+
+    pub fn stop(self) {
+        if let Some(mut child) = self.0 {
+            signal(child.id(), 2); // SIGINT: perf writes its file and exits
+            let _ = child.wait();
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Reporting.
 
@@ -369,7 +599,10 @@ pub fn machine(pg: &mut Client) -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kb = status_kb(&meminfo, "MemTotal").unwrap_or(0);
