@@ -290,7 +290,8 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
     };
     match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-            // Nothing is verified, so the system's CA bundle is not loaded either (3.5 MB of heap, measured).
+            // Nothing is verified, so no roots are kept. (native-tls still parses the system bundle while
+            // building; dropping the store returns part of it: idle RSS 12.9 -> 11.2 MB, measured.)
             b.danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true)
                 .disable_built_in_roots(true);
