@@ -1534,50 +1534,6 @@ fn quarantine_command_lists_retries_and_discards() {
 
 // ----- Measurement (not part of the suite) -----
 
-/// Drain throughput on loopback (and through a 20 ms round-trip proxy), printed, never asserted:
-/// `cargo test --release --test it upload::measure_drain_throughput -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn measure_drain_throughput() {
-    for (rows, batch, rtt_ms) in [
-        (200_000, "100", 0),
-        (200_000, "5000", 0),
-        (20_000, "100", 20),
-        (200_000, "5000", 20),
-    ] {
-        let pair = DbPair::new();
-        let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-        proxy.set_latency(Duration::from_millis(rtt_ms / 2));
-        let via = (rtt_ms > 0).then(|| proxy.port());
-        let env = Env::on(pair, via, &[("BATCH_SIZE", batch), ("LOG_LEVEL", "info")]);
-        insert_many(&mut env.local(), rows);
-        env.local()
-            .batch_execute("VACUUM ANALYZE meter_readings")
-            .expect("vacuum");
-        let commits = |c: &mut Client| -> i64 {
-            thread::sleep(Duration::from_millis(11_000)); // idle backends flush their statistics within 10 s
-            c.query_one(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-                &[],
-            )
-            .expect("xact_commit")
-            .get(0)
-        };
-        let before = commits(&mut env.local());
-        let started = std::time::Instant::now();
-        let r = env.sync();
-        let secs = started.elapsed().as_secs_f64();
-        assert!(r.success && r.records_uploaded == rows as u64, "{r:?}");
-        let per_batch =
-            (commits(&mut env.local()) - before) as f64 / (rows as f64 / batch.parse::<f64>().expect("batch"));
-        eprintln!(
-            "drain of {rows} rows, BATCH_SIZE {batch}, round trip +{rtt_ms} ms: {secs:.2} s, {:.0} rows/s, \
-             {per_batch:.2} local commits per batch",
-            rows as f64 / secs
-        );
-    }
-}
-
 #[test]
 fn readings_marked_synchronized_by_another_program_are_not_uploaded_again() {
     let env = Env::new(&[]);
