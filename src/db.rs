@@ -388,21 +388,22 @@ impl ConnectionManager {
         self.remote.unreachable.store(false, Ordering::SeqCst);
     }
 
-    /// Runs `op` on a connection to `side`; a transient failure of `op` (including a lost connection) is
-    /// retried on a fresh connection up to MAX_QUERY_RETRIES times. Failing to connect is not retried again
-    /// here: [`ConnectionManager::get`] already did (the two retry counts do not multiply).
-    pub fn with_conn<T>(&self, side: Side, what: &str, mut op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
-        let connect_failed = std::cell::Cell::new(false);
+    /// Retries `op` per MAX_QUERY_RETRIES on transient errors, except a failure to connect: that was already
+    /// retried by [`ConnectionManager::get`] (per MAX_CONNECTION_RETRIES), so the two counts do not multiply.
+    pub fn retry_query<T>(&self, what: &str, op: impl FnMut() -> Result<T>) -> Result<T> {
         crate::retry::retry_if(
             what,
             self.query_retry,
             &self.shutdown,
-            |e| e.is_transient() && !connect_failed.get(),
-            || {
-                let mut conn = self.get(side).inspect_err(|_| connect_failed.set(true))?;
-                op(&mut conn)
-            },
+            |e| e.is_transient() && !matches!(e, Error::Connect { .. }),
+            op,
         )
+    }
+
+    /// Runs `op` on a connection to `side`; a transient failure of `op` (including a lost connection) is
+    /// retried on a fresh connection (see [`ConnectionManager::retry_query`]).
+    pub fn with_conn<T>(&self, side: Side, what: &str, mut op: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        self.retry_query(what, || op(&mut self.get(side)?))
     }
 
     /// [`ConnectionManager::with_conn`] with each attempt bounded in time by
@@ -414,19 +415,10 @@ impl ConnectionManager {
         F: Fn(&mut Conn) -> Result<T> + Send + Sync + 'static,
     {
         let op = Arc::new(op);
-        let connect_failed = std::cell::Cell::new(false);
-        crate::retry::retry_if(
-            what,
-            self.query_retry,
-            &self.shutdown,
-            |e| e.is_transient() && !connect_failed.get(),
-            || {
-                let op = Arc::clone(&op);
-                self.call_bounded(side, what, move |c| op(c)).inspect_err(|e| {
-                    connect_failed.set(matches!(e, Error::Connect { .. } | Error::Shutdown));
-                })
-            },
-        )
+        self.retry_query(what, || {
+            let op = Arc::clone(&op);
+            self.call_bounded(side, what, move |c| op(c))
+        })
     }
 
     /// Runs `op` on a connection to `side` on a helper thread and waits at most `call_deadline` for it. A server

@@ -32,7 +32,6 @@ use crate::config::Config;
 use crate::db::{Conn, ConnectionManager};
 
 use crate::error::{describe_pg_error, pg_error_is_data_error, Error, Result, Side};
-use crate::retry::retry_if;
 
 /// Ledger rows older than this, whose batch is not pending locally, are pruned.
 pub const LEDGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -335,31 +334,23 @@ impl<'a> UploadSyncManager<'a> {
             if next.is_none() && stop() {
                 return Ok(Drained::Stopped);
             }
-            // Each batch gets the full retry schedule; every retry starts with recovery. A failure to connect
-            // was already retried by `ConnectionManager::get` (the two retry counts do not multiply).
-            let should_retry = |e: &Error| e.is_transient() && !matches!(e, Error::Connect { .. });
-            let step = retry_if(
-                &what,
-                self.conns.query_retry,
-                &self.conns.shutdown,
-                should_retry,
-                || {
-                    let r = (|| {
-                        if needs_recovery {
-                            self.recover(&mut session, stats)?;
-                            needs_recovery = false;
-                            cursor = None;
-                            next = None;
-                        }
-                        self.step(&mut session, &mut cursor, &mut next, &stop, stats)
-                    })();
-                    if let Err(e) = &r {
-                        needs_recovery = true;
-                        session.forget_broken(e);
+            // Each batch gets the full retry schedule; every retry starts with recovery.
+            let step = self.conns.retry_query(&what, || {
+                let r = (|| {
+                    if needs_recovery {
+                        self.recover(&mut session, stats)?;
+                        needs_recovery = false;
+                        cursor = None;
+                        next = None;
                     }
-                    r
-                },
-            )?;
+                    self.step(&mut session, &mut cursor, &mut next, &stop, stats)
+                })();
+                if let Err(e) = &r {
+                    needs_recovery = true;
+                    session.forget_broken(e);
+                }
+                r
+            })?;
             match step {
                 Step::Empty => return Ok(Drained::Empty),
                 Step::Stopped => return Ok(Drained::Stopped),

@@ -30,10 +30,11 @@ fn a_black_holed_remote_fails_within_a_bound_and_recovers() {
     conns.test(Side::Remote).expect("reachable through the proxy");
 
     proxy.set_blackhole(true);
-    // A new connection: the startup never completes; the pool gives up after its timeout.
+    // Take the idle connection and ask for a second one: that new connection's startup never completes, so
+    // the pool gives up after its timeout. Then the idle one goes back, and the call below runs on it: a
+    // query on an established connection that is never answered.
     let mut fresh = Vec::new();
     while conns.remote.open_connections() > 0 {
-        // Make sure no idle connection can be reused: hold them all.
         match conns.remote.try_get() {
             Ok(c) => fresh.push(c),
             Err(_) => break,
