@@ -448,11 +448,21 @@ impl ConnectionManager {
                 let _ = tx.send(op(&mut conn));
             })
             .map_err(|e| Error::io(format!("starting a thread for {what}"), e))?;
-        // Wait for the result, the deadline, or a shutdown request; after a shutdown request the call gets a
-        // short grace (a healthy server answers well within it) and is then abandoned: its outcome is unknown,
-        // which the upload protocol settles at the next start. So SIGTERM is honoured within seconds even when
-        // the remote has gone silent.
-        let started = Instant::now();
+        self.await_bounded(side, what, &rx, Instant::now())
+    }
+
+    /// Waits for the result of an operation running on another thread (started at `started`), at most
+    /// `call_deadline` from `started`. After a shutdown request the call gets a short grace (a healthy server
+    /// answers well within it) and is then abandoned: its outcome is unknown, which the upload protocol settles
+    /// at the next start. So SIGTERM is honoured within seconds even when the remote has gone silent. On
+    /// `Error::Stalled` or `Error::Shutdown` the caller must abandon the thread and its connection.
+    pub fn await_bounded<T>(
+        &self,
+        side: Side,
+        what: &str,
+        rx: &crossbeam_channel::Receiver<Result<T>>,
+        started: Instant,
+    ) -> Result<T> {
         let mut shutdown_seen: Option<Instant> = None;
         loop {
             let now = Instant::now();

@@ -135,12 +135,23 @@ enum Drained {
 
 /// What one step of the drain did.
 enum Step {
-    /// A batch went up and was finished; the drain goes on.
+    /// A batch went up (it is finished locally by the next step's statement); the drain goes on.
     Delivered,
     /// The queue is empty.
     Empty,
-    /// Shutdown or the budget: the batch in flight was finished and nothing else is claimed.
+    /// Shutdown or the budget: the batches in flight were finished and nothing else is claimed.
     Stopped,
+}
+
+/// Where the drain stands between steps. Cleared by recovery, which settles every pending batch.
+#[derive(Default)]
+struct Pipe {
+    /// The key after which the next claim continues.
+    cursor: Option<ClaimCursor>,
+    /// Claimed ahead (while the batch before it was uploading), not yet sent.
+    next: Option<ClaimedBatch>,
+    /// In the remote ledger, not yet deleted locally: the next local statement finishes it.
+    uploaded: Option<String>,
 }
 
 /// What the probes of a rejected batch found.
@@ -274,7 +285,9 @@ impl<'a> UploadSyncManager<'a> {
     /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
     /// error comes back as the error (`is_data_error()`).
     pub fn upload_batch(&self, batch: &ClaimedBatch) -> Result<UploadOutcome> {
-        self.remote_upload(&Arc::new(batch.clone()))
+        let mut up = Uplink::new(self.conns, self.remote_name(), &self.cfg.source_id);
+        let sent = up.send(Arc::new(batch.clone()))?;
+        up.wait(sent)
     }
 
     /// FINISH: deletes the batch row and exactly the readings it names, in one local statement. Returns the
@@ -320,30 +333,24 @@ impl<'a> UploadSyncManager<'a> {
 
     fn drain(&self, started: Instant, budget: Duration, stats: &mut Stats) -> Result<Drained> {
         let mut session = Session::new(self.conns);
+        let mut uplink = Uplink::new(self.conns, self.remote_name(), &self.cfg.source_id);
         let mut needs_recovery = true;
-        // The last claimed key, and a batch claimed (by the merged finish-and-claim) but not yet uploaded.
-        let mut cursor: Option<ClaimCursor> = None;
-        let mut next: Option<ClaimedBatch> = None;
+        let mut pipe = Pipe::default();
         let what = format!(
             "uploading readings to the remote database {}",
             self.conns.remote.target()
         );
         let stop = || self.conns.shutdown.is_requested() || started.elapsed() >= budget;
         loop {
-            // A batch already claimed is delivered first (the batch in flight completes).
-            if next.is_none() && stop() {
-                return Ok(Drained::Stopped);
-            }
             // Each batch gets the full retry schedule; every retry starts with recovery.
             let step = self.conns.retry_query(&what, || {
                 let r = (|| {
                     if needs_recovery {
-                        self.recover(&mut session, stats)?;
+                        pipe = Pipe::default();
+                        self.recover(&mut session, &mut uplink, stats)?;
                         needs_recovery = false;
-                        cursor = None;
-                        next = None;
                     }
-                    self.step(&mut session, &mut cursor, &mut next, &stop, stats)
+                    self.step(&mut session, &mut uplink, &mut pipe, &stop, stats)
                 })();
                 if let Err(e) = &r {
                     needs_recovery = true;
@@ -359,59 +366,104 @@ impl<'a> UploadSyncManager<'a> {
         }
     }
 
-    /// Uploads one batch (the one claimed already, or a newly claimed one) and finishes it; unless the drain
-    /// is to stop, the finish also claims the next batch (into `next`).
+    /// Delivers one batch, pipelined: while the remote uploads batch k (on the uplink's thread), the local
+    /// database finishes batch k-1 and claims batch k+1 in one statement. Uploads stay serial and in claim
+    /// order (one remote connection), so at most two batches are pending locally: k-1 uploaded and not yet
+    /// deleted, k+1 claimed and not yet sent (plus k itself). Recovery settles any of them after an error.
     fn step(
         &self,
         s: &mut Session,
-        cursor: &mut Option<ClaimCursor>,
-        next: &mut Option<ClaimedBatch>,
+        up: &mut Uplink,
+        pipe: &mut Pipe,
         stop: &dyn Fn() -> bool,
         stats: &mut Stats,
     ) -> Result<Step> {
-        let batch = match next.take() {
+        // A batch already claimed is delivered first (the batch in flight completes).
+        if pipe.next.is_none() && stop() {
+            self.finish_uploaded(s, pipe, stats)?;
+            return Ok(Step::Stopped);
+        }
+        let batch = match pipe.next.take() {
             Some(b) => b,
-            None => {
-                let mut b = claim(s, self.cfg.batch_size, cursor.as_ref())?;
-                if b.is_none() && cursor.is_some() {
-                    // Readings that arrived older than the cursor wait behind it: look again from the start.
-                    *cursor = None;
-                    b = claim(s, self.cfg.batch_size, None)?;
-                }
-                match b {
-                    Some(b) => b,
-                    None => return Ok(Step::Empty),
-                }
-            }
+            None => match self.claim_after(s, pipe, stats)? {
+                Some(b) => b,
+                None => return Ok(Step::Empty),
+            },
         };
         // The key of the batch as claimed (quarantine may narrow it; its readings stay at or before this key).
-        *cursor = batch.cursor();
-        let batch = self.upload_part(s, batch, stats)?;
+        pipe.cursor = batch.cursor();
+        let batch = Arc::new(batch);
+        let in_flight = up.send(Arc::clone(&batch))?;
+        // Meanwhile, locally: finish the batch uploaded before and claim the next one after this one. Whatever
+        // happens here, the upload in flight is waited for before returning, so that recovery never races it.
         let t0 = Instant::now();
-        let (deleted, claimed) = match cursor.as_ref() {
-            Some(after) if !stop() => finish_and_claim(s, &batch.batch_id, self.cfg.batch_size, after)?,
-            _ => (finish(s, &batch.batch_id)?.1, None),
-        };
-        stats.deleted += deleted;
+        let local = (|| -> Result<Option<ClaimedBatch>> {
+            let Some(after) = pipe.cursor.clone().filter(|_| !stop()) else {
+                self.finish_uploaded(s, pipe, stats)?;
+                return Ok(None);
+            };
+            match pipe.uploaded.take() {
+                Some(prev) => {
+                    let (deleted, next) = finish_and_claim(s, &prev, self.cfg.batch_size, &after)?;
+                    self.finished(&prev, deleted, t0, stats);
+                    Ok(next)
+                }
+                None => claim(s, self.cfg.batch_size, Some(&after)),
+            }
+        })();
+        let batch = self.upload_part(s, up, batch, Some(in_flight), stats)?;
+        pipe.next = local?;
+        pipe.uploaded = Some(batch.batch_id.clone());
         stats.batches += 1;
-        log::debug!(
-            "upload: batch {} finished, {deleted} readings deleted locally in {} ms",
-            batch.batch_id,
-            t0.elapsed().as_millis()
-        );
-        if claimed.is_none() {
-            // End of the queue after the cursor (or stopping): the next claim starts from the beginning.
-            *cursor = None;
-        }
-        *next = claimed;
-        if stop() && next.is_none() {
+        if pipe.next.is_none() && stop() {
+            self.finish_uploaded(s, pipe, stats)?;
             return Ok(Step::Stopped);
         }
         Ok(Step::Delivered)
     }
 
+    /// The next batch when none was claimed ahead: after the cursor (finishing the uploaded batch in the same
+    /// statement), else from the start of the queue — readings that arrived older than the cursor wait behind
+    /// it. A claim from the start may overlap nothing pending, so the uploaded batch is finished first.
+    fn claim_after(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
+        if let Some(after) = pipe.cursor.take() {
+            let claimed = match pipe.uploaded.take() {
+                Some(prev) => {
+                    let t0 = Instant::now();
+                    let (deleted, next) = finish_and_claim(s, &prev, self.cfg.batch_size, &after)?;
+                    self.finished(&prev, deleted, t0, stats);
+                    next
+                }
+                None => claim(s, self.cfg.batch_size, Some(&after))?,
+            };
+            if claimed.is_some() {
+                return Ok(claimed);
+            }
+        }
+        self.finish_uploaded(s, pipe, stats)?;
+        claim(s, self.cfg.batch_size, None)
+    }
+
+    /// FINISH of the batch uploaded last, if it is still pending.
+    fn finish_uploaded(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<()> {
+        if let Some(prev) = pipe.uploaded.take() {
+            let t0 = Instant::now();
+            let (_, deleted) = finish(s, &prev)?;
+            self.finished(&prev, deleted, t0, stats);
+        }
+        Ok(())
+    }
+
+    fn finished(&self, batch_id: &str, deleted: u64, t0: Instant, stats: &mut Stats) {
+        stats.deleted += deleted;
+        log::debug!(
+            "upload: batch {batch_id} finished, {deleted} readings deleted locally in {} ms",
+            t0.elapsed().as_millis()
+        );
+    }
+
     /// RECOVER: every pending batch is finished (already in the ledger) or uploaded again under its id.
-    fn recover(&self, s: &mut Session, stats: &mut Stats) -> Result<()> {
+    fn recover(&self, s: &mut Session, up: &mut Uplink, stats: &mut Stats) -> Result<()> {
         let pending = pending(s)?;
         if pending.is_empty() {
             return Ok(());
@@ -439,7 +491,7 @@ impl<'a> UploadSyncManager<'a> {
                     "upload: batch {id} is not in the remote ledger; uploading its {} readings again",
                     batch.len()
                 );
-                let batch = self.upload_part(s, batch, stats)?;
+                let batch = self.upload_part(s, up, Arc::new(batch), None, stats)?;
                 let (_, deleted) = finish(s, &batch.batch_id)?;
                 stats.deleted += deleted;
                 stats.batches += 1;
@@ -448,17 +500,26 @@ impl<'a> UploadSyncManager<'a> {
         Ok(())
     }
 
-    /// UPLOAD one batch, isolating poison readings on a data error (they are quarantined and the batch narrowed
-    /// to the good ones). Returns the batch as it now stands in the ledger.
-    fn upload_part(&self, s: &mut Session, batch: ClaimedBatch, stats: &mut Stats) -> Result<Arc<ClaimedBatch>> {
-        let mut batch = Arc::new(batch);
+    /// UPLOAD one batch through the uplink (`in_flight`: already sent), isolating poison readings on a data
+    /// error (they are quarantined and the batch narrowed to the good ones, then sent again). Returns the batch
+    /// as it now stands in the ledger.
+    fn upload_part(
+        &self,
+        s: &mut Session,
+        up: &mut Uplink,
+        mut batch: Arc<ClaimedBatch>,
+        mut in_flight: Option<InFlight>,
+        stats: &mut Stats,
+    ) -> Result<Arc<ClaimedBatch>> {
         let mut unexplained = 0u32;
         loop {
-            if batch.is_empty() {
-                return Ok(batch);
-            }
-            let t0 = Instant::now();
-            match self.remote_upload(&batch) {
+            let sent = match in_flight.take() {
+                Some(f) => f,
+                None if batch.is_empty() => return Ok(batch),
+                None => up.send(Arc::clone(&batch))?,
+            };
+            let t0 = sent.started;
+            match up.wait(sent) {
                 Ok(UploadOutcome::Uploaded(n)) => {
                     stats.uploaded += n;
                     log::debug!(
@@ -663,15 +724,6 @@ impl<'a> UploadSyncManager<'a> {
         RemoteName(self.conns.remote.target().to_string())
     }
 
-    /// The upload statement on a helper thread, bounded in time (a silent server is a transient error whose
-    /// outcome recovery settles).
-    fn remote_upload(&self, batch: &Arc<ClaimedBatch>) -> Result<UploadOutcome> {
-        let (name, source, b) = (self.remote_name(), self.cfg.source_id.clone(), Arc::clone(batch));
-        let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
-        self.conns
-            .call_bounded(Side::Remote, &what, move |c| upload(c, &name, &source, &b))
-    }
-
     /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).
     fn pace(&self, started: Instant, rows: u64) {
         let rate = self.cfg.upload_max_rows_per_second;
@@ -819,6 +871,105 @@ impl Drop for Session<'_> {
     }
 }
 
+/// The drain's remote connection, kept on its own thread so that an upload runs while the drain works on the
+/// local database. One connection, so uploads are serial and reach the remote in the order they are sent.
+/// The upload statement is prepared once per connection. Every wait is bounded like
+/// [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past its grace, or a broken connection
+/// abandons the thread (it ends with the link) and the next send starts a fresh one.
+struct Uplink<'a> {
+    conns: &'a ConnectionManager,
+    name: Arc<RemoteName>,
+    source_id: Arc<str>,
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+}
+
+struct Job {
+    batch: Arc<ClaimedBatch>,
+    reply: crossbeam_channel::Sender<Result<UploadOutcome>>,
+}
+
+/// An upload sent to the uplink, not yet waited for.
+struct InFlight {
+    what: String,
+    started: Instant,
+    reply: crossbeam_channel::Receiver<Result<UploadOutcome>>,
+}
+
+impl<'a> Uplink<'a> {
+    fn new(conns: &'a ConnectionManager, name: RemoteName, source_id: &str) -> Uplink<'a> {
+        Uplink {
+            conns,
+            name: Arc::new(name),
+            source_id: Arc::from(source_id),
+            jobs: None,
+        }
+    }
+
+    /// Sends `batch` to be uploaded; takes a remote connection (with MAX_CONNECTION_RETRIES) if the uplink
+    /// has none.
+    fn send(&mut self, batch: Arc<ClaimedBatch>) -> Result<InFlight> {
+        let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let mut job = Job { batch, reply };
+        // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
+        for _ in 0..2 {
+            let jobs = match &self.jobs {
+                Some(j) => j,
+                None => self.jobs.insert(self.start()?),
+            };
+            match jobs.send(job) {
+                Ok(()) => {
+                    return Ok(InFlight {
+                        what,
+                        started: Instant::now(),
+                        reply: rx,
+                    })
+                }
+                Err(crossbeam_channel::SendError(back)) => {
+                    job = back;
+                    self.jobs = None;
+                }
+            }
+        }
+        Err(Error::Other(format!(
+            "remote database {}: {what}: the upload thread ended at once twice",
+            self.name.0
+        )))
+    }
+
+    /// Waits for the outcome of an upload sent by [`Uplink::send`]. After a stall, shutdown or a transient
+    /// error the connection is given up (a half-broken one is never reused).
+    fn wait(&mut self, sent: InFlight) -> Result<UploadOutcome> {
+        let r = self
+            .conns
+            .await_bounded(Side::Remote, &sent.what, &sent.reply, sent.started);
+        if matches!(&r, Err(e) if e.is_transient() || matches!(e, Error::Shutdown | Error::Other(_))) {
+            self.jobs = None;
+        }
+        r
+    }
+
+    fn start(&self) -> Result<crossbeam_channel::Sender<Job>> {
+        let mut conn = self.conns.get(Side::Remote)?;
+        let (tx, jobs) = crossbeam_channel::unbounded::<Job>();
+        let (name, source_id) = (Arc::clone(&self.name), Arc::clone(&self.source_id));
+        std::thread::Builder::new()
+            .name("upload-remote".into())
+            .spawn(move || {
+                let mut statement = None;
+                for job in jobs {
+                    let r = upload(&mut conn, &mut statement, &name, &source_id, &job.batch);
+                    let _ = job.reply.send(r);
+                    if conn.is_closed() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the upload thread", e))?;
+        Ok(tx)
+    }
+}
+
 // ----- The statements. -----
 
 fn reading_from_row(row: &postgres::Row, offset: usize) -> QueuedReading {
@@ -911,28 +1062,52 @@ impl RemoteName {
     }
 }
 
-fn upload(c: &mut Client, db: &RemoteName, source_id: &str, batch: &ClaimedBatch) -> Result<UploadOutcome> {
+/// The upload statement, prepared on first use of a connection (`statement` caches it for that connection).
+fn upload(
+    c: &mut Client,
+    statement: &mut Option<Statement>,
+    db: &RemoteName,
+    source_id: &str,
+    batch: &ClaimedBatch,
+) -> Result<UploadOutcome> {
+    let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+    let st = match statement {
+        Some(st) => st,
+        None => statement.insert(
+            c.prepare_typed(sql::UPLOAD, &UPLOAD_TYPES)
+                .map_err(|e| db.err(context(), e))?,
+        ),
+    };
     let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
     let cols = Columns::of(&batch.readings);
-    let params: [(&(dyn ToSql + Sync), Type); 8] = [
-        (&source_id, Type::TEXT),
-        (&batch.batch_id, Type::TEXT),
-        (&n, Type::INT4),
-        (&cols.meter, Type::TEXT_ARRAY),
-        (&cols.ts, Type::TEXT_ARRAY),
-        (&cols.value, Type::TEXT_ARRAY),
-        (&cols.unit, Type::TEXT_ARRAY),
-        (&cols.metadata, Type::TEXT_ARRAY),
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &source_id,
+        &batch.batch_id,
+        &n,
+        &cols.meter,
+        &cols.ts,
+        &cols.value,
+        &cols.unit,
+        &cols.metadata,
     ];
-    match c.query_typed(sql::UPLOAD, &params) {
+    match c.execute(st, &params) {
         Ok(_) => Ok(UploadOutcome::Uploaded(batch.len() as u64)),
         Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
-        Err(e) => Err(db.err(
-            format!("uploading batch {} ({} readings)", batch.batch_id, batch.len()),
-            e,
-        )),
+        Err(e) => Err(db.err(context(), e)),
     }
 }
+
+/// The parameter types of [`sql::UPLOAD`].
+const UPLOAD_TYPES: [Type; 8] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+];
 
 /// Inserts `readings[from..to]` under a savepoint of `tx`; on a data error rolls the savepoint back and
 /// bisects, recording single rejected readings in `bad`.
@@ -1109,9 +1284,12 @@ WITH b AS (
 )
 SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)";
 
-    /// Local.
+    /// Local. The pending batches in upload order: by the key of their first reading (claims never overlap,
+    /// so this is the order they were claimed in, whatever the clock did), empty batches first.
     pub const PENDING: &str = "
-SELECT batch_id::text, cardinality(reading_ids) FROM sync_upload_batches ORDER BY claimed_at, batch_id";
+SELECT b.batch_id::text, cardinality(b.reading_ids)
+FROM sync_upload_batches b LEFT JOIN meter_readings r ON r.id = b.reading_ids[1]
+ORDER BY r.timestamp NULLS FIRST, r.id, b.claimed_at, b.batch_id";
 
     /// Local. A pending batch's readings, in the order of its array.
     pub const BATCH_ROWS: &str = "
