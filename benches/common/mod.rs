@@ -164,7 +164,8 @@ impl Servers {
 
     /// The daemon's variables, the remote reached at 127.0.0.1:`remote_port` (the server or a proxy). TLS off
     /// on both sides (the servers have none, and the hand-written loop uses none either); logs at info, to
-    /// stderr only; status server off.
+    /// stderr only; status server off. `MALLOC_ARENA_MAX=2` as the packaged systemd unit sets it (glibc
+    /// otherwise gives each thread that allocates its own arena).
     pub fn env(&self, remote_port: u16, batch_size: u32) -> BTreeMap<String, String> {
         let (lp, rp, bs) = (
             self.local.port().to_string(),
@@ -189,6 +190,7 @@ impl Servers {
             ("LOG_FILE", ""),
             ("STATUS_BIND", ""),
             ("SYNC_SOURCE_ID", "bench-site"),
+            ("MALLOC_ARENA_MAX", "2"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

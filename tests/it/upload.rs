@@ -765,6 +765,11 @@ struct CrashPlan {
     steps: usize,
     /// Finish with the merged finish-and-claim statement (as the drain does).
     merged: bool,
+    /// Run the steps as the pipelined drain does (the upload of batch k and the local finish of k-1 with the
+    /// claim of k+1 side by side, so two batches are pending); bit i of `order` says which of the two of round
+    /// i completes first.
+    pipelined: bool,
+    order: u64,
 }
 
 impl Arbitrary for CrashPlan {
@@ -775,6 +780,8 @@ impl Arbitrary for CrashPlan {
             batch: 1 + u32::arbitrary(g) % 12,
             steps: usize::arbitrary(g) % 40,
             merged: bool::arbitrary(g),
+            pipelined: bool::arbitrary(g),
+            order: u64::arbitrary(g),
         }
     }
 
@@ -842,8 +849,61 @@ fn run_until_crash(m: &UploadSyncManager<'_>, steps: usize, merged: bool) -> &'s
     last
 }
 
+/// The pipelined drain's order of steps, by hand: claim b1; then per round the upload of b(k) and the local
+/// finish of b(k-1) with the claim of b(k+1), in the order `order` gives; at the end of the queue, the finish
+/// of the last batch. "Crashes" after `steps` steps. Returns the last step completed.
+fn run_pipelined_until_crash(m: &UploadSyncManager<'_>, steps: usize, order: u64) -> &'static str {
+    let mut done = 0usize;
+    let mut last = "nothing";
+    let mut step = |name: &'static str| {
+        if done >= steps {
+            return false;
+        }
+        done += 1;
+        last = name;
+        true
+    };
+    if !step("claim") {
+        return last;
+    }
+    let mut current = m.claim_batch(None).expect("claim");
+    let mut uploaded: Option<ClaimedBatch> = None;
+    let mut round = 0u32;
+    while let Some(b) = current.take() {
+        let after = b.cursor().expect("a claimed batch has a key");
+        let upload_first = order.rotate_right(round) & 1 == 1;
+        round += 1;
+        let mut next = None;
+        for local_turn in [!upload_first, upload_first] {
+            if local_turn {
+                if !step("local finish-and-claim") {
+                    return last;
+                }
+                next = match uploaded.take() {
+                    Some(prev) => m.finish_and_claim_batch(&prev.batch_id, &after).expect("finish and claim").1,
+                    None => m.claim_batch(Some(&after)).expect("claim"),
+                };
+            } else {
+                if !step("upload") {
+                    return last;
+                }
+                m.upload_batch(&b).expect("upload");
+            }
+        }
+        uploaded = Some(b);
+        current = next;
+    }
+    if let Some(prev) = uploaded {
+        if step("finish") {
+            m.finish_batch(&prev.batch_id).expect("finish");
+        }
+    }
+    last
+}
+
 // A crash after any step of the protocol (after claim; after the remote commit and before the local delete;
-// after the delete), followed by a restart, delivers every reading exactly once.
+// after the delete; with one batch uploaded and the next claimed, as the pipelined drain has them), followed
+// by a restart, delivers every reading exactly once.
 fn prop_crash_at_any_step_boundary_is_exactly_once(plan: CrashPlan) -> TestResult {
     with_env(|env| {
         env.truncate();
@@ -852,7 +912,11 @@ fn prop_crash_at_any_step_boundary_is_exactly_once(plan: CrashPlan) -> TestResul
         let mut cfg = env.cfg.clone();
         cfg.batch_size = plan.batch;
         let m = UploadSyncManager::new(&env.conns, &cfg);
-        let stopped_after = run_until_crash(&m, plan.steps, plan.merged);
+        let stopped_after = if plan.pipelined {
+            run_pipelined_until_crash(&m, plan.steps, plan.order)
+        } else {
+            run_until_crash(&m, plan.steps, plan.merged)
+        };
         // The restart: a fresh manager (nothing in memory survives).
         let restarted = UploadSyncManager::new(&env.conns, &cfg).sync_readings(Duration::from_secs(600));
         if !restarted.success {
@@ -862,6 +926,16 @@ fn prop_crash_at_any_step_boundary_is_exactly_once(plan: CrashPlan) -> TestResul
         let mut l = env.local();
         let left = count(&mut l, "SELECT count(*) FROM meter_readings")
             + count(&mut l, "SELECT count(*) FROM sync_upload_batches");
+        let out_of_order = count(
+            &mut env.remote(),
+            "SELECT count(*) FROM (SELECT timestamp < lag(timestamp) OVER (ORDER BY id) AS back \
+             FROM meter_readings) AS x WHERE back",
+        );
+        if out_of_order != 0 {
+            return TestResult::error(format!(
+                "after a crash after {stopped_after}: {out_of_order} remote readings inserted before an older one"
+            ));
+        }
         if remote != original || left != 0 {
             return TestResult::error(format!(
                 "after a crash after {stopped_after}: remote {} rows, original {}, {left} left locally",
