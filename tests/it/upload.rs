@@ -880,7 +880,11 @@ fn run_pipelined_until_crash(m: &UploadSyncManager<'_>, steps: usize, order: u64
                     return last;
                 }
                 next = match uploaded.take() {
-                    Some(prev) => m.finish_and_claim_batch(&prev.batch_id, &after).expect("finish and claim").1,
+                    Some(prev) => {
+                        m.finish_and_claim_batch(&prev.batch_id, &after)
+                            .expect("finish and claim")
+                            .1
+                    }
                     None => m.claim_batch(Some(&after)).expect("claim"),
                 };
             } else {
