@@ -5,7 +5,11 @@
 //!
 //! The cycle runs in-process through the library (`DownloadSyncManager`, pooled connections already open, as
 //! in a running daemon); one `sync-process once` through the same relay is measured too (process start and
-//! connects included). ROUNDS (5) sets how many "nothing changed" cycles are timed.
+//! connects included). The first download (local tables empty, every row new) is run by `sync-process once`
+//! twice, for its peak RSS (VmHWM polled from /proc): with MALLOC_ARENA_MAX=2 as the systemd unit sets it
+//! (`Servers::env`), and with glibc's default malloc arenas (the local tables are emptied in between).
+//! ROUNDS (5) sets how many "nothing changed" cycles are timed; METERS and TENANTS (100000, 10000) the sizes
+//! (e.g. METERS=200000 to see that the first download's peak does not grow with the rows beyond the keys).
 //! Does not own: the download (src/download.rs).
 
 mod common;
@@ -23,11 +27,13 @@ use sync_process::db::ConnectionManager;
 use sync_process::download::DownloadSyncManager;
 use sync_process::shutdown::Shutdown as DaemonShutdown;
 
-const METERS: i64 = 100_000;
-const TENANTS: i64 = 10_000;
+/// The first download's peak RSS target: the systemd unit's MemoryMax before the first download needed more.
+const FIRST_DOWNLOAD_RSS_TARGET_KB: u64 = 64 * 1024;
 
 fn main() {
     let rounds = common::env_or("ROUNDS", 5usize).max(1);
+    let meters: i64 = common::env_or("METERS", 100_000i64).max(100);
+    let tenants: i64 = common::env_or("TENANTS", 10_000i64).max(100);
     let started = Instant::now();
     println!("download bench: starting two throwaway PostgreSQL servers ...");
     let servers = Servers::start();
@@ -42,19 +48,19 @@ fn main() {
              SELECT 'meter-' || g, 'Meter number ' || g, 'loc-' || (g % 100), 'electric', 'kWh',
                     jsonb_build_object('interval', 60, 'multiplier', g % 7, 'tags', jsonb_build_array('a', 'b')),
                     timestamp '2024-01-01' + g * interval '1 second'
-             FROM generate_series(1, {METERS}) g;
+             FROM generate_series(1, {meters}) g;
              INSERT INTO tenant (tenant_id, name, configuration, metadata, updated_at)
              SELECT 'tenant-' || g, 'Tenant ' || g, '{{\"plan\": \"basic\", \"limits\": {{\"meters\": 100}}}}',
                     jsonb_build_object('contact', 'ops' || g || '@example.com'), timestamp '2024-01-01'
-             FROM generate_series(1, {TENANTS}) g;"
+             FROM generate_series(1, {tenants}) g;"
         ))
         .expect("seeding the remote");
     remote.batch_execute("VACUUM ANALYZE meters").expect("vacuum");
     remote.batch_execute("VACUUM ANALYZE tenant").expect("vacuum");
     println!(
         "  seeded {} meters and {} tenants in {:.1} s",
-        thousands(METERS as f64),
-        thousands(TENANTS as f64),
+        thousands(meters as f64),
+        thousands(tenants as f64),
         t0.elapsed().as_secs_f64()
     );
 
@@ -74,7 +80,35 @@ fn main() {
         .query_one("SELECT count(*) FROM meters", &[])
         .expect("count")
         .get(0);
-    assert_eq!(local_meters, METERS, "the first `once` did not download every meter");
+    assert_eq!(local_meters, meters, "the first `once` did not download every meter");
+    // Again into empty local tables, with glibc's default malloc arenas (one per thread that allocates).
+    local
+        .batch_execute("TRUNCATE meters, tenant")
+        .expect("emptying the local tables");
+    let mut env = servers.env(relay.port, 100);
+    env.remove("MALLOC_ARENA_MAX");
+    let first2 = common::spawn(&["once"], &env).wait();
+    relay.take();
+    assert_eq!(
+        first2.code,
+        Some(0),
+        "second first once failed:\n{}",
+        first2.stderr_tail
+    );
+    println!(
+        "  first download by `once` again, default malloc arenas: {:.0} ms wall, peak RSS (VmHWM) {} kB, RssAnon {} kB",
+        first2.wall.as_secs_f64() * 1e3,
+        first2.peaks.vm_hwm_kb,
+        first2.peaks.rss_anon_kb
+    );
+    let local_meters: i64 = local
+        .query_one("SELECT count(*) FROM meters", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        local_meters, meters,
+        "the second first `once` did not download every meter"
+    );
     let cfg = Config::from_map(&servers.env(relay.port, 100)).expect("configuration");
     let conns = ConnectionManager::new(&cfg, DaemonShutdown::new()).expect("connection manager");
     let manager = DownloadSyncManager::new(&conns, &cfg);
@@ -127,7 +161,7 @@ fn main() {
     let changed = cycle("1% changed");
     assert_eq!(
         changed.changed,
-        (METERS as u64 / 100, TENANTS as u64 / 100),
+        (meters as u64 / 100, tenants as u64 / 100),
         "1% changed"
     );
     let after = cycle("nothing changed after");
@@ -154,7 +188,11 @@ fn main() {
     let worst = unchanged.last().expect("a cycle");
     let max_bytes = unchanged.iter().map(|c| c.from_remote).max().unwrap_or(0);
     report.row(
-        "100,000 meters + 10,000 tenants, nothing changed: one download cycle, loopback",
+        &format!(
+            "{} meters + {} tenants, nothing changed: one download cycle, loopback",
+            thousands(meters as f64),
+            thousands(tenants as f64)
+        ),
         "≤ 300 ms",
         format!(
             "{:.0} ms median of {} (slowest {:.0} ms)",
@@ -188,18 +226,41 @@ fn main() {
         Verdict::Info,
     );
     report.row(
-        "first download, all new (100,000 + 10,000 inserted), by `sync-process once`",
-        "-",
+        &format!(
+            "first download into empty local tables ({} + {} inserted) by `sync-process once`: peak RSS \
+             (MALLOC_ARENA_MAX=2, as the systemd unit)",
+            thousands(meters as f64),
+            thousands(tenants as f64)
+        ),
+        "≤ 64 MB",
         format!(
-            "{:.0} ms wall, remote sent {} B, client sent {} B; peak RSS {} kB (VmHWM), RssAnon {} kB",
+            "{} kB (VmHWM), RssAnon {} kB; {:.0} ms wall, remote sent {} B, client sent {} B",
+            thousands(first.peaks.vm_hwm_kb as f64),
+            thousands(first.peaks.rss_anon_kb as f64),
             first.wall.as_secs_f64() * 1e3,
             thousands(first_from as f64),
-            thousands(first_to as f64),
-            first.peaks.vm_hwm_kb,
-            first.peaks.rss_anon_kb
+            thousands(first_to as f64)
         ),
-        "-".into(),
-        Verdict::Info,
+        format!(
+            "{:.2} × target",
+            first.peaks.vm_hwm_kb as f64 / FIRST_DOWNLOAD_RSS_TARGET_KB as f64
+        ),
+        Verdict::of(first.peaks.vm_hwm_kb <= FIRST_DOWNLOAD_RSS_TARGET_KB),
+    );
+    report.row(
+        "same, glibc's default malloc arenas",
+        "≤ 64 MB",
+        format!(
+            "{} kB (VmHWM), RssAnon {} kB; {:.0} ms wall",
+            thousands(first2.peaks.vm_hwm_kb as f64),
+            thousands(first2.peaks.rss_anon_kb as f64),
+            first2.wall.as_secs_f64() * 1e3
+        ),
+        format!(
+            "{:.2} × target",
+            first2.peaks.vm_hwm_kb as f64 / FIRST_DOWNLOAD_RSS_TARGET_KB as f64
+        ),
+        Verdict::of(first2.peaks.vm_hwm_kb <= FIRST_DOWNLOAD_RSS_TARGET_KB),
     );
     report.row(
         "`sync-process once`, nothing changed, empty queue (process start + connects + cycle)",

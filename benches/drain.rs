@@ -6,7 +6,8 @@
 //!   hand-written 100-row store-and-forward loop, and by the daemon (`once`) at BATCH_SIZE 5000 and 100, with
 //!   the daemon's peak RSS; the four are interleaved ROUNDS times (3) and medians reported; then the hand loop
 //!   once more without its `is_synchronized` predicate (BENCH_BARE_LOOP=0 skips it), for contrast;
-//! - latency: 20,000 readings through the fault proxy at 10 ms each way: hand-written loop vs daemon;
+//! - latency: 20,000 readings through the fault proxy at 10 ms each way: hand-written loop vs the daemon, with
+//!   one batch in flight (the default) and with UPLOAD_BATCHES_IN_FLIGHT=4 (opt-in);
 //! - growth: the daemon at BATCH_SIZE 100 on 20k, 200k (from loopback) and 1M readings: per-row cost;
 //! - explain: EXPLAIN (ANALYZE, BUFFERS) of the claim after 100,000 deletions (200k and 1M queues);
 //! - idle: `run` with an empty queue, a cycle every 2 s, for SOAK_SECONDS (60): CPU time and RSS;
@@ -40,6 +41,8 @@ use postgres::Client;
 
 /// Readings of the loopback section.
 const DEFAULT_ROWS: i64 = 200_000;
+/// Batches in flight for the opt-in run through the proxy.
+const IN_FLIGHT: u32 = 4;
 /// Readings through the latency proxy.
 const LATENCY_ROWS: i64 = 20_000;
 /// One-way delay of the proxy (20 ms round trip).
@@ -327,35 +330,15 @@ impl Bench<'_> {
         }
     }
 
-    /// The what-if prototype ([`pipelined_drain`]) at `batch_size`, the remote at `remote_port`.
-    fn prototype(&mut self, seeded: &Seeded, batch_size: i64, remote_port: u16) -> Run {
-        let label = format!("prototype{batch_size}-{}-{remote_port}", seeded.count);
-        self.servers.pgss_reset();
-        let profile = common::Profile::start(&label);
-        let cpu0 = CpuSplit::now(self.servers);
-        let t0 = Instant::now();
-        let moved = pipelined_drain(self.servers.local.port(), remote_port, batch_size).expect("prototype");
-        let wall = t0.elapsed();
-        let cpu = CpuSplit::after(self.servers, cpu0);
-        profile.stop();
-        self.servers.pgss_print(&label);
-        assert_eq!(moved, seeded.count as u64, "prototype moved {moved}");
-        let mut check = self.verify(seeded);
-        if check.is_ok() && !self.remote_in_order() {
-            check = Err("remote insertion order does not follow timestamp order".into());
-        }
-        Run {
-            rows: seeded.count,
-            wall,
-            daemon: None,
-            check,
-            cpu,
-        }
-    }
-
     /// The daemon: `sync-process once` at `batch_size`, the remote at `remote_port`.
     fn daemon(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16) -> Run {
-        let env = self.servers.env(remote_port, batch_size);
+        self.daemon_with(seeded, batch_size, remote_port, 1)
+    }
+
+    /// [`Self::daemon`] with UPLOAD_BATCHES_IN_FLIGHT = `in_flight`.
+    fn daemon_with(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16, in_flight: u32) -> Run {
+        let mut env = self.servers.env(remote_port, batch_size);
+        env.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), in_flight.to_string());
         let label = format!("daemon{batch_size}-{}-{remote_port}", seeded.count);
         self.servers.pgss_reset();
         let profile = common::Profile::start(&label);
@@ -410,8 +393,6 @@ impl Bench<'_> {
         let mut hand = Vec::new();
         let mut d5000 = Vec::new();
         let mut d100 = Vec::new();
-        let mut p5000 = Vec::new();
-        let mut p100 = Vec::new();
         let remote_port = self.servers.remote.port();
         for round in 1..=rounds {
             let seeded = self.seed(rows, true);
@@ -438,17 +419,6 @@ impl Bench<'_> {
                 self.seed(rows, false);
                 let r = self.daemon(&seeded, size, remote_port);
                 print_daemon(&format!("round {round}: daemon @{size}"), &r);
-                runs.push(r);
-            }
-            for (size, runs) in [(5000i64, &mut p5000), (100, &mut p100)] {
-                self.seed(rows, false);
-                let r = self.prototype(&seeded, size, remote_port);
-                println!(
-                    "  round {round}: what-if prototype @{size} {:>9} rows/s ({:.2} s) {}",
-                    thousands(r.rate()),
-                    r.wall.as_secs_f64(),
-                    r.checked()
-                );
                 runs.push(r);
             }
         }
@@ -512,29 +482,6 @@ impl Bench<'_> {
             format!("{ratio:.2} × hand loop"),
             Verdict::of(ratio >= 2.0 && all_ok(&d100)),
         );
-        let (p5000_rate, p100_rate) = (median(p5000.iter().map(Run::rate)), median(p100.iter().map(Run::rate)));
-        rep.row(
-            &format!("what-if: the daemon's statements pipelined (prototype in the bench), {n} readings, batch 5000"),
-            "(≥ 0.6 × COPY pipe)",
-            format!("{} rows/s ({})", thousands(p5000_rate), checked_all(&p5000)),
-            format!(
-                "{:.2} × COPY; {:.2} × the daemon",
-                p5000_rate / copy_rate,
-                p5000_rate / d5000_rate
-            ),
-            Verdict::Info,
-        );
-        rep.row(
-            &format!("what-if: the same prototype, {n} readings, batch 100"),
-            "(≥ 2 × hand loop)",
-            format!("{} rows/s ({})", thousands(p100_rate), checked_all(&p100)),
-            format!(
-                "{:.2} × hand loop; {:.2} × the daemon",
-                p100_rate / hand_rate,
-                p100_rate / d100_rate
-            ),
-            Verdict::Info,
-        );
         for (size, runs, limit_mb) in [(100u32, &d100, 8u64), (5000, &d5000, 16)] {
             let hwm = runs.iter().map(|r| fin(r).peaks.vm_hwm_kb).max().unwrap_or(0);
             let anon = runs.iter().map(|r| fin(r).peaks.rss_anon_kb).max().unwrap_or(0);
@@ -585,8 +532,6 @@ impl Bench<'_> {
             ("hand-written loop", &hand, "the loop (bench process)"),
             ("daemon @5000", &d5000, "daemon"),
             ("daemon @100", &d100, "daemon"),
-            ("what-if prototype @5000", &p5000, "the prototype (bench process)"),
-            ("what-if prototype @100", &p100, "the prototype (bench process)"),
         ] {
             let r = median_run(runs);
             rep.note(format!(
@@ -597,23 +542,14 @@ impl Bench<'_> {
         if rounds > 1 {
             let list = |runs: &[Run]| runs.iter().map(|r| thousands(r.rate())).collect::<Vec<_>>().join(", ");
             rep.note(format!(
-                "rows/s per round: COPY {}; hand {}; daemon@5000 {}; daemon@100 {}; prototype@5000 {}; prototype@100 {}",
+                "rows/s per round: COPY {}; hand {}; daemon@5000 {}; daemon@100 {}",
                 list(&copy),
                 list(&hand),
                 list(&d5000),
-                list(&d100),
-                list(&p5000),
-                list(&p100)
+                list(&d100)
             ));
         }
-        for r in copy
-            .iter()
-            .chain(&hand)
-            .chain(&d5000)
-            .chain(&d100)
-            .chain(&p5000)
-            .chain(&p100)
-        {
+        for r in copy.iter().chain(&hand).chain(&d5000).chain(&d100) {
             if let Err(e) = &r.check {
                 rep.note(format!("exactly-once broken: {e}"));
             }
@@ -660,13 +596,8 @@ impl Bench<'_> {
         let daemon = self.daemon(&seeded, 100, proxy.port());
         print_daemon("daemon @100", &daemon);
         self.seed(LATENCY_ROWS, false);
-        let proto = self.prototype(&seeded, 100, proxy.port());
-        println!(
-            "  what-if prototype @100 {:>9} rows/s ({:.2} s) {}",
-            thousands(proto.rate()),
-            proto.wall.as_secs_f64(),
-            proto.checked()
-        );
+        let wide = self.daemon_with(&seeded, 100, proxy.port(), IN_FLIGHT);
+        print_daemon(&format!("daemon @100, {IN_FLIGHT} batches in flight"), &wide);
         let n = thousands(LATENCY_ROWS as f64);
         let rep = self.report;
         rep.row(
@@ -698,16 +629,20 @@ impl Bench<'_> {
             ),
             Verdict::of(ratio >= 3.0 && daemon.check.is_ok()),
         );
+        let ratio = wide.rate() / hand.rate();
+        let drain = wide.daemon.as_ref().map_or(Duration::ZERO, |d| d.drain);
         rep.row(
-            &format!("what-if: the pipelined prototype, {n} readings, proxy at 20 ms round trip, batch 100"),
-            "(≥ 3 × hand loop)",
-            format!("{} rows/s ({})", thousands(proto.rate()), proto.checked()),
-            format!(
-                "{:.2} × hand loop; {:.2} round trips per batch",
-                proto.rate() / hand.rate(),
-                proto.wall.as_secs_f64() * 100.0 / proto.rows as f64 / rtt.as_secs_f64()
+            &format!(
+                "{n} readings, proxy at 20 ms round trip, daemon BATCH_SIZE 100, UPLOAD_BATCHES_IN_FLIGHT={IN_FLIGHT} (opt-in)"
             ),
-            Verdict::Info,
+            "≥ 3 × hand loop",
+            format!("{} rows/s ({})", thousands(wide.rate()), wide.checked()),
+            format!(
+                "{ratio:.2} × hand loop; {:.1} ms per batch in the drain = {:.2} round trips",
+                drain.as_secs_f64() * 1000.0 * 100.0 / wide.rows as f64,
+                drain.as_secs_f64() * 100.0 / wide.rows as f64 / rtt.as_secs_f64()
+            ),
+            Verdict::of(ratio >= 3.0 && wide.check.is_ok()),
         );
         rep.note(format!(
             "latency: daemon wall {:.2} s, of which the drain {:.2} s (the rest: process start, connects through the \
@@ -723,7 +658,7 @@ impl Bench<'_> {
             "latency, daemon @100: {}",
             daemon.cpu.describe(daemon.wall, "daemon")
         ));
-        for r in [&hand, &daemon, &proto] {
+        for r in [&hand, &daemon, &wide] {
             if let Err(e) = &r.check {
                 rep.note(format!("exactly-once broken: {e}"));
             }
@@ -1147,107 +1082,6 @@ fn hand_loop(local_port: u16, remote_port: u16, select: &str) -> Result<u64, pos
         local.execute(&delete, &[&ids])?;
         moved += rows.len() as u64;
     }
-}
-
-/// One claimed batch as the prototype carries it: id, reading ids, and the five text columns.
-struct ProtoBatch {
-    id: String,
-    last: (String, i64),
-    cols: [Vec<Option<String>>; 5],
-}
-
-fn proto_batch(rows: &[postgres::Row], offset: usize) -> Option<ProtoBatch> {
-    let id: String = rows.first()?.get::<_, Option<String>>(offset)?;
-    let mut cols: [Vec<Option<String>>; 5] = Default::default();
-    for r in rows {
-        for (i, col) in cols.iter_mut().enumerate() {
-            col.push(r.get(offset + 2 + i));
-        }
-    }
-    let last = rows.last()?;
-    Some(ProtoBatch {
-        id,
-        last: (last.get(offset + 3), last.get(offset + 1)),
-        cols,
-    })
-}
-
-/// WHAT-IF PROTOTYPE (bench code, not the daemon): the daemon's own statements (`sync_process::upload::sql`,
-/// same exactly-once protocol: claim, one-statement upload with ledger row, merged finish-and-claim), with the
-/// three changes BENCHMARKS.md recommends: (1) the remote upload of batch k runs while the local statement
-/// finishes batch k-1 and claims batch k+1 (one batch claimed ahead: at most two pending); (2) the upload
-/// statement is prepared once per connection; (3) the local session uses `plan_cache_mode =
-/// force_generic_plan`. No retries, recovery or poison handling: it measures the happy path only.
-fn pipelined_drain(local_port: u16, remote_port: u16, batch_size: i64) -> Result<u64, postgres::Error> {
-    use postgres::types::Type;
-    use sync_process::upload::sql;
-    let mut local = common::connect(local_port);
-    local.batch_execute("SET plan_cache_mode = force_generic_plan")?;
-    let claim_first = local.prepare_typed(sql::CLAIM_FIRST, &[Type::INT8])?;
-    let claim_next = local.prepare_typed(sql::CLAIM_NEXT, &[Type::INT8, Type::TEXT, Type::INT8])?;
-    let finish_and_claim =
-        local.prepare_typed(sql::FINISH_AND_CLAIM, &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT])?;
-    let finish = local.prepare_typed(sql::FINISH, &[Type::TEXT])?;
-
-    // The remote side: a worker thread with its own connection and the prepared upload statement.
-    let (to_remote, jobs) = std::sync::mpsc::channel::<ProtoBatch>();
-    let (done_tx, done) = std::sync::mpsc::channel::<Result<u64, postgres::Error>>();
-    let worker = thread::spawn(move || -> Result<(), postgres::Error> {
-        let mut remote = common::connect(remote_port);
-        let upload = remote.prepare_typed(
-            sql::UPLOAD,
-            &[
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT4,
-                Type::TEXT_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::TEXT_ARRAY,
-            ],
-        )?;
-        for b in jobs {
-            let n = b.cols[0].len() as i32;
-            let source = "bench-prototype";
-            let r = remote
-                .execute(
-                    &upload,
-                    &[
-                        &source, &b.id, &n, &b.cols[0], &b.cols[1], &b.cols[2], &b.cols[3], &b.cols[4],
-                    ],
-                )
-                .map(|_| n as u64);
-            if done_tx.send(r).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    });
-
-    let mut moved = 0u64;
-    let mut pending_finish: Option<String> = None;
-    let mut current = proto_batch(&local.query(&claim_first, &[&batch_size])?, 0);
-    while let Some(b) = current.take() {
-        let (id, (ts, last_id)) = (b.id.clone(), b.last.clone());
-        to_remote.send(b).expect("the upload worker is gone");
-        // Meanwhile, locally: finish the batch uploaded before and claim the one after this.
-        current = match pending_finish.take() {
-            Some(prev) => proto_batch(
-                &local.query(&finish_and_claim, &[&batch_size, &ts, &last_id, &prev])?,
-                2,
-            ),
-            None => proto_batch(&local.query(&claim_next, &[&batch_size, &ts, &last_id])?, 0),
-        };
-        moved += done.recv().expect("the upload worker is gone")?;
-        pending_finish = Some(id);
-    }
-    if let Some(prev) = pending_finish {
-        local.query(&finish, &[&prev])?;
-    }
-    drop(to_remote);
-    worker.join().expect("upload worker panicked")?;
-    Ok(moved)
 }
 
 /// Sessions ever opened on the bench database of this server (pg_stat_database.sessions, PostgreSQL 14+).

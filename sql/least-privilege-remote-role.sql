@@ -5,6 +5,8 @@
 --   * INSERT into meter_readings (plus USAGE on its id sequence, for the SERIAL default);
 --   * INSERT, SELECT and DELETE on sync_upload_ledger (the upload writes a ledger row per batch in the same
 --     statement as its readings; recovery looks batch ids up; pruning deletes this site's old rows);
+--   * INSERT, SELECT and UPDATE on sync_upload_chain (with UPLOAD_BATCHES_IN_FLIGHT > 1: the site's head row
+--     that keeps overlapping uploads in order);
 --   * SELECT on meters and tenant (the download mirrors them; the digests are plain SELECTs).
 -- Nothing else: it cannot read, update or delete readings, cannot change meters or tenants, cannot create,
 -- alter or drop anything (no DDL), is not a superuser, cannot create roles or databases, cannot replicate.
@@ -84,6 +86,8 @@ WHERE pg_get_serial_sequence('meter_readings', 'id') IS NOT NULL
 
 -- The upload ledger: write a row per batch, look batch ids up, prune old rows of this site.
 GRANT INSERT, SELECT, DELETE ON TABLE sync_upload_ledger TO :"role";
+-- The upload chain (UPLOAD_BATCHES_IN_FLIGHT > 1): this site's head row, inserted once, then updated.
+GRANT INSERT, SELECT, UPDATE ON TABLE sync_upload_chain TO :"role";
 
 -- Download: read the configuration.
 GRANT SELECT ON TABLE meters, tenant TO :"role";
@@ -96,4 +100,4 @@ COMMIT;
   \password :"role"
 \endif
 
-\echo 'role' :"role" 'can now run the sync (INSERT readings, INSERT/SELECT/DELETE ledger, SELECT meters and tenant)'
+\echo 'role' :"role" 'can now run the sync (INSERT readings, INSERT/SELECT/DELETE ledger, INSERT/SELECT/UPDATE chain, SELECT meters and tenant)'

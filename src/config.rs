@@ -119,6 +119,8 @@ pub struct Config {
     pub alert_after_failures: u32,
     pub alert_webhook_url: Option<String>,
     pub upload_max_rows_per_second: u32,
+    /// Batches uploading at once (each on its own remote connection); 1 = one at a time.
+    pub upload_batches_in_flight: u32,
     /// A ratio of row counts (not a reading), in 0..=1.
     pub download_max_delete_ratio: f64,
     pub migrate_on_start: bool,
@@ -257,6 +259,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "http(s) URL that receives alerts as JSON POSTs",
     ),
     ("UPLOAD_MAX_ROWS_PER_SECOND", Some("0"), "upload pacing; 0 = unlimited"),
+    (
+        "UPLOAD_BATCHES_IN_FLIGHT",
+        Some("1"),
+        "batches uploading at once, on as many remote connections (1..=8)",
+    ),
     (
         "DOWNLOAD_MAX_DELETE_RATIO",
         Some("0.5"),
@@ -518,6 +525,21 @@ impl Config {
             }
         };
         let upload_max_rows_per_second = r.int::<u32>("UPLOAD_MAX_ROWS_PER_SECOND", 0, 100_000_000);
+        let upload_batches_in_flight = r.int::<u32>("UPLOAD_BATCHES_IN_FLIGHT", 1, 8);
+        let both_valid = !r
+            .errors
+            .iter()
+            .any(|e| e.key == "DB_POOL_MAX" || e.key == "UPLOAD_BATCHES_IN_FLIGHT");
+        if both_valid && upload_batches_in_flight >= pool_max {
+            r.err(
+                "UPLOAD_BATCHES_IN_FLIGHT",
+                format!(
+                    "{upload_batches_in_flight} needs DB_POOL_MAX of at least {} (one remote connection per batch in \
+                     flight, plus one), DB_POOL_MAX is {pool_max}",
+                    upload_batches_in_flight + 1
+                ),
+            );
+        }
         let download_max_delete_ratio = {
             let v = r.raw("DOWNLOAD_MAX_DELETE_RATIO").unwrap_or("0.5");
             match v.parse::<f64>() {
@@ -572,6 +594,7 @@ impl Config {
             alert_after_failures,
             alert_webhook_url,
             upload_max_rows_per_second,
+            upload_batches_in_flight,
             download_max_delete_ratio,
             migrate_on_start,
         })
@@ -600,9 +623,10 @@ impl Config {
         s.push_str(&format!("local (sync server):    {}\n", db(&self.local)));
         s.push_str(&format!("remote (client server): {}\n", db(&self.remote)));
         s.push_str(&format!(
-            "sync: interval={}s batch_size={} source_id={} max_rows_per_second={}\n",
+            "sync: interval={}s batch_size={} batches_in_flight={} source_id={} max_rows_per_second={}\n",
             self.sync_interval.as_secs(),
             self.batch_size,
+            self.upload_batches_in_flight,
             self.source_id,
             if self.upload_max_rows_per_second == 0 {
                 "unlimited".to_string()
@@ -811,6 +835,24 @@ mod tests {
     }
 
     #[test]
+    fn batches_in_flight_need_a_remote_connection_each_plus_one() {
+        let mut m = valid_map();
+        assert_eq!(Config::from_map(&m).expect("valid").upload_batches_in_flight, 1);
+        m.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), "4".into());
+        m.insert("DB_POOL_MAX".into(), "4".into());
+        let e = Config::from_map(&m).expect_err("pool too small").to_string();
+        assert!(
+            e.contains("UPLOAD_BATCHES_IN_FLIGHT") && e.contains("DB_POOL_MAX of at least 5") && e.contains("is 4"),
+            "{e}"
+        );
+        m.insert("DB_POOL_MAX".into(), "5".into());
+        assert_eq!(Config::from_map(&m).expect("valid").upload_batches_in_flight, 4);
+        m.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), "9".into());
+        let e = Config::from_map(&m).expect_err("out of range").to_string();
+        assert!(e.contains("UPLOAD_BATCHES_IN_FLIGHT") && e.contains("1..=8"), "{e}");
+    }
+
+    #[test]
     fn defaults_are_the_contract_ones() {
         let c = Config::from_map(&valid_map()).expect("valid");
         assert_eq!(c.sync_interval, Duration::from_secs(60));
@@ -981,6 +1023,7 @@ mod tests {
         ("MAX_QUERY_RETRIES", 0, 20),
         ("DB_POOL_MAX", 1, 100),
         ("DB_CONNECTION_TIMEOUT_MS", 1, 86_400_000),
+        ("UPLOAD_BATCHES_IN_FLIGHT", 1, 8),
     ];
 
     impl Arbitrary for Vars {
@@ -1019,6 +1062,18 @@ mod tests {
             .filter(|(k, v)| !in_range(k, v))
             .map(|(k, _)| k.as_str())
             .collect();
+        // The one rule across variables: a batch in flight per remote connection, plus one.
+        let value = |key: &str, default: i64| match vars.0.iter().find(|(k, _)| k == key) {
+            None => Some(default),
+            Some((_, v)) if v.trim().is_empty() => Some(default),
+            Some((k, v)) if in_range(k, v) => v.trim().parse::<i64>().ok(),
+            Some(_) => None,
+        };
+        if let (Some(in_flight), Some(pool)) = (value("UPLOAD_BATCHES_IN_FLIGHT", 1), value("DB_POOL_MAX", 10)) {
+            if in_flight >= pool {
+                expected.push("UPLOAD_BATCHES_IN_FLIGHT");
+            }
+        }
         expected.sort();
         match Config::from_map(&m) {
             Ok(c) => {

@@ -10,17 +10,27 @@
 //! 1. both servers, concurrently: per bucket of rows (4096 buckets by a hash of the key), the row count and
 //!    a digest of the rows' keys and compared values as text. Nothing changed: done (one small row per
 //!    bucket crossed the link; no local write).
-//! 2. for the buckets that differ, both servers: each row's key and 64-bit digest.
-//! 3. for the keys whose digest differs or that exist on one side only: the full rows as text, from the
-//!    side(s) that have them; [`diff::diff_rows`] turns them into inserts, updates (with the differing
-//!    columns) and deletes.
-//! 4. the delete guard, then the remote rows checked against the local column limits; then all local writes
-//!    in ONE transaction (`unnest` of array parameters, in chunks), synced_at set on each written row.
-//!    Unchanged rows are never written.
+//! 2. for the buckets that differ, both servers: each row's key and 64-bit digest, merged by [`diff::plan`]
+//!    into the keys to delete (local only), to compare (digests differ) and to insert (remote only).
+//! 3. the delete guard, on the keys to delete and the row counts, before anything is written.
+//! 4. ONE local transaction: the deletes; then the keys to compare, [`CHUNK`] keys at a time in key order
+//!    (that chunk's full rows from both sides, [`diff::diff_rows`], the local column limits checked, the
+//!    updates written); then the keys to insert likewise. A reader thread fetches the next chunk's remote
+//!    rows while this one is written. The guard is checked again on what was actually deleted, then commit.
+//!    synced_at is set on each written row; unchanged rows are never written.
+//!
+//! Memory: full rows are held for at most three chunks at a time (the local and remote rows of the chunk being
+//! written, the next chunk's remote rows being read), whatever the number of differing rows. What grows with
+//! that number is only per-key bookkeeping: the keys and digests of step 2, and the ids the result reports
+//! (kept end to end in 64 KiB pages until the result is built) with a bit set of changed columns per updated
+//! row and the first 101 characters of each new row's name for its log line (about 100 bytes per differing
+//! key in all, measured). The remote reads of a chunk happen while the local transaction is open (idle in
+//! it); each is one bounded call of at most [`CHUNK`] rows.
 //!
 //! Invariants: a failed download (remote table missing or unreadable, guard, bad remote data, any database
-//! error) changes nothing locally and is returned as `success=false` with the table named in `error`; the
-//! methods never panic and never return `Err`. Changes are judged on the values, not on `updated_at`.
+//! error, also in the last chunk) changes nothing locally (the transaction is dropped uncommitted) and is
+//! returned as `success=false` with the table named in `error`; the methods never panic and never return
+//! `Err`. Changes are judged on the values, not on `updated_at`.
 
 mod diff;
 mod table;
@@ -30,6 +40,7 @@ use std::time::Instant;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
+use postgres::GenericClient;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -37,13 +48,14 @@ use crate::db::{ConnectionManager, Database};
 use crate::error::{Error, Result, Side};
 
 pub use diff::{
-    change_lines, changed_fields, check_rows, delete_guard, diff_rows, differing_buckets, differing_keys, BucketDigest,
-    Diff, Limit, Rows, Update, Values,
+    change_lines, changed_fields, check_rows, delete_guard, diff_rows, differing_buckets, plan, BucketDigest, Diff,
+    Limit, Plan, Rows, Update, Values,
 };
 pub use table::{Column, Kind, TableSpec, BUCKET_MASK, METERS, TENANTS};
 
-/// Keys per read of full rows, rows per local write statement: bounds the size of one message.
-const CHUNK: usize = 5_000;
+/// Keys per read of full rows and rows per local write statement: bounds the size of one message and the
+/// memory of a download (at most three chunks of full rows are held at once; see the module docs).
+pub const CHUNK: usize = 5_000;
 
 /// The contract's `meterDownloadResult`. `duration` is in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -90,11 +102,88 @@ pub struct TenantSyncResult {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Outcome {
     new_ids: Vec<String>,
-    /// Updated keys with the names of their differing columns, in schema order.
-    updated: Vec<(String, Vec<String>)>,
+    updated_ids: Vec<String>,
+    /// Per updated key, its differing columns as a [`diff::changed_mask`].
+    updated_masks: Vec<u64>,
     deleted_ids: Vec<String>,
     /// Rows in the local table after the download.
     total: u64,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.new_ids.is_empty() && self.updated_ids.is_empty() && self.deleted_ids.is_empty()
+    }
+}
+
+/// Strings kept end to end in pages of [`PAGE`] bytes: per-key bookkeeping of a large download without a heap
+/// allocation (and its overhead) per string, and without the copies and holes of one growing buffer.
+#[derive(Clone, Debug, Default)]
+struct TextList {
+    pages: Vec<String>,
+    /// Per entry, where it ends in its page.
+    ends: Vec<usize>,
+    /// Per page, the index of its first entry.
+    firsts: Vec<usize>,
+}
+
+/// Bytes per page of a [`TextList`] (a longer string gets a page of its own).
+const PAGE: usize = 64 * 1024;
+
+impl TextList {
+    /// Room for `entries` entries without reallocating the list of their ends.
+    fn with_capacity(entries: usize) -> TextList {
+        TextList {
+            ends: Vec::with_capacity(entries),
+            ..TextList::default()
+        }
+    }
+    fn push(&mut self, s: &str) {
+        let fits = self
+            .pages
+            .last()
+            .is_some_and(|page| page.capacity() - page.len() >= s.len());
+        if !fits {
+            self.pages.push(String::with_capacity(PAGE.max(s.len())));
+            self.firsts.push(self.ends.len());
+        }
+        if let Some(page) = self.pages.last_mut() {
+            page.push_str(s);
+            self.ends.push(page.len());
+        }
+    }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.pages.iter().enumerate().flat_map(move |(p, page)| {
+            let first = self.firsts.get(p).copied().unwrap_or(0);
+            let last = self.firsts.get(p + 1).copied().unwrap_or(self.ends.len());
+            let ends = self.ends.get(first..last).unwrap_or(&[]);
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            starts
+                .zip(ends.iter().copied())
+                .map(move |(start, end)| page.get(start..end).unwrap_or(""))
+        })
+    }
+    fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+}
+
+/// What the local transaction wrote, collected chunk by chunk.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Inserted keys, and the [`diff::label`] of each for its log line.
+    inserted: TextList,
+    labels: TextList,
+    /// Updated keys, and the [`diff::changed_mask`] of each.
+    updated: TextList,
+    masks: Vec<u64>,
+    /// Keys deleted beyond the plan: their remote row went away between steps 2 and 4.
+    extra_deletes: Vec<String>,
+    /// Keys whose digests differed but whose values were equal.
+    unchanged: usize,
 }
 
 /// Why a download failed: a short kind for the log line and the message (which names the table).
@@ -135,11 +224,11 @@ impl<'a> DownloadSyncManager<'a> {
             Ok(o) => MeterSyncResult {
                 success: true,
                 new_meters: o.new_ids.len() as u64,
-                updated_meters: o.updated.len() as u64,
+                updated_meters: o.updated_ids.len() as u64,
                 deleted_meters: o.deleted_ids.len() as u64,
                 total_meters: o.total,
                 new_meter_ids: o.new_ids,
-                updated_meter_ids: o.updated.into_iter().map(|(k, _)| k).collect(),
+                updated_meter_ids: o.updated_ids,
                 deleted_meter_ids: o.deleted_ids,
                 error: None,
                 duration,
@@ -162,20 +251,21 @@ impl<'a> DownloadSyncManager<'a> {
             Ok(o) => TenantSyncResult {
                 success: true,
                 new_tenants: o.new_ids.len() as u64,
-                updated_tenants: o.updated.len() as u64,
+                updated_tenants: o.updated_ids.len() as u64,
                 deleted_tenants: o.deleted_ids.len() as u64,
                 total_tenants: o.total,
                 new_tenant_ids: o.new_ids,
-                updated_tenant_ids: o.updated.iter().map(|(k, _)| k.clone()).collect(),
-                deleted_tenant_ids: o.deleted_ids,
                 tenant_changes: o
-                    .updated
-                    .into_iter()
-                    .map(|(tenant_id, changed_fields)| TenantChange {
-                        tenant_id,
-                        changed_fields,
+                    .updated_ids
+                    .iter()
+                    .zip(&o.updated_masks)
+                    .map(|(tenant_id, &mask)| TenantChange {
+                        tenant_id: tenant_id.clone(),
+                        changed_fields: diff::mask_fields(&TENANTS, mask),
                     })
                     .collect(),
+                updated_tenant_ids: o.updated_ids,
+                deleted_tenant_ids: o.deleted_ids,
                 error: None,
                 duration,
             },
@@ -230,7 +320,7 @@ impl<'a> DownloadSyncManager<'a> {
         match result {
             Ok(o) => {
                 let ms = millis(started);
-                if o.new_ids.is_empty() && o.updated.is_empty() && o.deleted_ids.is_empty() {
+                if o.is_empty() {
                     log::debug!("{}: no change ({} rows, {ms} ms)", spec.table, o.total);
                 } else {
                     // The scheduler logs each download's counts at info; the changes themselves are logged
@@ -239,7 +329,7 @@ impl<'a> DownloadSyncManager<'a> {
                         "{}: downloaded {} new, {} updated, {} deleted; {} rows locally ({ms} ms)",
                         spec.table,
                         o.new_ids.len(),
-                        o.updated.len(),
+                        o.updated_ids.len(),
                         o.deleted_ids.len(),
                         o.total
                     );
@@ -292,63 +382,72 @@ impl<'a> DownloadSyncManager<'a> {
         // An empty remote is refused before anything else is read.
         delete_guard(local_total, remote_total, 0, ratio).map_err(|m| Failure::new("guard", spec, m))?;
 
-        // 2. Row digests of the differing buckets.
+        // 2. Row digests of the differing buckets, merged into what is to be done.
         let (remote, local) = self.on_both(|side| self.row_digests(side, spec, &buckets));
-        let remote = index_digests(spec, Side::Remote, remote.map_err(|e| Failure::db(spec, e))?)?;
-        let local = index_digests(spec, Side::Local, local.map_err(|e| Failure::db(spec, e))?)?;
-        let (remote_keys, local_keys) = differing_keys(&local, &remote);
-        drop((remote, local));
+        let remote = sorted_digests(spec, Side::Remote, remote.map_err(|e| Failure::db(spec, e))?)?;
+        let local = sorted_digests(spec, Side::Local, local.map_err(|e| Failure::db(spec, e))?)?;
+        let plan = plan(local, remote);
 
-        // 3. Full rows of the differing keys, and the diff.
-        let (remote, local) = self.on_both(|side| match side {
-            Side::Remote => self.rows(side, spec, &remote_keys),
-            Side::Local => self.rows(side, spec, &local_keys),
-        });
-        let remote = index_rows(spec, Side::Remote, remote.map_err(|e| Failure::db(spec, e))?)?;
-        let local = index_rows(spec, Side::Local, local.map_err(|e| Failure::db(spec, e))?)?;
-        let diff = diff_rows(local, remote);
-        if diff.unchanged > 0 {
-            log::warn!(
-                "{}: {} rows had different digests on the two servers but equal values (changed during the \
-                 download, or the servers hash differently: then these rows are compared in full every cycle)",
-                spec.table,
-                diff.unchanged
-            );
-        }
-
-        // 4. Guard, checks, one transaction.
-        delete_guard(local_total, remote_total, diff.deletes.len() as u64, ratio)
+        // 3. The delete guard, before anything is written: the keys to delete are known from the digests.
+        delete_guard(local_total, remote_total, plan.deletes.len() as u64, ratio)
             .map_err(|m| Failure::new("guard", spec, m))?;
-        if diff.is_empty() {
+        if plan.is_empty() {
             return Ok(Outcome {
                 total: local_total,
                 ..Default::default()
             });
         }
-        if !diff.inserts.is_empty() || !diff.updates.is_empty() {
-            let limits = self.local_limits(spec)?;
-            let written = diff
-                .inserts
-                .iter()
-                .map(|(k, v)| (k.as_str(), v))
-                .chain(diff.updates.iter().map(|u| (u.key.as_str(), &u.values)));
-            check_rows(spec, &limits, written)
-                .map_err(|m| Failure::new("data", spec, format!("bad remote data: {m}")))?;
-        }
-        self.apply(spec, &diff).map_err(|e| Failure::db(spec, e))?;
+        let limits = if plan.changed.is_empty() && plan.new.is_empty() {
+            Vec::new()
+        } else {
+            self.local_limits(spec)?
+        };
 
-        for line in change_lines(spec, &diff) {
-            log::info!("{line}");
+        // 4. One transaction, chunk by chunk; the guard again on what was deleted, then commit.
+        let recheck = |deletes: u64| delete_guard(local_total, remote_total, deletes, ratio);
+        let applied = self
+            .apply(spec, &plan, &limits, &recheck)
+            .map_err(|e| Failure::db(spec, e))??;
+        let Plan {
+            deletes: mut deleted_ids,
+            changed,
+            new,
+        } = plan;
+        drop((changed, new));
+        if applied.unchanged > 0 {
+            log::warn!(
+                "{}: {} rows had different digests on the two servers but equal values (changed during the \
+                 download, or the servers hash differently: then these rows are compared in full every cycle)",
+                spec.table,
+                applied.unchanged
+            );
         }
-        let total = (local_total + diff.inserts.len() as u64).saturating_sub(diff.deletes.len() as u64);
+        if !applied.extra_deletes.is_empty() {
+            deleted_ids.extend(applied.extra_deletes);
+            deleted_ids.sort_unstable();
+        }
+        for (key, label) in applied.inserted.iter().zip(applied.labels.iter()) {
+            log::info!("{}", diff::new_line(spec, key, label));
+        }
+        drop(applied.labels);
+        for (key, &mask) in applied.updated.iter().zip(&applied.masks) {
+            log::info!("{}", diff::changed_line(spec, key, &diff::mask_fields(spec, mask)));
+        }
+        for key in &deleted_ids {
+            log::info!("{}", diff::deleted_line(spec, key));
+        }
+        let total = (local_total + applied.inserted.len() as u64).saturating_sub(deleted_ids.len() as u64);
+        let mut new_ids = applied.inserted.to_vec();
+        drop(applied.inserted);
+        if !new_ids.windows(2).all(|w| w[0] < w[1]) {
+            // Only when a local row went away during the download (then it is inserted from the compare pass).
+            new_ids.sort_unstable();
+        }
         Ok(Outcome {
-            new_ids: diff.inserts.into_iter().map(|(k, _)| k).collect(),
-            updated: diff
-                .updates
-                .into_iter()
-                .map(|u| (u.key, changed_fields(spec, &u.changed)))
-                .collect(),
-            deleted_ids: diff.deletes,
+            new_ids,
+            updated_ids: applied.updated.to_vec(),
+            updated_masks: applied.masks,
+            deleted_ids,
             total,
         })
     }
@@ -415,20 +514,7 @@ impl<'a> DownloadSyncManager<'a> {
         let width = spec.columns.len();
         let keys = keys.to_vec();
         self.conns.with_conn_bounded(side, &what, move |c| {
-            let err = |e| Error::db(side, &target, &context, e);
-            let mut out = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(CHUNK) {
-                let mut it = c.query_typed_raw(&sql, [(chunk, Type::TEXT_ARRAY)]).map_err(err)?;
-                while let Some(r) = it.next().map_err(err)? {
-                    let key: Option<String> = r.try_get(0).map_err(err)?;
-                    let values = (1..=width)
-                        .map(|i| r.try_get::<_, Option<String>>(i))
-                        .collect::<std::result::Result<Values, _>>()
-                        .map_err(err)?;
-                    out.push((key, values));
-                }
-            }
-            Ok(out)
+            read_rows(&mut **c, &sql, &keys, width).map_err(|e| Error::db(side, &target, &context, e))
         })
     }
 
@@ -476,12 +562,20 @@ impl<'a> DownloadSyncManager<'a> {
             .collect()
     }
 
-    /// All local writes of one download in one transaction; a failure rolls everything back (the
-    /// transaction is dropped uncommitted). Retried whole on a transient error.
-    fn apply(&self, spec: &TableSpec, diff: &Diff) -> Result<()> {
+    /// All local writes of one download in one transaction, streamed chunk by chunk (see the module docs);
+    /// a failure anywhere rolls everything back (the transaction is dropped uncommitted). `recheck` is the
+    /// delete guard on the number of rows actually deleted, asked before the commit. A local database error
+    /// is `Err` (retried whole on a transient one); a remote read error, bad remote data or the guard are
+    /// `Ok(Err(..))`, never retried here.
+    fn apply(
+        &self,
+        spec: &TableSpec,
+        plan: &Plan,
+        limits: &[Limit],
+        recheck: &dyn Fn(u64) -> std::result::Result<(), String>,
+    ) -> Result<std::result::Result<Applied, Failure>> {
         let db: &Database = &self.conns.local;
-        let (delete_sql, update_sql, insert_sql) = (spec.delete_sql(), spec.update_sql(), spec.insert_sql());
-        let width = spec.columns.len();
+        let delete_sql = spec.delete_sql();
         let what = format!(
             "writing the {} download to the local database {}",
             spec.table,
@@ -491,22 +585,134 @@ impl<'a> DownloadSyncManager<'a> {
             let mut tx = c
                 .transaction()
                 .map_err(|e| db.err(format!("starting the {} transaction", spec.table), e))?;
-            for chunk in diff.deletes.chunks(CHUNK) {
+            for chunk in plan.deletes.chunks(CHUNK) {
                 tx.execute_typed(&delete_sql, &[(&chunk, Type::TEXT_ARRAY)])
                     .map_err(|e| db.err(format!("deleting {} {} rows", chunk.len(), spec.table), e))?;
             }
-            for chunk in diff.updates.chunks(CHUNK) {
-                let rows: Vec<(&str, &Values)> = chunk.iter().map(|u| (u.key.as_str(), &u.values)).collect();
-                write_rows(&mut tx, &update_sql, &rows, width)
-                    .map_err(|e| db.err(format!("updating {} {} rows", rows.len(), spec.table), e))?;
-            }
-            for chunk in diff.inserts.chunks(CHUNK) {
-                let rows: Vec<(&str, &Values)> = chunk.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                write_rows(&mut tx, &insert_sql, &rows, width)
-                    .map_err(|e| db.err(format!("inserting {} {} rows", rows.len(), spec.table), e))?;
+            let applied = match self.stream(&mut tx, spec, plan, limits)? {
+                Ok(applied) => applied,
+                Err(failure) => return Ok(Err(failure)),
+            };
+            let deleted = plan.deletes.len() + applied.extra_deletes.len();
+            if let Err(m) = recheck(deleted as u64) {
+                return Ok(Err(Failure::new("guard", spec, m)));
             }
             tx.commit()
-                .map_err(|e| db.err(format!("committing the {} download", spec.table), e))
+                .map_err(|e| db.err(format!("committing the {} download", spec.table), e))?;
+            Ok(Ok(applied))
+        })
+    }
+
+    /// Steps through the plan's keys to compare, then its keys to insert, [`CHUNK`] at a time: a reader
+    /// thread fetches each chunk's remote rows and hands them over through a rendezvous channel (so it is at
+    /// most one chunk ahead); this thread reads the chunk's local rows in `tx` (keys to compare only), takes
+    /// the remote ones, diffs, checks the limits and writes.
+    fn stream(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        spec: &TableSpec,
+        plan: &Plan,
+        limits: &[Limit],
+    ) -> Result<std::result::Result<Applied, Failure>> {
+        let db: &Database = &self.conns.local;
+        let (rows_sql, update_sql, insert_sql, delete_sql) =
+            (spec.rows_sql(), spec.update_sql(), spec.insert_sql(), spec.delete_sql());
+        let width = spec.columns.len();
+        // (read the local rows too, keys) per chunk, in the order they are written.
+        let chunks = || {
+            let compare = plan.changed.chunks(CHUNK).map(|keys| (true, keys));
+            compare.chain(plan.new.chunks(CHUNK).map(|keys| (false, keys)))
+        };
+        std::thread::scope(|s| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<std::result::Result<Rows, Failure>>(0);
+            let reader = std::thread::Builder::new()
+                .name("download-remote".into())
+                .spawn_scoped(s, move || {
+                    for (_, keys) in chunks() {
+                        let rows = self
+                            .rows(Side::Remote, spec, keys)
+                            .map_err(|e| Failure::db(spec, e))
+                            .and_then(|rows| index_rows(spec, Side::Remote, rows));
+                        let failed = rows.is_err();
+                        // A send fails when the writer has stopped: so does the reader.
+                        if sender.send(rows).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+            if let Err(e) = reader {
+                return Ok(Err(Failure::new(
+                    "io",
+                    spec,
+                    format!("could not start the thread that reads the remote rows: {e}"),
+                )));
+            }
+            // Sized for the plan (the usual case: every key to compare is updated, every new key inserted).
+            let mut applied = Applied {
+                inserted: TextList::with_capacity(plan.new.len()),
+                labels: TextList::with_capacity(plan.new.len()),
+                updated: TextList::with_capacity(plan.changed.len()),
+                masks: Vec::with_capacity(plan.changed.len()),
+                ..Applied::default()
+            };
+            for (with_local, keys) in chunks() {
+                // The local rows first: the reader is fetching the remote ones meanwhile.
+                let local = if with_local {
+                    let rows = read_rows(&mut *tx, &rows_sql, keys, width)
+                        .map_err(|e| db.err(format!("reading {} local {} rows", keys.len(), spec.table), e))?;
+                    match index_rows(spec, Side::Local, rows) {
+                        Ok(rows) => rows,
+                        Err(failure) => return Ok(Err(failure)),
+                    }
+                } else {
+                    Rows::new()
+                };
+                let remote = match receiver.recv() {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(failure)) => return Ok(Err(failure)),
+                    Err(_) => {
+                        return Ok(Err(Failure::new(
+                            "panic",
+                            spec,
+                            "internal error: the thread reading the remote rows ended early",
+                        )))
+                    }
+                };
+                let diff = diff_rows(local, remote);
+                let written = diff
+                    .inserts
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v))
+                    .chain(diff.updates.iter().map(|u| (u.key.as_str(), &u.values)));
+                if let Err(m) = check_rows(spec, limits, written) {
+                    return Ok(Err(Failure::new("data", spec, format!("bad remote data: {m}"))));
+                }
+                if !diff.deletes.is_empty() {
+                    tx.execute_typed(&delete_sql, &[(&diff.deletes, Type::TEXT_ARRAY)])
+                        .map_err(|e| db.err(format!("deleting {} {} rows", diff.deletes.len(), spec.table), e))?;
+                }
+                if !diff.updates.is_empty() {
+                    let rows: Vec<(&str, &Values)> = diff.updates.iter().map(|u| (u.key.as_str(), &u.values)).collect();
+                    write_rows(tx, &update_sql, &rows, width)
+                        .map_err(|e| db.err(format!("updating {} {} rows", rows.len(), spec.table), e))?;
+                }
+                if !diff.inserts.is_empty() {
+                    let rows: Vec<(&str, &Values)> = diff.inserts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                    write_rows(tx, &insert_sql, &rows, width)
+                        .map_err(|e| db.err(format!("inserting {} {} rows", rows.len(), spec.table), e))?;
+                }
+                for (key, values) in &diff.inserts {
+                    applied.inserted.push(key);
+                    applied.labels.push(diff::label(spec, values));
+                }
+                for u in &diff.updates {
+                    applied.updated.push(&u.key);
+                    applied.masks.push(diff::changed_mask(&u.changed));
+                }
+                applied.extra_deletes.extend(diff.deletes);
+                applied.unchanged += diff.unchanged;
+            }
+            Ok(Ok(applied))
         })
     }
 }
@@ -530,17 +736,40 @@ fn write_rows(
     tx.execute_typed(sql, &params)
 }
 
-/// Row digests by key. A NULL or duplicated key (a remote table without a primary key) fails the download.
-fn index_digests(
+/// Row digests sorted by key (bytewise), as [`diff::plan`] takes them. A NULL or duplicated key (a remote table
+/// without a primary key) fails the download.
+fn sorted_digests(
     spec: &TableSpec,
     side: Side,
     rows: Vec<(Option<String>, i64)>,
-) -> std::result::Result<BTreeMap<String, i64>, Failure> {
-    let mut out = BTreeMap::new();
-    for (key, digest) in rows {
-        let key = key.ok_or_else(|| null_key(spec, side))?;
-        if out.insert(key.clone(), digest).is_some() {
-            return Err(duplicate_key(spec, side, &key));
+) -> std::result::Result<Vec<(String, i64)>, Failure> {
+    let mut out = rows
+        .into_iter()
+        .map(|(key, digest)| key.map(|k| (k, digest)).ok_or_else(|| null_key(spec, side)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(duplicate_key(spec, side, &w[0].0));
+    }
+    Ok(out)
+}
+
+/// The rows of `keys` (at most [`CHUNK`]: one statement) as `(key, values as text)`, on either side.
+fn read_rows(
+    c: &mut impl GenericClient,
+    sql: &str,
+    keys: &[String],
+    width: usize,
+) -> std::result::Result<Vec<(Option<String>, Values)>, postgres::Error> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let mut it = c.query_typed_raw(sql, [(chunk, Type::TEXT_ARRAY)])?;
+        while let Some(r) = it.next()? {
+            let key: Option<String> = r.try_get(0)?;
+            let values = (1..=width)
+                .map(|i| r.try_get::<_, Option<String>>(i))
+                .collect::<std::result::Result<Values, _>>()?;
+            out.push((key, values));
         }
     }
     Ok(out)
@@ -582,4 +811,26 @@ fn duplicate_key(spec: &TableSpec, side: Side, key: &str) -> Failure {
 
 fn millis(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_list_gives_back_what_was_pushed() {
+        let long = "x".repeat(PAGE + 3);
+        let mut want: Vec<String> = vec![String::new(), "a".into(), "ü-1".into(), long.clone(), String::new()];
+        want.extend((0..30_000).map(|i| format!("meter-{i}")));
+        want.push(long);
+        want.push("end".into());
+        let mut list = TextList::with_capacity(4);
+        for s in &want {
+            list.push(s);
+        }
+        assert_eq!(list.len(), want.len());
+        assert!(list.to_vec() == want);
+        assert!(list.pages.len() > 3 && list.pages.iter().all(|p| p.capacity() >= PAGE));
+        assert_eq!(TextList::default().iter().count(), 0);
+    }
 }

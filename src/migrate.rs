@@ -40,6 +40,11 @@ pub const REMOTE: &[Migration] = &[
         name: "0002_upload_ledger.sql",
         sql: include_str!("../sql/remote/0002_upload_ledger.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_upload_chain.sql",
+        sql: include_str!("../sql/remote/0003_upload_chain.sql"),
+    },
 ];
 
 pub fn migrations(side: Side) -> &'static [Migration] {

@@ -19,7 +19,7 @@
 //! Values travel as text (`value::text`, `timestamp::text`, `metadata::text`) and are cast back remotely;
 //! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,9 @@ pub enum UploadOutcome {
     Uploaded(u64),
     /// The ledger already holds this batch id: its readings are in; nothing was inserted.
     AlreadyPresent,
+    /// With several batches in flight: the batch before it was not in (yet) when it ran, so nothing was
+    /// inserted; it is sent again.
+    OutOfTurn,
 }
 
 /// Counters of one drain.
@@ -146,12 +149,28 @@ enum Step {
 /// Where the drain stands between steps. Cleared by recovery, which settles every pending batch.
 #[derive(Default)]
 struct Pipe {
-    /// The key after which the next claim continues.
+    /// The key of the newest claimed batch: the next claim continues after it. None: from the start.
     cursor: Option<ClaimCursor>,
     /// Claimed ahead (while the batch before it was uploading), not yet sent.
     next: Option<ClaimedBatch>,
+    /// Sent to the remote, not yet waited for, oldest first.
+    in_flight: VecDeque<(Arc<ClaimedBatch>, InFlight)>,
     /// In the remote ledger, not yet deleted locally: the next local statement finishes it.
     uploaded: Option<String>,
+}
+
+impl Pipe {
+    /// Sends `batch` after the batches in flight (chained to the newest of them when several may overlap).
+    fn send(&mut self, up: &mut Uplink, batch: ClaimedBatch) -> Result<()> {
+        let batch = Arc::new(batch);
+        let order = match self.in_flight.back() {
+            Some((before, _)) => Order::After(before.batch_id.clone()),
+            None => up.alone(),
+        };
+        let sent = up.send(Arc::clone(&batch), order)?;
+        self.in_flight.push_back((batch, sent));
+        Ok(())
+    }
 }
 
 /// What the probes of a rejected batch found.
@@ -285,8 +304,8 @@ impl<'a> UploadSyncManager<'a> {
     /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
     /// error comes back as the error (`is_data_error()`).
     pub fn upload_batch(&self, batch: &ClaimedBatch) -> Result<UploadOutcome> {
-        let mut up = Uplink::new(self.conns, self.remote_name(), &self.cfg.source_id);
-        let sent = up.send(Arc::new(batch.clone()))?;
+        let mut up = Uplink::new(self.conns, self.remote_name(), &self.cfg.source_id, 1);
+        let sent = up.send(Arc::new(batch.clone()), Order::Serial)?;
         up.wait(sent)
     }
 
@@ -333,7 +352,12 @@ impl<'a> UploadSyncManager<'a> {
 
     fn drain(&self, started: Instant, budget: Duration, stats: &mut Stats) -> Result<Drained> {
         let mut session = Session::new(self.conns);
-        let mut uplink = Uplink::new(self.conns, self.remote_name(), &self.cfg.source_id);
+        let mut uplink = Uplink::new(
+            self.conns,
+            self.remote_name(),
+            &self.cfg.source_id,
+            self.cfg.upload_batches_in_flight,
+        );
         let mut needs_recovery = true;
         let mut pipe = Pipe::default();
         let what = format!(
@@ -353,6 +377,10 @@ impl<'a> UploadSyncManager<'a> {
                     self.step(&mut session, &mut uplink, &mut pipe, &stop, stats)
                 })();
                 if let Err(e) = &r {
+                    // Uploads still in flight are waited for (bounded), so that recovery never races them.
+                    for (_, sent) in pipe.in_flight.drain(..) {
+                        let _ = uplink.wait(sent);
+                    }
                     needs_recovery = true;
                     session.forget_broken(e);
                 }
@@ -366,10 +394,12 @@ impl<'a> UploadSyncManager<'a> {
         }
     }
 
-    /// Delivers one batch, pipelined: while the remote uploads batch k (on the uplink's thread), the local
-    /// database finishes batch k-1 and claims batch k+1 in one statement. Uploads stay serial and in claim
-    /// order (one remote connection), so at most two batches are pending locally: k-1 uploaded and not yet
-    /// deleted, k+1 claimed and not yet sent (plus k itself). Recovery settles any of them after an error.
+    /// Delivers one batch, pipelined: while the remote uploads the oldest batch sent (on the uplink's
+    /// thread), the local database finishes the batch uploaded before it and claims the next one, in one
+    /// statement. With UPLOAD_BATCHES_IN_FLIGHT = 1 uploads are serial on one connection, so at most three
+    /// batches are pending locally: one uploaded and not yet deleted, one uploading, one claimed ahead. With N
+    /// in flight, N are uploading, chained in claim order on the remote. Recovery settles any of them after an
+    /// error.
     fn step(
         &self,
         s: &mut Session,
@@ -378,70 +408,84 @@ impl<'a> UploadSyncManager<'a> {
         stop: &dyn Fn() -> bool,
         stats: &mut Stats,
     ) -> Result<Step> {
-        // A batch already claimed is delivered first (the batch in flight completes).
-        if pipe.next.is_none() && stop() {
-            self.finish_uploaded(s, pipe, stats)?;
-            return Ok(Step::Stopped);
-        }
-        let batch = match pipe.next.take() {
-            Some(b) => b,
-            None => match self.claim_after(s, pipe, stats)? {
+        // Batches already claimed are delivered first (the batches in flight complete).
+        if pipe.in_flight.is_empty() {
+            let batch = match pipe.next.take() {
                 Some(b) => b,
-                None => return Ok(Step::Empty),
-            },
-        };
-        // The key of the batch as claimed (quarantine may narrow it; its readings stay at or before this key).
-        pipe.cursor = batch.cursor();
-        let batch = Arc::new(batch);
-        let in_flight = up.send(Arc::clone(&batch))?;
-        // Meanwhile, locally: finish the batch uploaded before and claim the next one after this one. Whatever
-        // happens here, the upload in flight is waited for before returning, so that recovery never races it.
-        let t0 = Instant::now();
-        let local = (|| -> Result<Option<ClaimedBatch>> {
-            let Some(after) = pipe.cursor.clone().filter(|_| !stop()) else {
-                self.finish_uploaded(s, pipe, stats)?;
-                return Ok(None);
-            };
-            match pipe.uploaded.take() {
-                Some(prev) => {
-                    let (deleted, next) = finish_and_claim(s, &prev, self.cfg.batch_size, &after)?;
-                    self.finished(&prev, deleted, t0, stats);
-                    Ok(next)
+                None if stop() => {
+                    self.finish_uploaded(s, pipe, stats)?;
+                    return Ok(Step::Stopped);
                 }
-                None => claim(s, self.cfg.batch_size, Some(&after)),
-            }
-        })();
-        let batch = self.upload_part(s, up, batch, Some(in_flight), stats)?;
+                None => match self.claim_after(s, pipe, stats)? {
+                    Some(b) => b,
+                    None => return Ok(Step::Empty),
+                },
+            };
+            pipe.send(up, batch)?;
+        }
+        while pipe.in_flight.len() < up.width() && !stop() {
+            let batch = match pipe.next.take() {
+                Some(b) => b,
+                None => match self.claim_ahead(s, pipe, stats)? {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            pipe.send(up, batch)?;
+        }
+        // Meanwhile, locally: finish the batch uploaded last and claim the one after the newest claimed.
+        let local = if pipe.next.is_none() && !stop() {
+            self.claim_ahead(s, pipe, stats)
+        } else {
+            Ok(None)
+        };
+        let Some((batch, sent)) = pipe.in_flight.pop_front() else {
+            return Err(Error::Other("upload: no batch in flight".into()));
+        };
+        let batch = self.upload_part(s, up, batch, Some(sent), stats)?;
         pipe.next = local?;
+        // The batch uploaded before this one is still pending only where no claim ran (the end of the queue).
+        self.finish_uploaded(s, pipe, stats)?;
         pipe.uploaded = Some(batch.batch_id.clone());
         stats.batches += 1;
-        if pipe.next.is_none() && stop() {
+        if pipe.next.is_none() && pipe.in_flight.is_empty() && stop() {
             self.finish_uploaded(s, pipe, stats)?;
             return Ok(Step::Stopped);
         }
         Ok(Step::Delivered)
     }
 
-    /// The next batch when none was claimed ahead: after the cursor (finishing the uploaded batch in the same
-    /// statement), else from the start of the queue — readings that arrived older than the cursor wait behind
-    /// it. A claim from the start may overlap nothing pending, so the uploaded batch is finished first.
-    fn claim_after(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
-        if let Some(after) = pipe.cursor.take() {
-            let claimed = match pipe.uploaded.take() {
-                Some(prev) => {
-                    let t0 = Instant::now();
-                    let (deleted, next) = finish_and_claim(s, &prev, self.cfg.batch_size, &after)?;
-                    self.finished(&prev, deleted, t0, stats);
-                    next
-                }
-                None => claim(s, self.cfg.batch_size, Some(&after))?,
-            };
-            if claimed.is_some() {
-                return Ok(claimed);
+    /// The next batch after the newest claimed one (None at the end of the queue), finishing the batch
+    /// uploaded last in the same statement. Sets the cursor to the new batch's key.
+    fn claim_ahead(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
+        let Some(after) = pipe.cursor.take() else {
+            return Ok(None);
+        };
+        let claimed = match pipe.uploaded.take() {
+            Some(prev) => {
+                let t0 = Instant::now();
+                let (deleted, next) = finish_and_claim(s, &prev, self.cfg.batch_size, &after)?;
+                self.finished(&prev, deleted, t0, stats);
+                next
             }
+            None => claim(s, self.cfg.batch_size, Some(&after))?,
+        };
+        // At the end of the queue the cursor stays cleared: the next claim starts from the beginning.
+        pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
+        Ok(claimed)
+    }
+
+    /// The next batch when nothing is in flight: after the cursor, else from the start of the queue (readings
+    /// that arrived older than the cursor wait behind it). A claim from the start must overlap nothing
+    /// pending, so the uploaded batch is finished first.
+    fn claim_after(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
+        if let Some(b) = self.claim_ahead(s, pipe, stats)? {
+            return Ok(Some(b));
         }
         self.finish_uploaded(s, pipe, stats)?;
-        claim(s, self.cfg.batch_size, None)
+        let claimed = claim(s, self.cfg.batch_size, None)?;
+        pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
+        Ok(claimed)
     }
 
     /// FINISH of the batch uploaded last, if it is still pending.
@@ -516,7 +560,7 @@ impl<'a> UploadSyncManager<'a> {
             let sent = match in_flight.take() {
                 Some(f) => f,
                 None if batch.is_empty() => return Ok(batch),
-                None => up.send(Arc::clone(&batch))?,
+                None => up.send(Arc::clone(&batch), up.alone())?,
             };
             let t0 = sent.started;
             match up.wait(sent) {
@@ -535,6 +579,13 @@ impl<'a> UploadSyncManager<'a> {
                         batch.batch_id
                     );
                     return Ok(batch);
+                }
+                Ok(UploadOutcome::OutOfTurn) => {
+                    // Sent again with nothing older in flight, it cannot be out of turn.
+                    log::debug!(
+                        "upload: batch {} ran before the batch ahead of it was in; sending it again",
+                        batch.batch_id
+                    );
                 }
                 Err(e) if e.is_data_error() => {
                     log::warn!(
@@ -871,55 +922,90 @@ impl Drop for Session<'_> {
     }
 }
 
-/// The drain's remote connection, kept on its own thread so that an upload runs while the drain works on the
-/// local database. One connection, so uploads are serial and reach the remote in the order they are sent.
-/// The upload statement is prepared once per connection. Every wait is bounded like
-/// [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past its grace, or a broken connection
-/// abandons the thread (it ends with the link) and the next send starts a fresh one.
+/// The drain's remote connections (UPLOAD_BATCHES_IN_FLIGHT of them, one by default), each kept on its own
+/// thread, so that uploads run while the drain works on the local database. Batches are sent to the
+/// connections in turn; one connection runs its uploads serially. The upload statements are prepared once per
+/// connection. Every wait is bounded like [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past
+/// its grace, or a broken connection abandons that thread (it ends with the link) and the next send on it
+/// starts a fresh one.
 struct Uplink<'a> {
     conns: &'a ConnectionManager,
     name: Arc<RemoteName>,
     source_id: Arc<str>,
-    jobs: Option<crossbeam_channel::Sender<Job>>,
+    lanes: Vec<Option<crossbeam_channel::Sender<Job>>>,
+    turn: usize,
+}
+
+/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Order {
+    /// One batch at a time: the plain statement.
+    Serial,
+    /// Several may overlap and none older is in flight: this batch becomes the site's chain head.
+    Lead,
+    /// Inserted only once the batch with this id is in, and after it.
+    After(String),
 }
 
 struct Job {
     batch: Arc<ClaimedBatch>,
+    order: Order,
     reply: crossbeam_channel::Sender<Result<UploadOutcome>>,
 }
 
 /// An upload sent to the uplink, not yet waited for.
 struct InFlight {
+    lane: usize,
     what: String,
     started: Instant,
     reply: crossbeam_channel::Receiver<Result<UploadOutcome>>,
 }
 
 impl<'a> Uplink<'a> {
-    fn new(conns: &'a ConnectionManager, name: RemoteName, source_id: &str) -> Uplink<'a> {
+    fn new(conns: &'a ConnectionManager, name: RemoteName, source_id: &str, width: u32) -> Uplink<'a> {
         Uplink {
             conns,
             name: Arc::new(name),
             source_id: Arc::from(source_id),
-            jobs: None,
+            lanes: (0..width.max(1)).map(|_| None).collect(),
+            turn: 0,
         }
     }
 
-    /// Sends `batch` to be uploaded; takes a remote connection (with MAX_CONNECTION_RETRIES) if the uplink
-    /// has none.
-    fn send(&mut self, batch: Arc<ClaimedBatch>) -> Result<InFlight> {
+    /// How many uploads may be in flight at once.
+    fn width(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The order of an upload with nothing older in flight.
+    fn alone(&self) -> Order {
+        if self.width() == 1 {
+            Order::Serial
+        } else {
+            Order::Lead
+        }
+    }
+
+    /// Sends `batch` to be uploaded on the next connection in turn; takes a remote connection (with
+    /// MAX_CONNECTION_RETRIES) if that one has none.
+    fn send(&mut self, batch: Arc<ClaimedBatch>, order: Order) -> Result<InFlight> {
         let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+        let lane = self.turn % self.lanes.len();
+        self.turn = self.turn.wrapping_add(1);
         let (reply, rx) = crossbeam_channel::bounded(1);
-        let mut job = Job { batch, reply };
+        let mut job = Job { batch, order, reply };
         // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
         for _ in 0..2 {
-            let jobs = match &self.jobs {
-                Some(j) => j,
-                None => self.jobs.insert(self.start()?),
+            if self.lanes[lane].is_none() {
+                self.lanes[lane] = Some(self.start()?);
+            }
+            let Some(jobs) = &self.lanes[lane] else {
+                continue;
             };
             match jobs.send(job) {
                 Ok(()) => {
                     return Ok(InFlight {
+                        lane,
                         what,
                         started: Instant::now(),
                         reply: rx,
@@ -927,7 +1013,7 @@ impl<'a> Uplink<'a> {
                 }
                 Err(crossbeam_channel::SendError(back)) => {
                     job = back;
-                    self.jobs = None;
+                    self.lanes[lane] = None;
                 }
             }
         }
@@ -944,7 +1030,7 @@ impl<'a> Uplink<'a> {
             .conns
             .await_bounded(Side::Remote, &sent.what, &sent.reply, sent.started);
         if matches!(&r, Err(e) if e.is_transient() || matches!(e, Error::Shutdown | Error::Other(_))) {
-            self.jobs = None;
+            self.lanes[sent.lane] = None;
         }
         r
     }
@@ -956,9 +1042,9 @@ impl<'a> Uplink<'a> {
         std::thread::Builder::new()
             .name("upload-remote".into())
             .spawn(move || {
-                let mut statement = None;
+                let mut statements = Statements::default();
                 for job in jobs {
-                    let r = upload(&mut conn, &mut statement, &name, &source_id, &job.batch);
+                    let r = upload(&mut conn, &mut statements, &name, &source_id, &job.batch, &job.order);
                     let _ = job.reply.send(r);
                     if conn.is_closed() {
                         break;
@@ -1062,25 +1148,41 @@ impl RemoteName {
     }
 }
 
-/// The upload statement, prepared on first use of a connection (`statement` caches it for that connection).
+/// The upload statements of one connection, each prepared on first use.
+#[derive(Default)]
+struct Statements {
+    serial: Option<Statement>,
+    lead: Option<Statement>,
+    after: Option<Statement>,
+}
+
+/// The upload statement for `order`, one round trip: the readings and the ledger row (and with several in
+/// flight, the move of the chain head), all or nothing.
 fn upload(
     c: &mut Client,
-    statement: &mut Option<Statement>,
+    statements: &mut Statements,
     db: &RemoteName,
     source_id: &str,
     batch: &ClaimedBatch,
+    order: &Order,
 ) -> Result<UploadOutcome> {
     let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
-    let st = match statement {
+    let (slot, text, types): (_, _, &[Type]) = match order {
+        Order::Serial => (&mut statements.serial, sql::UPLOAD, &UPLOAD_TYPES[..8]),
+        Order::Lead => (&mut statements.lead, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8]),
+        Order::After(_) => (&mut statements.after, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..]),
+    };
+    let st = match slot {
         Some(st) => st,
-        None => statement.insert(
-            c.prepare_typed(sql::UPLOAD, &UPLOAD_TYPES)
-                .map_err(|e| db.err(context(), e))?,
-        ),
+        None => slot.insert(c.prepare_typed(text, types).map_err(|e| db.err(context(), e))?),
     };
     let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
     let cols = Columns::of(&batch.readings);
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let before = match order {
+        Order::After(id) => id.as_str(),
+        Order::Serial | Order::Lead => "",
+    };
+    let params: [&(dyn ToSql + Sync); 9] = [
         &source_id,
         &batch.batch_id,
         &n,
@@ -1089,16 +1191,19 @@ fn upload(
         &cols.value,
         &cols.unit,
         &cols.metadata,
+        &before,
     ];
-    match c.execute(st, &params) {
+    match c.execute(st, &params[..types.len()]) {
+        Ok(0) if !batch.is_empty() => Ok(UploadOutcome::OutOfTurn),
         Ok(_) => Ok(UploadOutcome::Uploaded(batch.len() as u64)),
         Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
         Err(e) => Err(db.err(context(), e)),
     }
 }
 
-/// The parameter types of [`sql::UPLOAD`].
-const UPLOAD_TYPES: [Type; 8] = [
+/// The parameter types of the upload statements: eight for [`sql::UPLOAD`] and [`sql::UPLOAD_LEAD`], a ninth
+/// (the batch before) for [`sql::UPLOAD_AFTER`].
+const UPLOAD_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::TEXT,
     Type::INT4,
@@ -1107,6 +1212,7 @@ const UPLOAD_TYPES: [Type; 8] = [
     Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
+    Type::TEXT,
 ];
 
 /// Inserts `readings[from..to]` under a savepoint of `tx`; on a data error rolls the savepoint back and
@@ -1260,6 +1366,43 @@ ORDER BY c.timestamp, c.id";
     pub const UPLOAD: &str = "
 WITH l AS (
   INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) VALUES ($1, $2::uuid, $3)
+  RETURNING batch_id
+)
+INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+FROM l CROSS JOIN unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+     WITH ORDINALITY AS x(m, t, v, u, md, ord)
+ORDER BY x.ord";
+
+    /// Remote. [`UPLOAD`] that also makes this batch the site's chain head (UPLOAD_BATCHES_IN_FLIGHT > 1, with
+    /// no older batch in flight). The head row is locked until commit, so a batch sent after this one waits.
+    pub const UPLOAD_LEAD: &str = "
+WITH h AS (
+  INSERT INTO sync_upload_chain (source_id, head) VALUES ($1, $2::uuid)
+  ON CONFLICT (source_id) DO UPDATE SET head = EXCLUDED.head, updated_at = now()
+  RETURNING 1
+), l AS (
+  INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) SELECT $1, $2::uuid, $3 FROM h
+  RETURNING batch_id
+)
+INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+FROM l CROSS JOIN unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+     WITH ORDINALITY AS x(m, t, v, u, md, ord)
+ORDER BY x.ord";
+
+    /// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: the update of the site's head row
+    /// waits for $9's statement to commit or roll back (row lock), then re-reads the row. Only if the head is
+    /// then $9 does it move to this batch and are the ledger row and readings inserted, so readings reach the
+    /// remote in claim order. Otherwise nothing is inserted (0 rows): the batch is sent again.
+    pub const UPLOAD_AFTER: &str = "
+WITH h AS (
+  UPDATE sync_upload_chain
+  SET head = CASE WHEN head = $9::uuid THEN $2::uuid ELSE head END, updated_at = now()
+  WHERE source_id = $1
+  RETURNING head = $2::uuid AS moved
+), l AS (
+  INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) SELECT $1, $2::uuid, $3 FROM h WHERE h.moved
   RETURNING batch_id
 )
 INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)

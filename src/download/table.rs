@@ -264,5 +264,7 @@ mod tests {
             .update_sql()
             .contains("metadata = u.v3::jsonb, updated_at = u.v4::timestamp, synced_at"));
         assert_eq!(METERS.checked_columns().len(), 7);
+        // diff::changed_mask keeps the changed columns of a row in a u64.
+        assert!(METERS.columns.len() < 64 && TENANTS.columns.len() < 64);
     }
 }

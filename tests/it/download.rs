@@ -1,5 +1,6 @@
 //! Integration tests: the Download Sync Manager against real PostgreSQL (Properties 8, 9, 10, 13, 14, 15,
-//! the delete guard, bad remote data, no write when nothing changed, JSON and timestamp comparison).
+//! the delete guard, bad remote data, no write when nothing changed, JSON and timestamp comparison, downloads
+//! of several chunks: exact mirror and ids, and a bad row in the last chunk rolling back the earlier ones).
 //!
 //! The tests keep their own list of each table's columns (they do not reuse the product's `TableSpec`), set
 //! up both databases with plain SQL, run one download and compare both databases with plain SQL.
@@ -15,7 +16,7 @@ use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use sync_process::config::Config;
 use sync_process::db::ConnectionManager;
-use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantChange, TenantSyncResult};
+use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantChange, TenantSyncResult, CHUNK};
 use sync_process::shutdown::Shutdown;
 
 use crate::support::pg::{self, DbPair};
@@ -1144,4 +1145,193 @@ fn counts_and_result_json_shape() {
     ] {
         assert!(json.get(k).is_some(), "missing {k} in {json}");
     }
+}
+
+// Downloads larger than one chunk: the rows are fetched, diffed, checked and written CHUNK keys at a time in
+// one transaction.
+
+/// Remote rows for keys `<prefix>000001..` (zero-padded, so key order is number order), with NULLs, JSON and
+/// microseconds that vary from row to row.
+fn fill_remote(env: &mut Env, prefix: &str, n: usize) {
+    env.remote
+        .batch_execute(&format!(
+            "INSERT INTO meters (meter_id, name, location_id, meter_type, unit, configuration, updated_at)
+             SELECT '{prefix}' || lpad(g::text, 6, '0'), 'Meter ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'loc-' || g END,
+                    'electric', 'kWh', CASE WHEN g % 5 = 0 THEN NULL ELSE jsonb_build_object('g', g, 'x', 1.50) END,
+                    timestamp '2024-01-01 00:00:00' + g * interval '1.000001 second'
+             FROM generate_series(1, {n}) g;
+             INSERT INTO tenant (tenant_id, name, configuration, metadata, updated_at)
+             SELECT '{prefix}' || lpad(g::text, 6, '0'), 'Tenant ' || g, jsonb_build_object('plan', 'p' || (g % 4)),
+                    CASE WHEN g % 7 = 0 THEN 'null'::jsonb ELSE jsonb_build_object('n', g) END,
+                    timestamp '2024-01-01 00:00:00' + g * interval '1 minute'
+             FROM generate_series(1, {n}) g;"
+        ))
+        .expect("filling the remote");
+}
+
+/// The download report `local_before` -> `remote_after` must give: (new, updates with changed fields,
+/// deleted), each in key order.
+type Changes = (Vec<String>, Vec<(String, Vec<String>)>, Vec<String>);
+
+fn changes(
+    t: &Table,
+    before: &BTreeMap<String, Vec<Option<String>>>,
+    after: &BTreeMap<String, Vec<Option<String>>>,
+) -> Changes {
+    let new = after.keys().filter(|k| !before.contains_key(*k)).cloned().collect();
+    let deleted = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
+    let updated = before
+        .iter()
+        .filter_map(|(k, old)| {
+            let new = after.get(k)?;
+            let fields: Vec<String> = (0..old.len())
+                .filter(|&i| old[i] != new[i])
+                .map(|i| t.cols[i].0.to_string())
+                .collect();
+            (!fields.is_empty()).then(|| (k.clone(), fields))
+        })
+        .collect();
+    (new, updated, deleted)
+}
+
+#[test]
+fn a_first_download_of_several_chunks_mirrors_exactly() {
+    let n = 3 * CHUNK + 7;
+    let mut env = Env::new();
+    fill_remote(&mut env, "k-", n);
+    let (m, t) = (env.meters(), env.tenants());
+    assert!(m.success && t.success, "{:?} {:?}", m.error, t.error);
+    for (table, new_ids) in [(&METERS_T, &m.new_meter_ids), (&TENANTS_T, &t.new_tenant_ids)] {
+        let remote = remote_values(&mut env, table);
+        assert_eq!(remote.len(), n);
+        assert!(
+            *new_ids == remote.keys().cloned().collect::<Vec<_>>(),
+            "{}: the new ids are not exactly the remote keys in order",
+            table.name
+        );
+        assert!(
+            local_values(&mut env, table) == remote,
+            "{}: local differs from remote",
+            table.name
+        );
+    }
+    assert_eq!(
+        (m.new_meters, m.updated_meters, m.deleted_meters, m.total_meters),
+        (n as u64, 0, 0, n as u64)
+    );
+    assert_eq!(
+        (t.new_tenants, t.updated_tenants, t.deleted_tenants, t.total_tenants),
+        (n as u64, 0, 0, n as u64)
+    );
+    assert!(m.updated_meter_ids.is_empty() && m.deleted_meter_ids.is_empty() && t.tenant_changes.is_empty());
+
+    // Then changes in every chunk: updates of one or two columns, deletions (9%), and more than a chunk of
+    // new keys, some sorting before the existing ones.
+    env.remote
+        .batch_execute(&format!(
+            "UPDATE tenant SET metadata = jsonb_build_object('n', 0) WHERE substr(tenant_id, 3)::int % 5 = 0;
+             UPDATE tenant SET updated_at = updated_at + interval '1 microsecond' WHERE substr(tenant_id, 3)::int % 7 = 0;
+             DELETE FROM tenant WHERE substr(tenant_id, 3)::int % 11 = 0;
+             INSERT INTO tenant (tenant_id, name) SELECT 'a-' || g, 'New ' || g FROM generate_series(1, {CHUNK} + 3) g;"
+        ))
+        .unwrap();
+    let before = local_values(&mut env, &TENANTS_T);
+    let remote = remote_values(&mut env, &TENANTS_T);
+    let (want_new, want_updates, want_deleted) = changes(&TENANTS_T, &before, &remote);
+    let xmin_before = xmins(&mut env.local, &TENANTS_T);
+    let t = env.tenants();
+    assert!(t.success, "{:?}", t.error);
+    assert!(t.new_tenant_ids == want_new, "new ids differ");
+    assert!(t.deleted_tenant_ids == want_deleted, "deleted ids differ");
+    let want_changes: Vec<TenantChange> = want_updates
+        .iter()
+        .map(|(k, f)| TenantChange {
+            tenant_id: k.clone(),
+            changed_fields: f.clone(),
+        })
+        .collect();
+    assert!(t.tenant_changes == want_changes, "tenantChanges differ");
+    assert!(want_changes.iter().any(|c| c.changed_fields.len() == 2));
+    assert_eq!(
+        t.updated_tenant_ids,
+        want_updates.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(t.total_tenants, remote.len() as u64);
+    assert!(
+        local_values(&mut env, &TENANTS_T) == remote,
+        "local differs from remote"
+    );
+    // Unchanged rows were not written.
+    let xmin_after = xmins(&mut env.local, &TENANTS_T);
+    let updated: BTreeSet<&String> = want_updates.iter().map(|(k, _)| k).collect();
+    for (k, x) in &xmin_before {
+        if remote.contains_key(k) && !updated.contains(k) {
+            assert_eq!(xmin_after.get(k), Some(x), "unchanged row {k} was rewritten");
+        }
+    }
+    let (m, t) = (env.meters(), env.tenants());
+    assert_eq!((m.new_meters, m.updated_meters, m.deleted_meters), (0, 0, 0));
+    assert_eq!((t.new_tenants, t.updated_tenants, t.deleted_tenants), (0, 0, 0));
+}
+
+#[test]
+fn a_bad_row_in_the_last_chunk_leaves_the_local_table_as_it_was() {
+    let n = 3 * CHUNK + 7;
+    let mut env = seeded();
+    // Autovacuum must not truncate the pages that the rolled-back chunks leave behind (measured below).
+    env.local
+        .batch_execute("ALTER TABLE meters SET (autovacuum_enabled = false)")
+        .unwrap();
+    fill_remote(&mut env, "n-", n);
+    let last = format!("n-{n:06}");
+    env.remote
+        .batch_execute(&format!(
+            "DELETE FROM meters WHERE meter_id = 'm-1';
+             UPDATE meters SET name = 'Renamed' WHERE meter_id = 'm-2';
+             ALTER TABLE meters ALTER COLUMN name TYPE VARCHAR(400);
+             UPDATE meters SET name = repeat('n', 300) WHERE meter_id = '{last}';"
+        ))
+        .unwrap();
+    let size = |env: &mut Env| -> i64 {
+        env.local
+            .query_one("SELECT pg_relation_size('meters')", &[])
+            .unwrap()
+            .get(0)
+    };
+    let (before, xmin_before, size_before) = (
+        snapshot(&mut env.local, &METERS_T, true),
+        xmins(&mut env.local, &METERS_T),
+        size(&mut env),
+    );
+    let m = env.meters();
+    assert!(!m.success);
+    assert_eq!(
+        m.error.as_deref().unwrap_or(""),
+        format!("meters: bad remote data: meter_id \"{last}\": name is 300 characters, the local column holds 255")
+    );
+    assert_eq!(m.total_meters, 10);
+    assert!(m.new_meter_ids.is_empty() && m.updated_meter_ids.is_empty() && m.deleted_meter_ids.is_empty());
+    assert!(
+        snapshot(&mut env.local, &METERS_T, true) == before,
+        "the local table changed"
+    );
+    assert_eq!(xmins(&mut env.local, &METERS_T), xmin_before);
+    // The earlier chunks had been written (the table's file grew) before the last one failed.
+    let grown = size(&mut env) - size_before;
+    assert!(
+        grown > 8192 * 50,
+        "the table grew by {grown} bytes only: were the earlier chunks written?"
+    );
+
+    env.remote
+        .batch_execute(&format!("UPDATE meters SET name = 'fixed' WHERE meter_id = '{last}'"))
+        .unwrap();
+    let m = env.meters();
+    assert!(m.success, "{:?}", m.error);
+    assert_eq!((m.new_meters, m.total_meters), (n as u64, n as u64 + 9));
+    assert_eq!(
+        (m.updated_meter_ids, m.deleted_meter_ids),
+        (vec!["m-2".to_string()], vec!["m-1".to_string()])
+    );
+    assert!(local_values(&mut env, &METERS_T) == remote_values(&mut env, &METERS_T));
 }

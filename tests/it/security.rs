@@ -537,6 +537,22 @@ fn least_privilege_role_runs_the_whole_cycle_and_can_do_nothing_else() {
     assert_role_can_do_nothing_else(&pair.remote, &role, password);
     let (code, json, _) = once(&env);
     assert_eq!(code, Some(0), "{json:#}");
+
+    // Several batches in flight need the chain row too, and nothing more.
+    pair.local
+        .client()
+        .batch_execute(
+            "INSERT INTO meter_readings (meter_id, timestamp, value, unit) \
+             SELECT 'm' || g, timestamp '2024-02-01' + g * interval '1 minute', g, 'kWh' FROM generate_series(1, 9) g",
+        )
+        .expect("more readings");
+    let mut wide = env.clone();
+    wide.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), "3".into());
+    wide.insert("BATCH_SIZE".into(), "2".into());
+    let (code, json, stderr) = once(&wide);
+    assert_eq!(code, Some(0), "{json:#}\nstderr: {stderr}");
+    assert_eq!(json["uploadResult"]["recordsUploaded"], 9, "{json:#}");
+    assert_eq!(count(&pair.remote, "meter_readings"), 14);
 }
 
 #[test]

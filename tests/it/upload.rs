@@ -1064,6 +1064,238 @@ fn link_cuts_during_a_long_drain_are_exactly_once() {
     assert_exactly_once(&env, &original);
 }
 
+// ----- Several batches in flight (UPLOAD_BATCHES_IN_FLIGHT > 1) -----
+
+/// Remote readings whose timestamp is older than that of a reading inserted before them (by remote id).
+fn remote_out_of_order(env: &Env) -> i64 {
+    count(
+        &mut env.remote(),
+        "SELECT count(*) FROM (SELECT timestamp < lag(timestamp) OVER (ORDER BY id) AS back \
+         FROM meter_readings) AS x WHERE back",
+    )
+}
+
+// With 2-4 batches in flight on as many connections, and poison readings among them (so that batches fail
+// while later ones are in flight and must be sent again), every good reading arrives exactly once, the poison
+// ones are quarantined, and remote insertion order still follows timestamp order.
+fn prop_batches_in_flight_arrive_once_and_in_order(
+    readings: Vec<Reading>,
+    batch: u8,
+    width: u8,
+    poison_mask: u64,
+) -> TestResult {
+    with_env(|env| {
+        env.truncate();
+        env.remote()
+            .batch_execute("TRUNCATE sync_upload_chain")
+            .expect("truncating the chain");
+        insert(env, &readings);
+        // Poison by position in claim order, every fourth reading and the last one good: the control readings
+        // of a rejected batch (the oldest 8 queued outside it) then always include a good one (a batch rejected
+        // along with every control reading is a storm, the remote rejecting everything, which is not what this
+        // property is about).
+        let n = readings.len() as i64;
+        let ranks: Vec<i64> = (1..n)
+            .filter(|&rank| rank % 4 != 0 && poison_mask.rotate_right(rank as u32) & 0b11 == 0b11)
+            .collect();
+        env.local()
+            .execute(
+                "UPDATE meter_readings SET unit = 'poison' WHERE id IN (SELECT id FROM \
+                 (SELECT id, row_number() OVER (ORDER BY timestamp, id) AS rank FROM meter_readings) AS r \
+                 WHERE rank = ANY($1))",
+                &[&ranks],
+            )
+            .expect("poisoning");
+        let poison = ranks.len() as u64;
+        let original = snapshot(&mut env.local());
+        let mut cfg = env.cfg.clone();
+        cfg.batch_size = 1 + u32::from(batch % 7);
+        cfg.upload_batches_in_flight = 2 + u32::from(width % 3);
+        let r = UploadSyncManager::new(&env.conns, &cfg).sync_readings(Duration::from_secs(600));
+        if !r.success || r.records_quarantined != poison {
+            return TestResult::error(format!("{r:?}, {poison} poison readings"));
+        }
+        let good: Vec<Reading> = original.into_iter().filter(|r| r.unit != "poison").collect();
+        let remote = snapshot(&mut env.remote());
+        let left = count(&mut env.local(), "SELECT count(*) FROM meter_readings")
+            + count(&mut env.local(), "SELECT count(*) FROM sync_upload_batches");
+        let out_of_order = remote_out_of_order(env);
+        if remote != good || left != 0 || out_of_order != 0 {
+            return TestResult::error(format!(
+                "remote {} readings (want {}), {left} left locally, {out_of_order} out of order; {r:?}",
+                remote.len(),
+                good.len()
+            ));
+        }
+        TestResult::passed()
+    })
+}
+
+#[test]
+fn batches_in_flight_arrive_once_and_in_order() {
+    let env = Env::new(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
+    env.remote()
+        .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_poison CHECK (unit <> 'poison')")
+        .expect("constraint");
+    check(
+        env,
+        100,
+        prop_batches_in_flight_arrive_once_and_in_order as fn(Vec<Reading>, u8, u8, u64) -> TestResult,
+    );
+}
+
+/// Runs one of the remote upload statements for a batch of two readings at `ts` of `site`; `before` is the
+/// ninth parameter of UPLOAD_AFTER. Returns the readings inserted.
+fn run_upload(
+    c: &mut impl postgres::GenericClient,
+    statement: &str,
+    site: &str,
+    id: &str,
+    ts: &str,
+    before: &str,
+) -> u64 {
+    let n = 2i32;
+    let (m, t, v, u, md) = (
+        vec!["m".to_string(); 2],
+        vec![ts.to_string(); 2],
+        vec!["1".to_string(); 2],
+        vec!["kWh".to_string(); 2],
+        vec![None::<String>; 2],
+    );
+    use postgres::types::Type;
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&site, &id, &n, &m, &t, &v, &u, &md];
+    let mut types = vec![Type::TEXT, Type::TEXT, Type::INT4];
+    types.extend([Type::TEXT_ARRAY; 5]);
+    if statement == upload::sql::UPLOAD_AFTER {
+        params.push(&before);
+        types.push(Type::TEXT);
+    }
+    let st = c.prepare_typed(statement, &types).expect("prepare");
+    c.execute(&st, &params).expect("upload statement")
+}
+
+// The chain statements themselves, on the remote: a batch sent after another waits for it (row lock), goes in
+// after it when it commits, and inserts nothing when it rolls back or was never there.
+#[test]
+fn a_batch_in_flight_goes_in_only_after_the_batch_before_it() {
+    use upload::sql::{UPLOAD_AFTER, UPLOAD_LEAD};
+    let env = Env::new(&[]);
+    let (a, b, c, d) = (
+        "00000000-0000-0000-0000-00000000000a",
+        "00000000-0000-0000-0000-00000000000b",
+        "00000000-0000-0000-0000-00000000000c",
+        "00000000-0000-0000-0000-00000000000d",
+    );
+    let mut r1 = env.remote();
+    for (site, commit) in [("commits", true), ("rolls-back", false)] {
+        assert_eq!(run_upload(&mut r1, UPLOAD_LEAD, site, a, "2024-01-01 00:00:00", ""), 2);
+        // Not after the head: nothing, not even a ledger row.
+        assert_eq!(run_upload(&mut r1, UPLOAD_AFTER, site, b, "2024-01-01 00:00:01", c), 0);
+        // C after A, in a transaction left open; D after C waits for it.
+        let mut holder = env.remote();
+        let mut tx = holder.transaction().expect("begin");
+        assert_eq!(run_upload(&mut tx, UPLOAD_AFTER, site, c, "2024-01-01 00:00:02", a), 2);
+        let mut r2 = env.remote();
+        let site_owned = site.to_string();
+        let waiting =
+            thread::spawn(move || run_upload(&mut r2, UPLOAD_AFTER, &site_owned, d, "2024-01-01 00:00:03", c));
+        thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "the batch after waits for the one before it");
+        if commit {
+            tx.commit().expect("commit");
+            assert_eq!(waiting.join().expect("thread"), 2, "in, after its predecessor");
+        } else {
+            tx.rollback().expect("rollback");
+            assert_eq!(waiting.join().expect("thread"), 0, "nothing without its predecessor");
+        }
+        let head: String = r1
+            .query_one(
+                "SELECT head::text FROM sync_upload_chain WHERE source_id = $1",
+                &[&site],
+            )
+            .expect("head")
+            .get(0);
+        assert_eq!(head, if commit { d } else { a });
+    }
+    // commits: A, C, D; rolls-back: A. Nothing else, in order.
+    assert_eq!(count(&mut r1, "SELECT count(*) FROM meter_readings"), 8);
+    assert_eq!(count(&mut r1, "SELECT count(*) FROM sync_upload_ledger"), 4);
+    let order: Vec<String> = r1
+        .query(
+            "SELECT timestamp::text FROM meter_readings WHERE id > (SELECT min(id) + 1 FROM meter_readings) \
+             AND id < (SELECT max(id) - 1 FROM meter_readings) ORDER BY id",
+            &[],
+        )
+        .expect("order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "2024-01-01 00:00:02",
+            "2024-01-01 00:00:02",
+            "2024-01-01 00:00:03",
+            "2024-01-01 00:00:03"
+        ]
+    );
+}
+
+// Through a link with latency (so uploads really overlap) that is cut again and again: exactly once, in order,
+// and the chain head names the last batch uploaded.
+#[test]
+fn batches_in_flight_through_a_slow_link_that_is_cut() {
+    let pair = DbPair::new();
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
+    proxy.set_latency(Duration::from_millis(2));
+    let env = Env::on(
+        pair,
+        Some(proxy.port()),
+        &[
+            ("UPLOAD_BATCHES_IN_FLIGHT", "4"),
+            ("BATCH_SIZE", "50"),
+            ("MAX_QUERY_RETRIES", "3"),
+            ("RETRY_BASE_DELAY_MS", "5"),
+        ],
+    );
+    let mut l = env.local();
+    insert_many(&mut l, 6_000);
+    let original = snapshot(&mut l);
+    let mut g = Gen::new(1000);
+    thread::scope(|s| {
+        let drain = s.spawn(|| {
+            let mut results = Vec::new();
+            loop {
+                let r = env.sync();
+                let done = r.success && !r.backlog_remains;
+                results.push(r);
+                if done || results.len() > 200 {
+                    return results;
+                }
+            }
+        });
+        while !drain.is_finished() {
+            thread::sleep(Duration::from_millis(20 + u64::arbitrary(&mut g) % 80));
+            proxy.cut_all();
+        }
+        let results = drain.join().expect("the drain thread panicked");
+        assert!(results.last().is_some_and(|r| r.success), "{results:#?}");
+    });
+    assert_exactly_once(&env, &original);
+    assert_eq!(
+        remote_out_of_order(&env),
+        0,
+        "remote insertion order follows timestamp order"
+    );
+    // The head is a batch of the ledger.
+    let head_in_ledger = count(
+        &mut env.remote(),
+        "SELECT count(*) FROM sync_upload_chain c JOIN sync_upload_ledger l USING (source_id) \
+         WHERE l.batch_id = c.head",
+    );
+    assert_eq!(head_in_ledger, 1);
+}
+
 #[test]
 fn connection_errors_are_never_data_errors() {
     let pair = DbPair::new();
