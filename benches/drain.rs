@@ -630,7 +630,7 @@ impl Bench<'_> {
             Verdict::of(ratio >= 3.0 && daemon.check.is_ok()),
         );
         let ratio = wide.rate() / hand.rate();
-        let drain = wide.daemon.as_ref().map_or(Duration::ZERO, |d| d.drain);
+        let wide_drain = wide.daemon.as_ref().map_or(Duration::ZERO, |d| d.drain);
         rep.row(
             &format!(
                 "{n} readings, proxy at 20 ms round trip, daemon BATCH_SIZE 100, UPLOAD_BATCHES_IN_FLIGHT={IN_FLIGHT} (opt-in)"
@@ -639,8 +639,8 @@ impl Bench<'_> {
             format!("{} rows/s ({})", thousands(wide.rate()), wide.checked()),
             format!(
                 "{ratio:.2} × hand loop; {:.1} ms per batch in the drain = {:.2} round trips",
-                drain.as_secs_f64() * 1000.0 * 100.0 / wide.rows as f64,
-                drain.as_secs_f64() * 100.0 / wide.rows as f64 / rtt.as_secs_f64()
+                wide_drain.as_secs_f64() * 1000.0 * 100.0 / wide.rows as f64,
+                wide_drain.as_secs_f64() * 100.0 / wide.rows as f64 / rtt.as_secs_f64()
             ),
             Verdict::of(ratio >= 3.0 && wide.check.is_ok()),
         );

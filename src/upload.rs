@@ -442,7 +442,25 @@ impl<'a> UploadSyncManager<'a> {
         let Some((batch, sent)) = pipe.in_flight.pop_front() else {
             return Err(Error::Other("upload: no batch in flight".into()));
         };
-        let batch = self.upload_part(s, up, batch, Some(sent), stats)?;
+        let outcome = up.wait(sent);
+        if matches!(outcome, Ok(UploadOutcome::OutOfTurn)) {
+            // The chain broke (the batch ahead of this one was not in when it ran, e.g. the site's very first
+            // upload, or a rejected batch), and every batch still in flight was chained to this one: they come
+            // back out of turn too. Wait for them all, then recovery sends the pending batches again one by one
+            // in claim order, and the pipeline starts afresh.
+            for (_, sent) in pipe.in_flight.drain(..) {
+                let _ = up.wait(sent);
+            }
+            local?;
+            *pipe = Pipe::default();
+            log::debug!(
+                "upload: batch {} ran out of turn; settling the batches in flight again",
+                batch.batch_id
+            );
+            self.recover(s, up, stats)?;
+            return Ok(Step::Delivered);
+        }
+        let batch = self.upload_part(s, up, batch, Some(outcome), stats)?;
         pipe.next = local?;
         // The batch uploaded before this one is still pending only where no claim ran (the end of the queue).
         self.finish_uploaded(s, pipe, stats)?;
@@ -544,26 +562,29 @@ impl<'a> UploadSyncManager<'a> {
         Ok(())
     }
 
-    /// UPLOAD one batch through the uplink (`in_flight`: already sent), isolating poison readings on a data
-    /// error (they are quarantined and the batch narrowed to the good ones, then sent again). Returns the batch
+    /// UPLOAD one batch through the uplink (`first`: the outcome of a send already waited for), isolating
+    /// poison readings on a data error (they are quarantined and the batch narrowed to the good ones, then sent again). Returns the batch
     /// as it now stands in the ledger.
     fn upload_part(
         &self,
         s: &mut Session,
         up: &mut Uplink,
         mut batch: Arc<ClaimedBatch>,
-        mut in_flight: Option<InFlight>,
+        mut first: Option<Result<UploadOutcome>>,
         stats: &mut Stats,
     ) -> Result<Arc<ClaimedBatch>> {
         let mut unexplained = 0u32;
         loop {
-            let sent = match in_flight.take() {
-                Some(f) => f,
+            let t0 = Instant::now();
+            let outcome = match first.take() {
+                Some(outcome) => outcome,
                 None if batch.is_empty() => return Ok(batch),
-                None => up.send(Arc::clone(&batch), up.alone())?,
+                None => {
+                    let sent = up.send(Arc::clone(&batch), up.alone())?;
+                    up.wait(sent)
+                }
             };
-            let t0 = sent.started;
-            match up.wait(sent) {
+            match outcome {
                 Ok(UploadOutcome::Uploaded(n)) => {
                     stats.uploaded += n;
                     log::debug!(
