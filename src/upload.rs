@@ -444,10 +444,13 @@ impl<'a> UploadSyncManager<'a> {
         };
         let outcome = up.wait(sent);
         if matches!(outcome, Ok(UploadOutcome::OutOfTurn)) {
-            // The chain broke (the batch ahead of this one was not in when it ran, e.g. the site's very first
-            // upload, or a rejected batch), and every batch still in flight was chained to this one: they come
-            // back out of turn too. Wait for them all, then recovery sends the pending batches again one by one
-            // in claim order, and the pipeline starts afresh.
+            // The chain broke: the batch ahead of this one was not in when it ran (the site's very first chained
+            // upload, a rejected batch, or the network delivered this one first). Every batch still in flight
+            // was chained to this one, so they come back out of turn too, having inserted nothing.
+            // Wait for them all, then recovery sends the pending batches again one by one in claim order (each
+            // the new chain head), and the pipeline starts afresh. (Sending them all again at once was measured
+            // to break again as often as not: batches sent within a millisecond on different connections can
+            // reach the server in either order.)
             for (_, sent) in pipe.in_flight.drain(..) {
                 let _ = up.wait(sent);
             }
@@ -1013,12 +1016,16 @@ impl<'a> Uplink<'a> {
         let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
         let lane = self.turn % self.lanes.len();
         self.turn = self.turn.wrapping_add(1);
+        log::trace!(
+            "upload: sending batch {} on connection {lane} ({order:?})",
+            batch.batch_id
+        );
         let (reply, rx) = crossbeam_channel::bounded(1);
         let mut job = Job { batch, order, reply };
         // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
         for _ in 0..2 {
             if self.lanes[lane].is_none() {
-                self.lanes[lane] = Some(self.start()?);
+                self.lanes[lane] = Some(self.start(&what)?);
             }
             let Some(jobs) = &self.lanes[lane] else {
                 continue;
@@ -1056,14 +1063,29 @@ impl<'a> Uplink<'a> {
         r
     }
 
-    fn start(&self) -> Result<crossbeam_channel::Sender<Job>> {
+    /// Takes a remote connection and starts its thread, which prepares the upload statements before anything
+    /// is sent: a batch sent on a fresh connection must not reach the server later than one sent after it on a
+    /// connection that is ready (with several in flight that would break the chain).
+    fn start(&self, what: &str) -> Result<crossbeam_channel::Sender<Job>> {
         let mut conn = self.conns.get(Side::Remote)?;
         let (tx, jobs) = crossbeam_channel::unbounded::<Job>();
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let (name, source_id) = (Arc::clone(&self.name), Arc::clone(&self.source_id));
+        let chained = self.width() > 1;
+        let context = format!("{what}: preparing the upload statements");
         std::thread::Builder::new()
             .name("upload-remote".into())
             .spawn(move || {
-                let mut statements = Statements::default();
+                let mut statements = match Statements::prepare(&mut conn, &name, &context, chained) {
+                    Ok(st) => {
+                        let _ = ready_tx.send(Ok(()));
+                        st
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
                 for job in jobs {
                     let r = upload(&mut conn, &mut statements, &name, &source_id, &job.batch, &job.order);
                     let _ = job.reply.send(r);
@@ -1073,6 +1095,7 @@ impl<'a> Uplink<'a> {
                 }
             })
             .map_err(|e| Error::io("starting the upload thread", e))?;
+        self.conns.await_bounded(Side::Remote, what, &ready, Instant::now())?;
         Ok(tx)
     }
 }
@@ -1169,12 +1192,33 @@ impl RemoteName {
     }
 }
 
-/// The upload statements of one connection, each prepared on first use.
+/// The upload statements of one connection: prepared when the connection starts (the plain one, or the two
+/// chained ones with several in flight), any other on first use.
 #[derive(Default)]
 struct Statements {
     serial: Option<Statement>,
     lead: Option<Statement>,
     after: Option<Statement>,
+}
+
+impl Statements {
+    fn prepare(c: &mut Client, db: &RemoteName, context: &str, chained: bool) -> Result<Statements> {
+        let prepare = |c: &mut Client, text: &str, types: &[Type]| {
+            c.prepare_typed(text, types).map(Some).map_err(|e| db.err(context, e))
+        };
+        Ok(if chained {
+            Statements {
+                lead: prepare(c, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8])?,
+                after: prepare(c, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..])?,
+                ..Statements::default()
+            }
+        } else {
+            Statements {
+                serial: prepare(c, sql::UPLOAD, &UPLOAD_TYPES[..8])?,
+                ..Statements::default()
+            }
+        })
+    }
 }
 
 /// The upload statement for `order`, one round trip: the readings and the ledger row (and with several in
