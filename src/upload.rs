@@ -377,7 +377,13 @@ impl<'a> UploadSyncManager<'a> {
                     self.step(&mut session, &mut uplink, &mut pipe, &stop, stats)
                 })();
                 if let Err(e) = &r {
-                    // Uploads still in flight are waited for (bounded), so that recovery never races them.
+                    // Uploads still in flight are waited for (bounded), so that recovery does not race them;
+                    // not when the remote went silent or shutdown is under way (that would add a wait per batch
+                    // in flight): they are abandoned, and the ledger key settles whichever commits first.
+                    if matches!(e, Error::Shutdown | Error::Stalled { .. }) {
+                        pipe.in_flight.clear();
+                        uplink.abandon();
+                    }
                     for (_, sent) in pipe.in_flight.drain(..) {
                         let _ = uplink.wait(sent);
                     }
@@ -566,8 +572,8 @@ impl<'a> UploadSyncManager<'a> {
     }
 
     /// UPLOAD one batch through the uplink (`first`: the outcome of a send already waited for), isolating
-    /// poison readings on a data error (they are quarantined and the batch narrowed to the good ones, then sent again). Returns the batch
-    /// as it now stands in the ledger.
+    /// poison readings on a data error (they are quarantined and the batch narrowed to the good ones, then
+    /// sent again). Returns the batch as it now stands in the ledger.
     fn upload_part(
         &self,
         s: &mut Session,
@@ -1049,6 +1055,11 @@ impl<'a> Uplink<'a> {
             "remote database {}: {what}: the upload thread ended at once twice",
             self.name.0
         )))
+    }
+
+    /// Gives up every connection (their threads end with their links); the next sends start fresh ones.
+    fn abandon(&mut self) {
+        self.lanes.iter_mut().for_each(|lane| *lane = None);
     }
 
     /// Waits for the outcome of an upload sent by [`Uplink::send`]. After a stall, shutdown or a transient
