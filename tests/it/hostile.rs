@@ -906,6 +906,18 @@ const NO_HANG: Duration = Duration::from_secs(30);
 // with the remote named, the daemon keeps cycling; when the remote answers again the queue drains exactly once.
 #[test]
 fn a_silent_remote_fails_the_cycle_in_time_and_the_daemon_recovers_exactly_once() {
+    silent_remote_then_recovery(&[]);
+}
+
+// **Feature: database-sync-process, Property 4: Data preservation on failure**
+// **Feature: database-sync-process, Property 2: Upload-delete atomicity**
+// The same with four batches in flight: every one of them is abandoned in time, then settled exactly once.
+#[test]
+fn a_silent_remote_with_batches_in_flight_fails_in_time_and_recovers_exactly_once() {
+    silent_remote_then_recovery(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
+}
+
+fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
     let pair = DbPair::new();
     migrate_both(&pair);
     let n = 1500;
@@ -913,11 +925,9 @@ fn a_silent_remote_fails_the_cycle_in_time_and_the_daemon_recovers_exactly_once(
     let seeded = rows(&mut pair.local.client(), READINGS);
     let proxy = proxy_to(&pair.remote);
     let target = format!("{}:{}/{}", pg::HOST, proxy.port(), pair.remote.name());
-    let env = stuck_env(
-        &pair,
-        &proxy,
-        &[("BATCH_SIZE", "25"), ("UPLOAD_MAX_ROWS_PER_SECOND", "300")],
-    );
+    let mut vars = vec![("BATCH_SIZE", "25"), ("UPLOAD_MAX_ROWS_PER_SECOND", "300")];
+    vars.extend_from_slice(extra);
+    let env = stuck_env(&pair, &proxy, &vars);
     let mut daemon = Daemon::spawn(&["run"], &env);
 
     // Black hole while the queue is being uploaded.

@@ -397,13 +397,26 @@ fn drain_env(pair: &DbPair, proxy: &FaultProxy) -> BTreeMap<String, String> {
 // nothing is lost or duplicated (remote + local == original, each reading once).
 #[test]
 fn sigterm_during_a_long_drain_exits_0_and_loses_nothing() {
+    sigterm_during_a_long_drain(&[]);
+}
+
+// **Feature: database-sync-process, Property 7: Graceful shutdown completion**
+// The same with four batches in flight on four connections.
+#[test]
+fn sigterm_during_a_long_drain_with_batches_in_flight_exits_0_and_loses_nothing() {
+    sigterm_during_a_long_drain(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
+}
+
+fn sigterm_during_a_long_drain(extra: &[(&str, &str)]) {
     let pair = DbPair::new();
     migrate_both(&pair);
     let n = 20_000;
     seed_readings(&mut pair.local.client(), n);
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
     proxy.set_latency(Duration::from_millis(10));
-    let mut d = Daemon::spawn(&["run"], &drain_env(&pair, &proxy));
+    let mut env = drain_env(&pair, &proxy);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut d = Daemon::spawn(&["run"], &env);
     let mut remote = pair.remote.client();
     assert!(wait_until(PATIENCE, || readings(&mut remote).0 > 0), "the drain starts");
     d.signal("TERM");
