@@ -265,6 +265,33 @@ fn assert_exactly_once(env: &Env, expected: &[Reading]) {
     );
 }
 
+/// Drains the queue cycle after cycle (at most 200) while every connection through `proxy` is cut again and
+/// again, after a random pause in `pause_ms`. Asserts the last cycle succeeded; returns the number of cycles.
+fn drain_while_cutting(env: &Env, proxy: &FaultProxy, pause_ms: std::ops::Range<u64>) -> usize {
+    let mut g = Gen::new(1000);
+    thread::scope(|s| {
+        let drain = s.spawn(|| {
+            let mut results = Vec::new();
+            loop {
+                let r = env.sync();
+                let done = r.success && !r.backlog_remains;
+                results.push(r);
+                if done || results.len() > 200 {
+                    return results;
+                }
+            }
+        });
+        while !drain.is_finished() {
+            let pause = pause_ms.start + u64::arbitrary(&mut g) % (pause_ms.end - pause_ms.start);
+            thread::sleep(Duration::from_millis(pause));
+            proxy.cut_all();
+        }
+        let results = drain.join().expect("the drain thread panicked");
+        assert!(results.last().is_some_and(|r| r.success), "{results:#?}");
+        results.len()
+    })
+}
+
 /// Runs sync_readings until it succeeds with an empty queue (at most `tries` times).
 fn sync_until_done(env: &Env, tries: usize) -> Vec<UploadSyncResult> {
     let mut results = Vec::new();
@@ -1035,28 +1062,7 @@ fn link_cuts_during_a_long_drain_are_exactly_once() {
     let mut l = env.local();
     insert_many(&mut l, 20_000);
     let original = snapshot(&mut l);
-    let mut g = Gen::new(1000);
-    let mut cycles = 0;
-    thread::scope(|s| {
-        let drain = s.spawn(|| {
-            let mut results = Vec::new();
-            loop {
-                let r = env.sync();
-                let done = r.success && !r.backlog_remains;
-                results.push(r);
-                if done || results.len() > 200 {
-                    return results;
-                }
-            }
-        });
-        while !drain.is_finished() {
-            thread::sleep(Duration::from_millis(5 + u64::arbitrary(&mut g) % 60));
-            proxy.cut_all();
-        }
-        let results = drain.join().expect("the drain thread panicked");
-        cycles = results.len();
-        assert!(results.last().is_some_and(|r| r.success), "{results:#?}");
-    });
+    let cycles = drain_while_cutting(&env, &proxy, 5..65);
     eprintln!(
         "drained through {cycles} cycle(s) and {} connections",
         proxy.connections_opened()
@@ -1261,26 +1267,7 @@ fn batches_in_flight_through_a_slow_link_that_is_cut() {
     let mut l = env.local();
     insert_many(&mut l, 6_000);
     let original = snapshot(&mut l);
-    let mut g = Gen::new(1000);
-    thread::scope(|s| {
-        let drain = s.spawn(|| {
-            let mut results = Vec::new();
-            loop {
-                let r = env.sync();
-                let done = r.success && !r.backlog_remains;
-                results.push(r);
-                if done || results.len() > 200 {
-                    return results;
-                }
-            }
-        });
-        while !drain.is_finished() {
-            thread::sleep(Duration::from_millis(20 + u64::arbitrary(&mut g) % 80));
-            proxy.cut_all();
-        }
-        let results = drain.join().expect("the drain thread panicked");
-        assert!(results.last().is_some_and(|r| r.success), "{results:#?}");
-    });
+    drain_while_cutting(&env, &proxy, 20..100);
     assert_exactly_once(&env, &original);
     assert_eq!(
         remote_out_of_order(&env),
