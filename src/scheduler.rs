@@ -907,6 +907,9 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
                     CycleOutcome::Ran { backlog_remains, .. } => backlog_remains,
                     CycleOutcome::Skipped(_) => false,
                 };
+                if !run_now {
+                    release_free_memory();
+                }
                 if watchdog_period().is_some() {
                     sd_notify("WATCHDOG=1");
                 }
@@ -920,6 +923,22 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     drop(signals);
     drop(events_tx);
     Ok(())
+}
+
+/// Gives the memory freed by a cycle back to the system before the daemon sleeps: glibc keeps freed pages in
+/// its arenas, and a daemon that cycles for years would otherwise hold its high-water mark of fragments.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: malloc_trim takes no pointer and only walks glibc's own arenas under their locks; it is safe
+        // to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
 
 /// `sync-process once`: one cycle whose upload drains the whole queue. Fails when another process holds the
