@@ -276,28 +276,19 @@ fn main() {
         "-".into(),
         Verdict::Info,
     );
-    let groups: Vec<String> = f
-        .peaks
-        .smaps
-        .iter()
-        .take(8)
-        .map(|(g, kb)| format!("{g} {kb} kB"))
-        .collect();
-    report.note(format!(
-        "`once` (nothing changed) RSS by mapping near its peak: {}",
-        groups.join(", ")
-    ));
-    let groups: Vec<String> = first
-        .peaks
-        .smaps
-        .iter()
-        .take(8)
-        .map(|(g, kb)| format!("{g} {kb} kB"))
-        .collect();
-    report.note(format!(
-        "`once` (first download) RSS by mapping near its peak: {}",
-        groups.join(", ")
-    ));
+    for (what, run) in [("nothing changed", &f), ("first download", &first)] {
+        let groups: Vec<String> = run
+            .peaks
+            .smaps
+            .iter()
+            .take(8)
+            .map(|(g, kb)| format!("{g} {kb} kB"))
+            .collect();
+        report.note(format!(
+            "`once` ({what}) RSS by mapping near its peak: {}",
+            groups.join(", ")
+        ));
+    }
     let times: Vec<String> = unchanged
         .iter()
         .map(|c| format!("{:.0}", c.time.as_secs_f64() * 1e3))
