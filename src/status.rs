@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::scheduler::SyncCycleResult;
+use crate::report::SyncCycleResult;
 
 /// How long `sync-process status` waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);

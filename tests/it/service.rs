@@ -21,7 +21,8 @@ use sync_process::config::Config;
 use sync_process::db::ConnectionManager;
 use sync_process::download::{MeterSyncResult, TenantChange, TenantSyncResult};
 use sync_process::logging::RotatingFile;
-use sync_process::scheduler::{self, CycleSlot, SyncCycleResult};
+use sync_process::report::{self, SyncCycleResult};
+use sync_process::scheduler::{self, CycleSlot};
 use sync_process::shutdown::Shutdown;
 use sync_process::status::{self, Snapshot, SyncStatus};
 use sync_process::upload::UploadSyncResult;
@@ -559,8 +560,8 @@ impl Arbitrary for ArbResult {
 fn prop_cycle_log_lines(r: ArbResult, cycle: u32) -> bool {
     let ArbResult(r, queue) = r;
     let cycle = u64::from(cycle);
-    let start = scheduler::cycle_start_line(cycle, &queue);
-    let lines = scheduler::cycle_result_lines(cycle, &r);
+    let start = report::cycle_start_line(cycle, &queue);
+    let lines = report::cycle_result_lines(cycle, &r);
     let has = |level: log::Level, needles: &[&str]| {
         lines
             .iter()
