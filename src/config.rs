@@ -370,6 +370,37 @@ pub fn gather(
     map
 }
 
+/// Stage one for the program: the env file (if any) with the real environment laid over it, and warnings
+/// about the file itself (readable by every user). The error names the file and every bad line.
+pub fn load_variables(env_file: Option<&Path>) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
+    let file_map = match env_file {
+        None => BTreeMap::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--env-file {}: cannot read: {e}", path.display()))?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o004 != 0 {
+                    warnings.push(format!(
+                        "{} is readable by every user of this machine and may hold passwords: chmod o-r it",
+                        path.display()
+                    ));
+                }
+            }
+            parse_env_file(&text).map_err(|errs| {
+                format!(
+                    "--env-file {}: {} bad line(s):\n  {}",
+                    path.display(),
+                    errs.len(),
+                    errs.join("\n  ")
+                )
+            })?
+        }
+    };
+    Ok((gather(file_map, process_env()), warnings))
+}
+
 /// The process environment as a map, for [`gather`]. Variables that are not valid UTF-8 are kept with a
 /// lossy value so that validation names them rather than silently ignoring them.
 pub fn process_env() -> Vec<(String, String)> {

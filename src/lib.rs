@@ -4,6 +4,7 @@
 //! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
 
 pub mod alerts;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
