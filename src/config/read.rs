@@ -89,7 +89,7 @@ impl<'a> Reader<'a> {
     where
         T: TryFrom<i128> + Into<i128> + Copy + fmt::Display,
     {
-        let v = self.raw(key).unwrap_or("");
+        let v = self.or_default(key);
         match v.parse::<i128>() {
             Ok(n) if n >= min.into() && n <= max.into() => T::try_from(n).unwrap_or(min),
             Ok(_) => {

@@ -17,18 +17,16 @@ use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 use serde_json::Value;
 
-use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
 use sync_process::download::{MeterSyncResult, TenantChange, TenantSyncResult};
 use sync_process::logging::RotatingFile;
 use sync_process::report::{self, SyncCycleResult};
 use sync_process::scheduler::{self, CycleSlot};
-use sync_process::shutdown::Shutdown;
 use sync_process::status::{self, Snapshot, SyncStatus};
 use sync_process::upload::UploadSyncResult;
 
 use crate::support::daemon::{run_command, Daemon};
-use crate::support::pg::{self, env_map, env_map_with_remote, DbPair};
+use crate::support::env::{closed_port, count, migrate, Env, Migrate};
+use crate::support::pg::{self, env_map, DbPair};
 use crate::support::proxy::FaultProxy;
 use crate::support::{unique_temp_dir, wait_until};
 
@@ -40,21 +38,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 fn qc(tests: u64) -> QuickCheck {
     QuickCheck::new().tests(tests).max_tests(tests * 10)
-}
-
-fn config(env: &BTreeMap<String, String>) -> Config {
-    Config::from_map(env).expect("the test configuration is valid")
-}
-
-fn migrate_local(pair: &DbPair) {
-    let conns = ConnectionManager::new(&config(&env_map(pair)), Shutdown::new()).expect("pools");
-    sync_process::migrate::migrate(&conns.local, false).expect("migrating local");
-}
-
-fn migrate_both(pair: &DbPair) {
-    let conns = ConnectionManager::new(&config(&env_map(pair)), Shutdown::new()).expect("pools");
-    sync_process::migrate::migrate(&conns.local, false).expect("migrating local");
-    sync_process::migrate::migrate(&conns.remote, false).expect("migrating remote");
 }
 
 /// `n` readings with distinct (meter_id, timestamp) and metadata {"seq": i}, i in 0..n.
@@ -85,10 +68,6 @@ fn seed_meters_and_tenants(remote: &mut Client, meters: i64, tenants: i64) {
         .expect("seeding tenants");
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
 /// (rows, distinct seq values) of meter_readings.
 fn readings(c: &mut Client) -> (i64, i64) {
     let row = c
@@ -107,13 +86,6 @@ fn seqs(c: &mut Client) -> Vec<i64> {
         .iter()
         .map(|r| r.get(0))
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A bare HTTP/1.0 GET: (status code, body).
@@ -338,16 +310,14 @@ fn property_6_cycle_guard_model() {
 // says so, and every reading reaches the remote exactly once.
 #[test]
 fn two_daemons_on_one_local_database_take_turns() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let fixture = Env::builder().remote_via_proxy().build();
+    let pair = &fixture.pair;
     let n = 3000;
     seed_readings(&mut pair.local.client(), n);
     // Latency makes each cycle's drain take a while, so the other daemon's ticks fall inside it.
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(5));
-    let env = env_map_with_remote(&pair, pg::HOST, proxy.port());
-    let mut a = Daemon::spawn(&["run"], &env);
-    let mut b = Daemon::spawn(&["run"], &env);
+    fixture.proxy().set_latency(Duration::from_millis(5));
+    let mut a = Daemon::spawn(&["run"], &fixture.map);
+    let mut b = Daemon::spawn(&["run"], &fixture.map);
     let mut remote = pair.remote.client();
     assert!(
         wait_until(PATIENCE, || readings(&mut remote).0 >= n),
@@ -387,10 +357,13 @@ fn two_daemons_on_one_local_database_take_turns() {
 // ---------------------------------------------------------------------------------------------------------
 // Property 7: graceful shutdown.
 
-fn drain_env(pair: &DbPair, proxy: &FaultProxy) -> BTreeMap<String, String> {
-    let mut env = env_map_with_remote(pair, pg::HOST, proxy.port());
-    env.insert("BATCH_SIZE".into(), "100".into());
-    env
+/// A migrated pair with the remote behind a proxy, batches of 100, and `extra` variables.
+fn drain_env(extra: &[(&str, &str)]) -> Env {
+    Env::builder()
+        .remote_via_proxy()
+        .vars(&[("BATCH_SIZE", "100")])
+        .vars(extra)
+        .build()
 }
 
 // **Feature: database-sync-process, Property 7: Graceful shutdown completion**
@@ -409,15 +382,12 @@ fn sigterm_during_a_long_drain_with_batches_in_flight_exits_0_and_loses_nothing(
 }
 
 fn sigterm_during_a_long_drain(extra: &[(&str, &str)]) {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let fixture = drain_env(extra);
+    let pair = &fixture.pair;
     let n = 20_000;
     seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(10));
-    let mut env = drain_env(&pair, &proxy);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut d = Daemon::spawn(&["run"], &env);
+    fixture.proxy().set_latency(Duration::from_millis(10));
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
     let mut remote = pair.remote.client();
     assert!(wait_until(PATIENCE, || readings(&mut remote).0 > 0), "the drain starts");
     d.signal("TERM");
@@ -442,15 +412,12 @@ fn sigterm_during_a_long_drain(extra: &[(&str, &str)]) {
 // A second SIGTERM exits at once (143); the next run finishes the job exactly once.
 #[test]
 fn a_second_sigterm_exits_at_once() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let mut fixture = drain_env(&[]);
     let n = 20_000;
-    seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(20));
-    let env = drain_env(&pair, &proxy);
-    let mut d = Daemon::spawn(&["run"], &env);
-    let mut remote = pair.remote.client();
+    seed_readings(&mut fixture.pair.local.client(), n);
+    fixture.proxy().set_latency(Duration::from_millis(20));
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
+    let mut remote = fixture.pair.remote.client();
     assert!(wait_until(PATIENCE, || readings(&mut remote).0 > 0), "the drain starts");
     d.signal("TERM");
     assert!(d.wait_for_stderr("SIGTERM received", PATIENCE));
@@ -464,9 +431,10 @@ fn a_second_sigterm_exits_at_once() {
             assert!(d.stderr_text().contains("second SIGTERM received: exiting now"));
         }
     }
-    drop(proxy);
+    drop(fixture.proxy.take());
+    let pair = &fixture.pair;
     // Whatever was in flight is recovered: one `once` finishes the queue, each reading exactly once.
-    let out = run_command(&["once"], &env_map(&pair));
+    let out = run_command(&["once"], &env_map(pair));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -701,7 +669,7 @@ fn sorted(k: &[&str]) -> Vec<String> {
 #[test]
 fn once_prints_the_contract_json_and_keeps_sync_logs() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     let mut local = pair.local.client();
     let mut remote = pair.remote.client();
     seed_readings(&mut local, 120);
@@ -812,7 +780,7 @@ fn once_prints_the_contract_json_and_keeps_sync_logs() {
 #[test]
 fn once_exits_1_when_a_part_fails() {
     let pair = DbPair::new();
-    migrate_local(&pair); // the remote has no tables: every part fails, each on its own
+    migrate(&pair, Migrate::Local); // the remote has no tables: every part fails, each on its own
     seed_readings(&mut pair.local.client(), 5);
     let out = run_command(&["once"], &env_map(&pair));
     assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
@@ -1075,12 +1043,12 @@ fn wait_for_first_cycle(addr: SocketAddr) -> Value {
 #[test]
 fn status_and_metrics_match_the_databases() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     let mut local = pair.local.client();
     let mut remote = pair.remote.client();
     seed_readings(&mut local, 250);
     seed_meters_and_tenants(&mut remote, 7, 4);
-    let port = free_port();
+    let port = closed_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let env = status_env(&pair, port);
     let mut d = Daemon::spawn(&["run"], &env);
@@ -1186,7 +1154,7 @@ fn status_and_metrics_match_the_databases() {
 fn status_command_without_a_daemon() {
     let pair = DbPair::new();
     let mut env = env_map(&pair);
-    let port = free_port();
+    let port = closed_port();
     env.insert("STATUS_BIND".into(), format!("127.0.0.1:{port}"));
     let out = run_command(&["status"], &env);
     assert_eq!(out.status.code(), Some(1));
@@ -1210,22 +1178,26 @@ fn status_command_without_a_daemon() {
 // it, syncs every reading without a restart, and clears each alert once.
 #[test]
 fn remote_down_at_start_then_up_syncs_and_alerts_once() {
-    let pair = DbPair::new();
-    migrate_local(&pair);
+    let sink = WebhookSink::start(false);
+    let url = sink.url();
+    let fixture = Env::builder()
+        .remote_via_proxy()
+        .migrate(Migrate::Local)
+        .vars(&[
+            ("MIGRATE_ON_START", "true"),
+            ("ALERT_AFTER_FAILURES", "2"),
+            ("QUEUE_ALERT_THRESHOLD", "10"),
+            ("ALERT_WEBHOOK_URL", &url),
+            ("DB_CONNECTION_TIMEOUT_MS", "300"),
+            ("MAX_CONNECTION_RETRIES", "0"),
+            ("MAX_QUERY_RETRIES", "0"),
+        ])
+        .build();
+    let (pair, proxy) = (&fixture.pair, fixture.proxy());
     let n = 50;
     seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
     proxy.set_refuse(true);
-    let sink = WebhookSink::start(false);
-    let mut env = env_map_with_remote(&pair, pg::HOST, proxy.port());
-    env.insert("MIGRATE_ON_START".into(), "true".into());
-    env.insert("ALERT_AFTER_FAILURES".into(), "2".into());
-    env.insert("QUEUE_ALERT_THRESHOLD".into(), "10".into());
-    env.insert("ALERT_WEBHOOK_URL".into(), sink.url());
-    env.insert("DB_CONNECTION_TIMEOUT_MS".into(), "300".into());
-    env.insert("MAX_CONNECTION_RETRIES".into(), "0".into());
-    env.insert("MAX_QUERY_RETRIES".into(), "0".into());
-    let mut d = Daemon::spawn(&["run"], &env);
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
     for alert in ["remote_db_unreachable", "sync_failures", "queue_above_threshold"] {
         assert!(
             d.wait_for_stderr(&format!("ALERT raised: {alert}: "), PATIENCE),
