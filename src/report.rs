@@ -3,7 +3,7 @@
 //! Owns: [`SyncCycleResult`] (the contract's JSON of a cycle), the per-part view of it ([`PartSummary`],
 //! [`part_summaries`], [`first_error`], the `sync_type` names [`SYNC_TYPES`]), the log lines of Property 11
 //! ([`cycle_start_line`], [`cycle_result_lines`]) and the result of a cycle that could not run ([`not_run`]).
-//! Pure: no I/O, no clock. Does not own: running the parts or writing sync_logs (scheduler.rs), the status
+//! Pure: no I/O, no clock; Property 11 is tested here. Does not own: running the parts or writing sync_logs (scheduler.rs), the status
 //! JSON that embeds the last result (status.rs).
 
 use std::time::Duration;
@@ -224,5 +224,172 @@ pub fn not_run(why: &str, timestamp: String, took: Duration) -> SyncCycleResult 
         },
         total_duration: duration_ms(took),
         timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::TenantChange;
+    use quickcheck::{Arbitrary, Gen, QuickCheck};
+
+    #[derive(Clone, Debug)]
+    struct ArbResult(SyncCycleResult, Result<u64, String>);
+
+    fn arb_error(g: &mut Gen) -> Option<String> {
+        let n = u16::arbitrary(g);
+        bool::arbitrary(g).then(|| {
+            format!(
+                "remote database 10.0.0.{}:5432/central: inserting batch {n}: boom",
+                n % 250
+            )
+        })
+    }
+
+    impl Arbitrary for ArbResult {
+        fn arbitrary(g: &mut Gen) -> ArbResult {
+            let small = |g: &mut Gen| u64::from(u16::arbitrary(g));
+            let upload_error = arb_error(g);
+            let upload = UploadSyncResult {
+                success: upload_error.is_none(),
+                records_uploaded: small(g),
+                records_deleted: small(g),
+                records_quarantined: small(g) % 3,
+                error: upload_error,
+                duration: small(g),
+                backlog_remains: bool::arbitrary(g),
+            };
+            let meter_error = arb_error(g);
+            let meters = MeterSyncResult {
+                success: meter_error.is_none(),
+                new_meters: small(g),
+                updated_meters: small(g),
+                deleted_meters: small(g),
+                total_meters: small(g),
+                error: meter_error,
+                duration: small(g),
+                ..Default::default()
+            };
+            let tenant_error = arb_error(g);
+            let tenants = TenantSyncResult {
+                success: tenant_error.is_none(),
+                new_tenants: small(g),
+                updated_tenants: small(g),
+                deleted_tenants: small(g),
+                total_tenants: small(g),
+                tenant_changes: vec![TenantChange {
+                    tenant_id: "t1".into(),
+                    changed_fields: vec!["name".into()],
+                }],
+                error: tenant_error,
+                duration: small(g),
+                ..Default::default()
+            };
+            let success = upload.success && meters.success && tenants.success;
+            let queue = if u8::arbitrary(g) % 5 == 0 {
+                Err("local database down".to_string())
+            } else {
+                Ok(small(g))
+            };
+            ArbResult(
+                SyncCycleResult {
+                    success,
+                    upload_result: upload,
+                    meter_download_result: meters,
+                    tenant_download_result: tenants,
+                    total_duration: small(g),
+                    timestamp: "2024-01-01T00:00:00.000Z".into(),
+                },
+                queue,
+            )
+        }
+    }
+
+    // **Feature: database-sync-process, Property 11: Comprehensive logging**
+    // For any cycle result: a start line with the queue size; the upload's success with its count and duration,
+    // or its failure at error level with the error's context; the delete with its count; each download's outcome;
+    // every error at error level naming its part; and a closing line saying whether every part succeeded.
+    fn prop_cycle_log_lines(r: ArbResult, cycle: u32) -> bool {
+        let ArbResult(r, queue) = r;
+        let cycle = u64::from(cycle);
+        let start = cycle_start_line(cycle, &queue);
+        let lines = cycle_result_lines(cycle, &r);
+        let has = |level: log::Level, needles: &[&str]| {
+            lines
+                .iter()
+                .any(|(l, text)| *l == level && needles.iter().all(|n| text.contains(n)))
+        };
+        use log::Level::{Error, Info, Warn};
+        let u = &r.upload_result;
+        let start_ok = start.contains(&format!("sync cycle {cycle} starting"))
+            && match &queue {
+                Ok(q) => start.contains(&format!("{q} readings queued")),
+                Err(e) => start.contains(e.as_str()),
+            };
+        let upload_ok = if u.success {
+            has(
+                Info,
+                &[
+                    "upload succeeded",
+                    &format!("{} readings uploaded", u.records_uploaded),
+                    &format!("{} ms", u.duration),
+                ],
+            ) && has(
+                Info,
+                &[
+                    "delete succeeded",
+                    &format!("{} uploaded readings deleted", u.records_deleted),
+                ],
+            )
+        } else {
+            has(
+                Error,
+                &[
+                    "upload failed",
+                    &format!("{} ms", u.duration),
+                    u.error.as_deref().unwrap_or(""),
+                ],
+            )
+        };
+        let quarantine_ok =
+            u.records_quarantined == 0 || has(Warn, &[&format!("{} readings rejected", u.records_quarantined)]);
+        let m = &r.meter_download_result;
+        let meters_ok = if m.success {
+            has(
+                Info,
+                &[
+                    "meter download succeeded",
+                    &format!("{} new", m.new_meters),
+                    &format!("{} ms", m.duration),
+                ],
+            )
+        } else {
+            has(Error, &["meter download failed", m.error.as_deref().unwrap_or("")])
+        };
+        let t = &r.tenant_download_result;
+        let tenants_ok = if t.success {
+            has(
+                Info,
+                &["tenant download succeeded", &format!("{} updated", t.updated_tenants)],
+            )
+        } else {
+            has(Error, &["tenant download failed", t.error.as_deref().unwrap_or("")])
+        };
+        let errors_ok = [&u.error, &m.error, &t.error]
+            .into_iter()
+            .flatten()
+            .all(|e| lines.iter().any(|(l, text)| *l == Error && text.contains(e.as_str())));
+        let last = lines.last().map(|(_, t)| t.as_str()).unwrap_or("");
+        let end_ok = last.contains(&format!("sync cycle {cycle} finished in {} ms", r.total_duration))
+            && (last.contains("every part succeeded") == r.success);
+        start_ok && upload_ok && quarantine_ok && meters_ok && tenants_ok && errors_ok && end_ok
+    }
+
+    #[test]
+    fn property_11_cycle_log_lines() {
+        QuickCheck::new()
+            .tests(200)
+            .max_tests(2000)
+            .quickcheck(prop_cycle_log_lines as fn(ArbResult, u32) -> bool);
     }
 }
