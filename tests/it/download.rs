@@ -18,6 +18,7 @@ use sync_process::db::ConnectionManager;
 use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantChange, TenantSyncResult, CHUNK};
 use sync_process::shutdown::Shutdown;
 
+use crate::support::contract::TENANT_KEYS;
 use crate::support::env::Env;
 use crate::support::pg::DbPair;
 
@@ -1106,19 +1107,7 @@ fn counts_and_result_json_shape() {
     assert_eq!(mgr.local_tenant_count().unwrap(), 10);
     assert_eq!(mgr.remote_tenant_count().unwrap(), 10);
     let json = serde_json::to_value(env.tenants()).unwrap();
-    for k in [
-        "success",
-        "newTenants",
-        "updatedTenants",
-        "deletedTenants",
-        "totalTenants",
-        "newTenantIds",
-        "updatedTenantIds",
-        "deletedTenantIds",
-        "tenantChanges",
-        "error",
-        "duration",
-    ] {
+    for k in TENANT_KEYS {
         assert!(json.get(k).is_some(), "missing {k} in {json}");
     }
 }

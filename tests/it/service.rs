@@ -21,6 +21,7 @@ use sync_process::logging::RotatingFile;
 use sync_process::scheduler::{self, CycleSlot};
 use sync_process::status::{self, Snapshot, SyncStatus};
 
+use crate::support::contract::{METER_KEYS, RESULT_KEYS, TENANT_KEYS, UPLOAD_KEYS};
 use crate::support::daemon::{run_command, Daemon};
 use crate::support::env::{closed_port, count, migrate, Env, Migrate};
 use crate::support::pg::{self, env_map, DbPair};
@@ -446,48 +447,6 @@ fn a_second_sigterm_exits_at_once() {
 // ---------------------------------------------------------------------------------------------------------
 // once, sync_logs, the log file.
 
-const RESULT_KEYS: &[&str] = &[
-    "success",
-    "uploadResult",
-    "meterDownloadResult",
-    "tenantDownloadResult",
-    "totalDuration",
-    "timestamp",
-];
-const UPLOAD_KEYS: &[&str] = &[
-    "success",
-    "recordsUploaded",
-    "recordsDeleted",
-    "recordsQuarantined",
-    "error",
-    "duration",
-];
-const METER_KEYS: &[&str] = &[
-    "success",
-    "newMeters",
-    "updatedMeters",
-    "deletedMeters",
-    "totalMeters",
-    "newMeterIds",
-    "updatedMeterIds",
-    "deletedMeterIds",
-    "error",
-    "duration",
-];
-const TENANT_KEYS: &[&str] = &[
-    "success",
-    "newTenants",
-    "updatedTenants",
-    "deletedTenants",
-    "totalTenants",
-    "newTenantIds",
-    "updatedTenantIds",
-    "deletedTenantIds",
-    "tenantChanges",
-    "error",
-    "duration",
-];
-
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
     k.sort();
@@ -505,10 +464,12 @@ fn sorted(k: &[&str]) -> Vec<String> {
 // LOG_FILE in a directory it creates (mode 0640), writes a sync_logs row per part and prunes old ones.
 #[test]
 fn once_prints_the_contract_json_and_keeps_sync_logs() {
-    let pair = DbPair::new();
-    migrate(&pair, Migrate::Both);
-    let mut local = pair.local.client();
-    let mut remote = pair.remote.client();
+    let Env {
+        pair,
+        mut local,
+        mut remote,
+        ..
+    } = Env::new(&[]);
     seed_readings(&mut local, 120);
     seed_meters_and_tenants(&mut remote, 3, 2);
     local
@@ -879,10 +840,12 @@ fn wait_for_first_cycle(addr: SocketAddr) -> Value {
 // first with everything up, then with the remote down and readings waiting.
 #[test]
 fn status_and_metrics_match_the_databases() {
-    let pair = DbPair::new();
-    migrate(&pair, Migrate::Both);
-    let mut local = pair.local.client();
-    let mut remote = pair.remote.client();
+    let Env {
+        pair,
+        mut local,
+        mut remote,
+        ..
+    } = Env::new(&[]);
     seed_readings(&mut local, 250);
     seed_meters_and_tenants(&mut remote, 7, 4);
     let port = closed_port();
