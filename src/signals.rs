@@ -1,11 +1,10 @@
 //! Signals: the thread that turns SIGTERM/SIGINT into a shutdown.
 //!
 //! Owns: [`SignalThread`] (the thread `signals`; `run_daemon` starts it before any other thread: pools, status
-//! server, webhook). The first SIGTERM/SIGINT requests
-//! shutdown (ending backoff waits and the drain after the batch in flight) and calls the caller's `wake`; a
-//! second one exits at once with 128 + signal, which is safe because uploads are exactly-once (the next start
-//! recovers a claimed batch). Does not own: what shutdown means to the loop (scheduler.rs), the flag itself
-//! (shutdown.rs).
+//! server, webhook). The first SIGTERM/SIGINT requests shutdown (ending backoff waits and the drain after the
+//! batch in flight) and calls the caller's `wake`; a second one exits at once with 128 + signal, which is safe
+//! because uploads are exactly-once (the next start recovers a claimed batch). Does not own: what shutdown
+//! means to the loop (scheduler.rs), the flag itself (shutdown.rs).
 
 use std::thread;
 
