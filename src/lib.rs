@@ -4,6 +4,7 @@
 //! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
 
 pub mod alerts;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -14,8 +15,11 @@ pub mod logging;
 pub mod migrate;
 pub mod pgtemp;
 pub mod quarantine;
+pub mod report;
 pub mod retry;
 pub mod scheduler;
 pub mod shutdown;
+pub mod signals;
 pub mod status;
+pub mod systemd;
 pub mod upload;

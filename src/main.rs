@@ -1,15 +1,14 @@
 //! Entry point: parses the command line, loads the configuration, and hands over to the component that does
-//! the work. The only place where errors become exit codes: 0 ok, 1 runtime failure, 2 configuration or
-//! usage error.
+//! the work. The only place where errors and outcomes become exit codes: 0 ok, 1 runtime failure, 2
+//! configuration or usage error.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 
 use sync_process::cli::{self, Command};
 use sync_process::config::{self, Config};
-use sync_process::error::{Error, Result, Side};
-use sync_process::{db, demo, logging, migrate, scheduler, shutdown::Shutdown, status, upload};
+use sync_process::error::{Error, Result};
+use sync_process::status::{self, StatusOutcome};
+use sync_process::{check, demo, logging, migrate, scheduler, upload};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +31,15 @@ fn exit_code(e: &Error) -> ExitCode {
     }
 }
 
+/// 0 when `ok`, else 1 (a runtime failure that was reported, not an error).
+fn success_or_1(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn run(args: &[String]) -> Result<ExitCode> {
     let cli = cli::parse(args)?;
     match cli.command {
@@ -50,7 +58,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }
         _ => {}
     }
-    let (map, file_warnings) = load_variables(cli.env_file.as_deref())?;
+    let (map, file_warnings) = config::load_variables(cli.env_file.as_deref()).map_err(Error::Usage)?;
     let cfg = Config::from_map(&map)?;
     // Only the sync itself writes the log file: `status` or `check-config` run by an operator from any
     // directory must not create or write the daemon's log.
@@ -81,76 +89,22 @@ fn run(args: &[String]) -> Result<ExitCode> {
             let result = scheduler::run_once(&cfg)?;
             let json = serde_json::to_string(&result).map_err(|e| Error::Other(format!("encoding the result: {e}")))?;
             println!("{json}");
-            Ok(if result.success {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(success_or_1(result.success))
         }
         Command::Migrate { dry_run, local, remote } => {
-            let conns = db::ConnectionManager::new(&cfg, Shutdown::new())?;
-            let sides = [(local, Side::Local), (remote, Side::Remote)];
-            for side in sides.iter().filter(|(on, _)| *on).map(|(_, s)| *s) {
-                let database = conns.db(side);
-                let done = migrate::migrate(database, dry_run)?;
-                let verb = if dry_run { "would apply" } else { "applied" };
-                if done.is_empty() {
-                    println!("{side} {}: up to date", database.target());
-                } else {
-                    println!("{side} {}: {verb} {}", database.target(), done.join(", "));
-                }
-            }
+            migrate::command(&cfg, dry_run, local, remote)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig => {
-            println!("{}", cfg.summary());
-            let conns = db::ConnectionManager::new(&cfg, Shutdown::new())?;
-            let mut ok = true;
-            for side in [Side::Local, Side::Remote] {
-                match conns.test(side) {
-                    Ok(()) => println!("{side} database {}: connected", conns.db(side).target()),
-                    Err(e) => {
-                        println!("{side} database: UNREACHABLE: {e}");
-                        ok = false;
-                    }
-                }
-            }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
-        Command::Status { json } => status::print_status(&cfg, json),
+        Command::CheckConfig => Ok(success_or_1(check::command(&cfg)? == check::Outcome::BothConnected)),
+        Command::Status { json } => Ok(match status::print_status(&cfg, json)? {
+            StatusOutcome::Shown => ExitCode::SUCCESS,
+            StatusOutcome::NoDaemon => ExitCode::from(1),
+            StatusOutcome::Off => ExitCode::from(2),
+        }),
         Command::Quarantine(cmd) => {
             upload::quarantine_command(&cfg, &cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Help(_) | Command::Version | Command::Demo { .. } => unreachable!("handled above"),
     }
-}
-
-/// The env file (if any) with the real environment laid over it, and warnings about the file itself.
-fn load_variables(env_file: Option<&std::path::Path>) -> Result<(BTreeMap<String, String>, Vec<String>)> {
-    let mut warnings = Vec::new();
-    let file_map = match env_file {
-        None => BTreeMap::new(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Usage(format!("--env-file {}: cannot read: {e}", path.display())))?;
-            if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o004 != 0 {
-                    warnings.push(format!(
-                        "{} is readable by every user of this machine and may hold passwords: chmod o-r it",
-                        path.display()
-                    ));
-                }
-            }
-            config::parse_env_file(&text).map_err(|errs| {
-                Error::Usage(format!(
-                    "--env-file {}: {} bad line(s):\n  {}",
-                    path.display(),
-                    errs.len(),
-                    errs.join("\n  ")
-                ))
-            })?
-        }
-    };
-    Ok((config::gather(file_map, config::process_env()), warnings))
 }

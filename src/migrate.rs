@@ -129,6 +129,24 @@ fn versions(conn: &mut crate::db::Conn, db: &Database) -> Result<Vec<i32>> {
         .collect())
 }
 
+/// `sync-process migrate [--dry-run] [--local] [--remote]`: migrates the chosen sides (local first) and prints
+/// what was applied, or what would be with `dry_run`, per side.
+pub fn command(cfg: &crate::config::Config, dry_run: bool, local: bool, remote: bool) -> Result<()> {
+    let conns = crate::db::ConnectionManager::new(cfg, crate::shutdown::Shutdown::new())?;
+    let sides = [(local, Side::Local), (remote, Side::Remote)];
+    for side in sides.iter().filter(|(on, _)| *on).map(|(_, s)| *s) {
+        let database = conns.db(side);
+        let done = migrate(database, dry_run)?;
+        let verb = if dry_run { "would apply" } else { "applied" };
+        if done.is_empty() {
+            println!("{side} {}: up to date", database.target());
+        } else {
+            println!("{side} {}: {verb} {}", database.target(), done.join(", "));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,29 +2,21 @@
 //!
 //! Owns: the main loop ([`run_daemon`]: `enum Event { Tick, Shutdown }`, a crossbeam tick every
 //! SYNC_INTERVAL_SECONDS selected together with the shutdown channel; the next cycle starts at once while the
-//! upload reports a backlog), the signal thread (SIGTERM/SIGINT registered before any other thread starts; the
-//! first signal requests shutdown and wakes the loop, a second one exits at once), one cycle ([`run_once`],
-//! [`Service::cycle`]: upload, meters, tenants, each isolated from the others' failures and panics), the
-//! cycle's mutual exclusion (in the process: [`CycleGuard`], the only way to run the parts; across processes on
-//! one local database: a PostgreSQL session advisory lock on a dedicated connection), the `sync_logs` rows and
-//! their daily pruning, MIGRATE_ON_START, the status snapshot and alert observations after each cycle, and the
-//! systemd notifications (READY/STOPPING/WATCHDOG). Does not own: what a part does (upload.rs, download.rs),
-//! the HTTP server (status.rs), alert conditions (alerts.rs).
+//! upload reports a backlog), one cycle ([`run_once`], [`Service::cycle`]: upload, meters, tenants, each
+//! isolated from the others' failures and panics), the cycle's mutual exclusion (in the process:
+//! [`CycleGuard`], the only way to run the parts; across processes on one local database: a PostgreSQL session
+//! advisory lock on a dedicated connection), the `sync_logs` rows and their daily pruning, MIGRATE_ON_START,
+//! and the status snapshot and alert observations after each cycle. Does not own: what a part does
+//! (upload.rs, download.rs), the cycle's report and log lines (report.rs), the signal thread (signals.rs),
+//! systemd notifications and memory release (systemd.rs), the HTTP server (status.rs), alert conditions
+//! (alerts.rs).
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixDatagram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{select, Receiver, Sender};
-use serde::Serialize;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use crossbeam_channel::{select, Receiver};
 
 use crate::alerts::{Alerts, Observation};
 use crate::config::Config;
@@ -32,22 +24,14 @@ use crate::db::{Conn, ConnectionManager, Database};
 use crate::download::{DownloadSyncManager, MeterSyncResult, TenantSyncResult};
 use crate::error::{Error, Result, Side};
 use crate::migrate;
+use crate::report::{
+    cycle_result_lines, cycle_start_line, duration_ms, first_error, not_run, part_summaries, SyncCycleResult,
+};
 use crate::shutdown::Shutdown;
+use crate::signals::SignalThread;
 use crate::status::{self, SharedSnapshot, Snapshot, StatusServer};
+use crate::systemd::{release_free_memory, sd_notify, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
-
-/// The contract's SyncCycleResult: what `once` prints. Durations in milliseconds; timestamp RFC 3339 UTC (the
-/// cycle's start).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncCycleResult {
-    pub success: bool,
-    pub upload_result: UploadSyncResult,
-    pub meter_download_result: MeterSyncResult,
-    pub tenant_download_result: TenantSyncResult,
-    pub total_duration: u64,
-    pub timestamp: String,
-}
 
 /// What wakes the main loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,12 +47,9 @@ pub const UNLIMITED_BUDGET: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Key of the cross-process cycle lock ("sync" in ASCII, then 3; migrate.rs uses 1, upload.rs 2 for its drain).
 pub const CYCLE_LOCK_KEY: (i32, i32) = (0x7379_6e63, 3);
 /// sync_logs pruning period.
-const PRUNE_EVERY: Duration = Duration::from_secs(86_400);
+const SYNC_LOGS_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
 /// Longest error text stored in sync_logs.
 const MAX_LOGGED_ERROR: usize = 2000;
-
-/// The `sync_type` values of sync_logs, one per part.
-pub const SYNC_TYPES: [&str; 3] = ["upload", "download_meters", "download_tenants"];
 
 // ---------------------------------------------------------------------------------------------------------
 // Mutual exclusion in the process.
@@ -164,212 +145,12 @@ impl Drop for CycleLock {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Parts, results and their log lines (pure).
-
-/// One part of a cycle as sync_logs and the log see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartSummary {
-    pub sync_type: &'static str,
-    pub success: bool,
-    pub records: u64,
-    pub error: Option<String>,
-    pub duration_ms: u64,
-}
-
-/// The three parts of a result: records are uploaded readings, or new + updated + deleted rows.
-pub fn part_summaries(r: &SyncCycleResult) -> [PartSummary; 3] {
-    let u = &r.upload_result;
-    let m = &r.meter_download_result;
-    let t = &r.tenant_download_result;
-    [
-        PartSummary {
-            sync_type: SYNC_TYPES[0],
-            success: u.success,
-            records: u.records_uploaded,
-            error: u.error.clone(),
-            duration_ms: u.duration,
-        },
-        PartSummary {
-            sync_type: SYNC_TYPES[1],
-            success: m.success,
-            records: m.new_meters + m.updated_meters + m.deleted_meters,
-            error: m.error.clone(),
-            duration_ms: m.duration,
-        },
-        PartSummary {
-            sync_type: SYNC_TYPES[2],
-            success: t.success,
-            records: t.new_tenants + t.updated_tenants + t.deleted_tenants,
-            error: t.error.clone(),
-            duration_ms: t.duration,
-        },
-    ]
-}
-
-/// The first error of a result, prefixed with its part (`upload: ...`).
-pub fn first_error(r: &SyncCycleResult) -> Option<String> {
-    part_summaries(r).into_iter().find(|p| !p.success).map(|p| {
-        format!(
-            "{}: {}",
-            p.sync_type,
-            p.error.as_deref().unwrap_or("failed without an error message")
-        )
-    })
-}
-
-/// Property 11's first line: the cycle starts, with the queue size (or why it is unknown).
-pub fn cycle_start_line(cycle: u64, queue: &std::result::Result<u64, String>) -> String {
-    match queue {
-        Ok(n) => format!("sync cycle {cycle} starting: {n} readings queued"),
-        Err(e) => format!("sync cycle {cycle} starting: queue size unknown ({e})"),
-    }
-}
-
-/// Property 11's other lines, for a finished cycle: the upload with counts and duration, the delete with its
-/// count, each download, every error with its part and the error's own context, and the cycle's outcome.
-pub fn cycle_result_lines(cycle: u64, r: &SyncCycleResult) -> Vec<(log::Level, String)> {
-    use log::Level::{Error as E, Info as I, Warn as W};
-    let mut lines = Vec::new();
-    let err = |e: &Option<String>| {
-        e.clone()
-            .unwrap_or_else(|| "failed without an error message".to_string())
-    };
-    let u = &r.upload_result;
-    if u.success {
-        lines.push((
-            I,
-            format!(
-                "upload succeeded: {} readings uploaded in {} ms",
-                u.records_uploaded, u.duration
-            ),
-        ));
-        lines.push((
-            I,
-            format!(
-                "delete succeeded: {} uploaded readings deleted locally",
-                u.records_deleted
-            ),
-        ));
-    } else {
-        lines.push((
-            E,
-            format!(
-                "upload failed after {} ms ({} readings uploaded and {} deleted before the failure): {}",
-                u.duration,
-                u.records_uploaded,
-                u.records_deleted,
-                err(&u.error)
-            ),
-        ));
-    }
-    if u.records_quarantined > 0 {
-        lines.push((
-            W,
-            format!(
-                "upload: {} readings rejected by the remote were quarantined (see `sync-process quarantine list`)",
-                u.records_quarantined
-            ),
-        ));
-    }
-    if u.backlog_remains {
-        lines.push((
-            I,
-            "upload: readings remain queued; the next cycle continues the drain".to_string(),
-        ));
-    }
-    let m = &r.meter_download_result;
-    if m.success {
-        lines.push((
-            I,
-            format!(
-                "meter download succeeded in {} ms: {} new, {} updated, {} deleted, {} meters",
-                m.duration, m.new_meters, m.updated_meters, m.deleted_meters, m.total_meters
-            ),
-        ));
-    } else {
-        lines.push((
-            E,
-            format!("meter download failed after {} ms: {}", m.duration, err(&m.error)),
-        ));
-    }
-    let t = &r.tenant_download_result;
-    if t.success {
-        lines.push((
-            I,
-            format!(
-                "tenant download succeeded in {} ms: {} new, {} updated, {} deleted, {} tenants",
-                t.duration, t.new_tenants, t.updated_tenants, t.deleted_tenants, t.total_tenants
-            ),
-        ));
-    } else {
-        lines.push((
-            E,
-            format!("tenant download failed after {} ms: {}", t.duration, err(&t.error)),
-        ));
-    }
-    let failed: Vec<&str> = part_summaries(r)
-        .iter()
-        .filter(|p| !p.success)
-        .map(|p| p.sync_type)
-        .collect();
-    if r.success && failed.is_empty() {
-        lines.push((
-            I,
-            format!(
-                "sync cycle {cycle} finished in {} ms: every part succeeded",
-                r.total_duration
-            ),
-        ));
-    } else {
-        let which = if failed.is_empty() {
-            "the cycle".to_string()
-        } else {
-            failed.join(", ")
-        };
-        lines.push((
-            W,
-            format!(
-                "sync cycle {cycle} finished in {} ms with failures: {which}",
-                r.total_duration
-            ),
-        ));
-    }
-    lines
-}
-
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A result whose parts did not run, all failed with `why`.
-fn not_run(why: &str, timestamp: String, took: Duration) -> SyncCycleResult {
-    let error = Some(format!("not run: {why}"));
-    SyncCycleResult {
-        success: false,
-        upload_result: UploadSyncResult {
-            error: error.clone(),
-            ..Default::default()
-        },
-        meter_download_result: MeterSyncResult {
-            error: error.clone(),
-            ..Default::default()
-        },
-        tenant_download_result: TenantSyncResult {
-            error,
-            ..Default::default()
-        },
-        total_duration: millis(took),
-        timestamp,
-    }
-}
-
 /// Runs `f`, turning a panic into an error message (logged at error level).
-fn isolate<T>(part: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+fn run_isolated<T>(part: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let msg = payload
             .downcast_ref::<&str>()
@@ -411,7 +192,7 @@ struct Measurement {
     remote_tenants: Option<u64>,
 }
 
-fn count(r: Result<i64>, what: &str) -> Option<u64> {
+fn measured_count(r: Result<i64>, what: &str) -> Option<u64> {
     match r {
         Ok(n) => Some(u64::try_from(n).unwrap_or(0)),
         Err(e) => {
@@ -531,7 +312,7 @@ impl Service {
     ) -> (SyncCycleResult, bool) {
         let n = self.cycles;
         let upload = UploadSyncManager::new(&self.conns, &self.cfg);
-        let queue = isolate("counting the queue", || upload.queue_size())
+        let queue = run_isolated("counting the queue", || upload.queue_size())
             .and_then(|r| r.map(|q| u64::try_from(q).unwrap_or(0)).map_err(|e| e.to_string()));
         log::info!("{}", cycle_start_line(n, &queue));
 
@@ -539,19 +320,21 @@ impl Service {
             error: Some(error),
             ..Default::default()
         };
-        let upload_result = isolate("the upload", || upload.sync_readings(budget)).unwrap_or_else(failed_upload);
+        let upload_result = run_isolated("the upload", || upload.sync_readings(budget)).unwrap_or_else(failed_upload);
         let download = DownloadSyncManager::new(&self.conns, &self.cfg);
         let meter_result =
-            isolate("the meter download", || download.sync_meter_configurations()).unwrap_or_else(|error| {
+            run_isolated("the meter download", || download.sync_meter_configurations()).unwrap_or_else(|error| {
                 MeterSyncResult {
                     error: Some(error),
                     ..Default::default()
                 }
             });
         let tenant_result =
-            isolate("the tenant download", || download.sync_tenant_data()).unwrap_or_else(|error| TenantSyncResult {
-                error: Some(error),
-                ..Default::default()
+            run_isolated("the tenant download", || download.sync_tenant_data()).unwrap_or_else(|error| {
+                TenantSyncResult {
+                    error: Some(error),
+                    ..Default::default()
+                }
             });
 
         let backlog = upload_result.backlog_remains;
@@ -560,7 +343,7 @@ impl Service {
             upload_result,
             meter_download_result: meter_result,
             tenant_download_result: tenant_result,
-            total_duration: millis(started.elapsed()),
+            total_duration: duration_ms(started.elapsed()),
             timestamp,
         };
         for (level, line) in cycle_result_lines(n, &result) {
@@ -626,7 +409,7 @@ impl Service {
 
     /// Deletes sync_logs rows older than SYNC_LOG_RETENTION_DAYS: at the first cycle, then every 24 h.
     fn prune_if_due(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < SYNC_LOGS_PRUNE_EVERY) {
             return;
         }
         let days = i32::try_from(self.cfg.sync_log_retention_days).unwrap_or(i32::MAX);
@@ -665,7 +448,7 @@ impl Service {
                 ..Default::default()
             }
         } else {
-            let m = isolate("measuring the status", || measure(conns, cfg)).unwrap_or_default();
+            let m = run_isolated("measuring the status", || measure(conns, cfg)).unwrap_or_default();
             alerts.observe(&Observation {
                 cycle_success: result.success,
                 last_error: first_error(result),
@@ -684,7 +467,7 @@ impl Service {
             snap.last_success_unix = Some(status::unix_now());
         }
         snap.records_quarantined_total += result.upload_result.records_quarantined;
-        snap.last_cycle_duration_ms = Some(millis(took));
+        snap.last_cycle_duration_ms = Some(duration_ms(took));
         let st = &mut snap.status;
         st.cycle_in_progress = false;
         st.last_sync_time = Some(result.timestamp.clone());
@@ -730,8 +513,8 @@ fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
     let upload = UploadSyncManager::new(conns, cfg);
     let download = DownloadSyncManager::new(conns, cfg);
     if local_up {
-        m.queue_size = count(upload.queue_size(), "the queue");
-        m.quarantined = count(upload.quarantined_count(), "the quarantine");
+        m.queue_size = measured_count(upload.queue_size(), "the queue");
+        m.quarantined = measured_count(upload.quarantined_count(), "the quarantine");
         m.oldest_pending_age = match upload.oldest_pending_age() {
             Ok(age) => Some(age),
             Err(e) => {
@@ -739,106 +522,14 @@ fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
                 None
             }
         };
-        m.local_meters = count(download.local_meter_count(), "local meters");
-        m.local_tenants = count(download.local_tenant_count(), "local tenants");
+        m.local_meters = measured_count(download.local_meter_count(), "local meters");
+        m.local_tenants = measured_count(download.local_tenant_count(), "local tenants");
     }
     if remote_up {
-        m.remote_meters = count(download.remote_meter_count(), "remote meters");
-        m.remote_tenants = count(download.remote_tenant_count(), "remote tenants");
+        m.remote_meters = measured_count(download.remote_meter_count(), "remote meters");
+        m.remote_tenants = measured_count(download.remote_tenant_count(), "remote tenants");
     }
     m
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Signals and systemd.
-
-/// The signal thread. The first SIGTERM/SIGINT requests shutdown (ending backoff waits and the drain after
-/// the batch in flight) and wakes the main loop; a second one exits at once with 128 + signal, which is safe
-/// because uploads are exactly-once (the next start recovers a claimed batch).
-struct SignalThread {
-    handle: signal_hook::iterator::Handle,
-}
-
-impl SignalThread {
-    fn start(shutdown: Shutdown, events: Sender<Event>) -> Result<SignalThread> {
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(|e| Error::io("registering the SIGTERM/SIGINT handlers", e))?;
-        let handle = signals.handle();
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut seen = 0u32;
-                for sig in signals.forever() {
-                    seen += 1;
-                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                    if seen == 1 {
-                        log::info!(
-                            "{name} received: shutting down after the batch in flight (send it again to exit at once)"
-                        );
-                        shutdown.request();
-                        let _ = events.try_send(Event::Shutdown);
-                    } else {
-                        log::warn!(
-                            "second {name} received: exiting now; an upload in flight is recovered at the next start"
-                        );
-                        std::process::exit(128 + sig);
-                    }
-                }
-            })
-            .map_err(|e| Error::io("starting the signal thread", e))?;
-        Ok(SignalThread { handle })
-    }
-}
-
-impl Drop for SignalThread {
-    fn drop(&mut self) {
-        self.handle.close();
-    }
-}
-
-/// Sends `state` (e.g. `READY=1`) to systemd when NOTIFY_SOCKET is set; failures are only debug lines.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = notify_to(&path, state) {
-        log::debug!("sd_notify {state}: {e}");
-    }
-}
-
-/// One datagram to the notify socket; a leading '@' names an abstract socket.
-pub fn notify_to(path: &OsStr, state: &str) -> std::io::Result<()> {
-    let sock = UnixDatagram::unbound()?;
-    match path.as_bytes().strip_prefix(b"@") {
-        #[cfg(target_os = "linux")]
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            sock.send_to_addr(state.as_bytes(), &addr)?;
-        }
-        #[cfg(not(target_os = "linux"))]
-        Some(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "abstract sockets need Linux",
-            ))
-        }
-        None => {
-            sock.send_to(state.as_bytes(), Path::new(path))?;
-        }
-    }
-    Ok(())
-}
-
-/// Half of WATCHDOG_USEC when systemd asks this process for watchdog pings.
-fn watchdog_period() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.trim().parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -874,7 +565,10 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     let shutdown = Shutdown::new();
     let (events_tx, events) = crossbeam_channel::bounded::<Event>(4);
     // Signals first: before any other thread (pools, status server, webhook) starts.
-    let signals = SignalThread::start(shutdown.clone(), events_tx.clone())?;
+    let wake = events_tx.clone();
+    let signals = SignalThread::start(shutdown.clone(), move || {
+        let _ = wake.try_send(Event::Shutdown);
+    })?;
     let mut service = Service::new(cfg, shutdown.clone(), true)?;
     service.set_running(true);
     let status_server = match cfg.status_bind {
@@ -925,28 +619,12 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Gives the memory freed by a cycle back to the system before the daemon sleeps: glibc keeps freed pages in
-/// its arenas, and a daemon that cycles for years would otherwise hold its high-water mark of fragments.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
-        }
-        // SAFETY: malloc_trim takes no pointer and only walks glibc's own arenas under their locks; it is safe
-        // to call from any thread at any time.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
-
 /// `sync-process once`: one cycle whose upload drains the whole queue. Fails when another process holds the
 /// cycle lock on the local database.
 pub fn run_once(cfg: &Config) -> Result<SyncCycleResult> {
     let shutdown = Shutdown::new();
-    let (events_tx, _events) = crossbeam_channel::bounded::<Event>(4);
-    let _signals = SignalThread::start(shutdown.clone(), events_tx)?;
+    // Nothing waits for events in `once`: the first signal only requests shutdown.
+    let _signals = SignalThread::start(shutdown.clone(), || {})?;
     let mut service = Service::new(cfg, shutdown, false)?;
     match service.cycle(UNLIMITED_BUDGET) {
         CycleOutcome::Ran { result, .. } => Ok(result),
@@ -968,32 +646,8 @@ mod tests {
     }
 
     #[test]
-    fn abstract_and_path_notify_sockets() {
-        let dir = std::env::temp_dir().join(format!("sp-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("notify");
-        let _ = std::fs::remove_file(&path);
-        let rx = UnixDatagram::bind(&path).expect("bind");
-        notify_to(path.as_os_str(), "READY=1").expect("send");
-        let mut buf = [0u8; 64];
-        let n = rx.recv(&mut buf).expect("recv");
-        assert_eq!(&buf[..n], b"READY=1");
-        let name = format!("sp-notify-test-{}", std::process::id());
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
-            let rx = UnixDatagram::bind_addr(&addr).expect("bind abstract");
-            notify_to(OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send abstract");
-            let n = rx.recv(&mut buf).expect("recv");
-            assert_eq!(&buf[..n], b"STOPPING=1");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn panics_become_errors() {
-        let r: std::result::Result<(), String> = isolate("the test part", || panic!("boom"));
+        let r: std::result::Result<(), String> = run_isolated("the test part", || panic!("boom"));
         assert_eq!(r, Err("panic in the test part: boom".to_string()));
     }
 }

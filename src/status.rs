@@ -4,12 +4,11 @@
 //! consecutiveFailures, cycleInProgress and lastCycleResult), [`Snapshot`] (the status plus the counters behind
 //! /metrics), the renderers ([`render_metrics`], [`health`]), the server ([`StatusServer`]: tiny_http, requests
 //! handled on ONE thread, reading only the shared snapshot — never a database — so it can neither block nor be
-//! blocked by the sync loop) and the `sync-process status` client ([`print_status`]).
+//! blocked by the sync loop) and the `sync-process status` client ([`print_status`], [`StatusOutcome`]).
 //! Does not own: measuring (the scheduler writes the snapshot after each cycle, from the databases).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::scheduler::SyncCycleResult;
+use crate::report::SyncCycleResult;
 
 /// How long `sync-process status` waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -296,12 +295,22 @@ pub fn client_addr(bind: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `sync-process status [--json]`: GET /status from the running daemon and print it. Exit 0 when it answered,
-/// 1 when nothing (or something else) answers, 2 when STATUS_BIND is empty.
-pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
+/// What `sync-process status` found (main turns it into the exit code: 0, 1, 2 in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusOutcome {
+    /// The daemon answered; its status was printed.
+    Shown,
+    /// Nothing answers on the status address, or something that is not a sync-process daemon.
+    NoDaemon,
+    /// STATUS_BIND is empty: the status server is off, there is nothing to ask.
+    Off,
+}
+
+/// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
+pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
     let Some(bind) = cfg.status_bind else {
         eprintln!("STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)");
-        return Ok(ExitCode::from(2));
+        return Ok(StatusOutcome::Off);
     };
     let addr = client_addr(bind);
     let agent = ureq::AgentBuilder::new().timeout(CLIENT_TIMEOUT).redirects(0).build();
@@ -310,26 +319,26 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("no sync-process daemon answers on {addr} (reading the answer failed: {e})");
-                return Ok(ExitCode::from(1));
+                return Ok(StatusOutcome::NoDaemon);
             }
         },
         Err(ureq::Error::Status(code, _)) => {
             eprintln!("no sync-process daemon answers on {addr} (something answers there, with HTTP status {code})");
-            return Ok(ExitCode::from(1));
+            return Ok(StatusOutcome::NoDaemon);
         }
         Err(ureq::Error::Transport(t)) => {
             let why = std::error::Error::source(&t)
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| t.kind().to_string());
             eprintln!("no sync-process daemon answers on {addr} ({why})");
-            return Ok(ExitCode::from(1));
+            return Ok(StatusOutcome::NoDaemon);
         }
     };
     let value: serde_json::Value = match serde_json::from_str(&body) {
         Ok(v @ serde_json::Value::Object(_)) if v.get("isRunning").is_some() => v,
         _ => {
             eprintln!("no sync-process daemon answers on {addr} (something answers there, but not with a sync-process status)");
-            return Ok(ExitCode::from(1));
+            return Ok(StatusOutcome::NoDaemon);
         }
     };
     if json {
@@ -337,7 +346,7 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<ExitCode> {
     } else {
         print!("{}", human(&value, addr));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(StatusOutcome::Shown)
 }
 
 /// The status for a person.

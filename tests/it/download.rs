@@ -14,65 +14,42 @@ use std::thread::ThreadId;
 use postgres::types::ToSql;
 use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use sync_process::config::Config;
 use sync_process::db::ConnectionManager;
 use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantChange, TenantSyncResult, CHUNK};
 use sync_process::shutdown::Shutdown;
 
-use crate::support::pg::{self, DbPair};
+use crate::support::contract::TENANT_KEYS;
+use crate::support::env::Env;
+use crate::support::pg::DbPair;
 
 const CASES: u64 = 100;
 const MARKER: &str = "2000-01-01 00:00:00";
 
 // ---------------------------------------------------------------------------------------------------------
-// Environment: a migrated database pair, the daemon's connection manager, and direct clients.
+// Environment: the shared `Env` (a migrated pair, the daemon's connection manager, direct clients), with the
+// log capture installed and the download's entry points.
 
-struct Env {
-    cfg: Config,
-    conns: ConnectionManager,
-    local: Client,
-    remote: Client,
-    pair: DbPair,
+fn download_env() -> Env {
+    download_env_with(|_, _| {})
+}
+
+/// `edit` may change the daemon's variables; it gets the fresh pair (e.g. to create a role first).
+fn download_env_with(edit: impl FnOnce(&DbPair, &mut BTreeMap<String, String>)) -> Env {
+    capture_installed();
+    Env::builder().vars(&[("LOG_LEVEL", "info")]).edit(edit).build()
 }
 
 impl Env {
-    fn new() -> Env {
-        Env::with(|_, _| {})
-    }
-
-    /// `edit` may change the daemon's variables; it gets the fresh pair (e.g. to create a role first).
-    fn with(edit: impl FnOnce(&DbPair, &mut BTreeMap<String, String>)) -> Env {
-        capture_installed();
-        let pair = DbPair::new();
-        let mut map = pg::env_map(&pair);
-        map.insert("LOG_LEVEL".into(), "info".into());
-        edit(&pair, &mut map);
-        let cfg = Config::from_map(&map).expect("test configuration");
-        let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
-        // The admin connections migrate; the daemon's user may be a restricted role.
-        let admin = Config::from_map(&pg::env_map(&pair)).expect("admin configuration");
-        let admin_conns = ConnectionManager::new(&admin, Shutdown::new()).expect("admin connection manager");
-        sync_process::migrate::migrate(&admin_conns.local, false).expect("migrating local");
-        sync_process::migrate::migrate(&admin_conns.remote, false).expect("migrating remote");
-        Env {
-            local: pair.local.client(),
-            remote: pair.remote.client(),
-            cfg,
-            conns,
-            pair,
-        }
-    }
-
-    fn manager(&self) -> DownloadSyncManager<'_> {
+    fn download_manager(&self) -> DownloadSyncManager<'_> {
         DownloadSyncManager::new(&self.conns, &self.cfg)
     }
 
     fn meters(&self) -> MeterSyncResult {
-        self.manager().sync_meter_configurations()
+        self.download_manager().sync_meter_configurations()
     }
 
     fn tenants(&self) -> TenantSyncResult {
-        self.manager().sync_tenant_data()
+        self.download_manager().sync_tenant_data()
     }
 }
 
@@ -653,7 +630,7 @@ thread_local!(static ENV: RefCell<Option<Env>> = const { RefCell::new(None) });
 fn with_env(t: &Table, case: &Case) -> TestResult {
     ENV.with(|e| {
         let mut e = e.borrow_mut();
-        let env = e.get_or_insert_with(Env::new);
+        let env = e.get_or_insert_with(download_env);
         match check_case(env, t, case) {
             Ok(()) => TestResult::passed(),
             Err(msg) => TestResult::error(format!("{msg}\ncase: {case:#?}")),
@@ -751,7 +728,7 @@ fn seed(env: &mut Env) {
 }
 
 fn seeded() -> Env {
-    let mut env = Env::new();
+    let mut env = download_env();
     seed(&mut env);
     let (m, t) = (env.meters(), env.tenants());
     assert!(m.success && t.success, "{m:?} {t:?}");
@@ -909,7 +886,7 @@ fn timestamps_copied_verbatim_whatever_the_server_settings() {
 /// A remote role that may read `readable` only.
 fn restricted_env(readable: &str) -> (Env, String) {
     let role = std::cell::RefCell::new(String::new());
-    let env = Env::with(|pair, map| {
+    let env = download_env_with(|pair, map| {
         let name = format!("r_{}", pair.remote.name());
         let mut admin = pair.remote.client();
         admin.batch_execute(&format!("CREATE ROLE {name} LOGIN")).unwrap();
@@ -936,7 +913,7 @@ fn drop_role(name: &str) {
 fn property_10_broken_remote_meters_do_not_stop_tenants() {
     for how in ["dropped", "revoked"] {
         let (mut env, role) = if how == "dropped" {
-            (Env::new(), None)
+            (download_env(), None)
         } else {
             let (env, role) = restricted_env("tenant");
             (env, Some(role))
@@ -977,7 +954,7 @@ fn property_10_broken_remote_meters_do_not_stop_tenants() {
 fn property_15_broken_remote_tenants_do_not_stop_meters() {
     for how in ["dropped", "revoked"] {
         let (mut env, role) = if how == "dropped" {
-            (Env::new(), None)
+            (download_env(), None)
         } else {
             let (env, role) = restricted_env("meters");
             (env, Some(role))
@@ -1124,25 +1101,13 @@ fn a_failed_write_rolls_the_whole_table_back() {
 #[test]
 fn counts_and_result_json_shape() {
     let env = seeded();
-    let mgr = env.manager();
+    let mgr = env.download_manager();
     assert_eq!(mgr.local_meter_count().unwrap(), 10);
     assert_eq!(mgr.remote_meter_count().unwrap(), 10);
     assert_eq!(mgr.local_tenant_count().unwrap(), 10);
     assert_eq!(mgr.remote_tenant_count().unwrap(), 10);
     let json = serde_json::to_value(env.tenants()).unwrap();
-    for k in [
-        "success",
-        "newTenants",
-        "updatedTenants",
-        "deletedTenants",
-        "totalTenants",
-        "newTenantIds",
-        "updatedTenantIds",
-        "deletedTenantIds",
-        "tenantChanges",
-        "error",
-        "duration",
-    ] {
+    for k in TENANT_KEYS {
         assert!(json.get(k).is_some(), "missing {k} in {json}");
     }
 }
@@ -1197,7 +1162,7 @@ fn changes(
 #[test]
 fn a_first_download_of_several_chunks_mirrors_exactly() {
     let n = 3 * CHUNK + 7;
-    let mut env = Env::new();
+    let mut env = download_env();
     fill_remote(&mut env, "k-", n);
     let (m, t) = (env.meters(), env.tenants());
     assert!(m.success && t.success, "{:?} {:?}", m.error, t.error);

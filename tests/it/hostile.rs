@@ -14,7 +14,6 @@
 //! are its own and not compared. Failure messages shorten values, so a 1 MB payload never floods the output.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -28,9 +27,9 @@ use sync_process::db::ConnectionManager;
 use sync_process::error::Side;
 use sync_process::shutdown::Shutdown;
 
-use crate::support::daemon::{run_command, Daemon, RunOutput};
-use crate::support::pg::{self, DbPair, TestDb};
-use crate::support::proxy::FaultProxy;
+use crate::support::daemon::Daemon;
+use crate::support::env::{migrate, once_json, tail, Env, Migrate};
+use crate::support::pg::{self, DbPair};
 use crate::support::wait_until;
 
 // ----- Helpers -----
@@ -47,13 +46,6 @@ const METERS: &str = "SELECT meter_id::text, name::text, location_id::text, mete
 const TENANTS: &str =
     "SELECT tenant_id::text, name::text, configuration::text, metadata::text, updated_at::text FROM tenant";
 
-fn migrate_both(pair: &DbPair) {
-    let cfg = Config::from_map(&pg::env_map(pair)).expect("test configuration");
-    let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
-    sync_process::migrate::migrate(&conns.local, false).expect("local migration");
-    sync_process::migrate::migrate(&conns.remote, false).expect("remote migration");
-}
-
 /// The rows of `sql` (all columns text), sorted: a multiset.
 fn rows(c: &mut Client, sql: &str) -> Vec<Row> {
     let mut out: Vec<Row> = c
@@ -64,13 +56,6 @@ fn rows(c: &mut Client, sql: &str) -> Vec<Row> {
         .collect();
     out.sort();
     out
-}
-
-fn count(db: &TestDb, sql: &str) -> i64 {
-    db.client()
-        .query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 /// A value for a failure message: at most 60 characters, with its length.
@@ -122,29 +107,6 @@ fn assert_same_rows(what: &str, got: &[Row], want: &[Row]) {
         extra.join("\n"),
         missing.join("\n")
     );
-}
-
-/// Runs `once` and parses its JSON (the process must print one, whatever its exit code).
-fn once(env: &BTreeMap<String, String>) -> (RunOutput, Value) {
-    let out = run_command(&["once"], env);
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "`once` printed no JSON ({e}), exit {:?}\nstdout: {}\nstderr (end): {}",
-            out.status.code(),
-            short(&out.stdout),
-            tail(&out.stderr, 3000)
-        )
-    });
-    (out, json)
-}
-
-/// The last `n` bytes (or so) of a log, for failure messages.
-fn tail(s: &str, n: usize) -> &str {
-    let mut start = s.len().saturating_sub(n);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }
 
 fn env_with(pair: &DbPair, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -397,13 +359,13 @@ fn insert_readings(c: &mut Client, readings: &[Reading]) {
 #[test]
 fn hostile_readings_arrive_bit_exact() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     let readings = hostile_readings();
     insert_readings(&mut pair.local.client(), &readings);
     let seeded = rows(&mut pair.local.client(), READINGS);
     assert_eq!(seeded.len(), readings.len());
 
-    let (out, json) = once(&env_with(&pair, &[("BATCH_SIZE", "7")]));
+    let (out, json) = once_json(&env_with(&pair, &[("BATCH_SIZE", "7")]));
     assert_eq!(out.status.code(), Some(0), "once failed: {}", short(&json.to_string()));
     let up = &json["uploadResult"];
     assert_eq!(up["success"], true, "{}", short(&up.to_string()));
@@ -414,7 +376,7 @@ fn hostile_readings_arrive_bit_exact() {
     assert_same_rows("remote readings", &rows(&mut pair.remote.client(), READINGS), &seeded);
     for table in ["meter_readings", "sync_upload_batches", "sync_quarantine"] {
         assert_eq!(
-            count(&pair.local, &format!("SELECT count(*) FROM {table}")),
+            pair.local.count(&format!("SELECT count(*) FROM {table}")),
             0,
             "local {table} not empty"
         );
@@ -429,7 +391,7 @@ fn hostile_readings_arrive_bit_exact() {
 #[test]
 fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     pair.remote
         .client()
         .batch_execute(
@@ -450,7 +412,7 @@ fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
         good.len()
     );
 
-    let (out, json) = once(&env_with(&pair, &[("BATCH_SIZE", "100")]));
+    let (out, json) = once_json(&env_with(&pair, &[("BATCH_SIZE", "100")]));
     let up = &json["uploadResult"];
     assert_eq!(out.status.code(), Some(0), "once failed: {}", short(&json.to_string()));
     assert_eq!(up["recordsUploaded"], good.len() as u64);
@@ -462,8 +424,8 @@ fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
         &rows(&mut pair.local.client(), QUARANTINED),
         &bad,
     );
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM meter_readings"), 0);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM sync_upload_batches"), 0);
+    assert_eq!(pair.local.count("SELECT count(*) FROM meter_readings"), 0);
+    assert_eq!(pair.local.count("SELECT count(*) FROM sync_upload_batches"), 0);
 
     // The reason of each: the remote's message and SQLSTATE.
     let mut local = pair.local.client();
@@ -503,7 +465,7 @@ fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
 #[test]
 fn a_batch_made_only_of_readings_the_remote_cannot_hold_does_not_block_the_queue() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     pair.remote
         .client()
         .batch_execute("ALTER TABLE meter_readings ALTER COLUMN meter_id TYPE VARCHAR(100)")
@@ -535,7 +497,7 @@ fn a_batch_made_only_of_readings_the_remote_cannot_hold_does_not_block_the_queue
     let env = env_with(&pair, &[("BATCH_SIZE", "4")]);
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let (out, json) = once(&env);
+        let (out, json) = once_json(&env);
         runs.push(format!(
             "exit {:?}, uploadResult.error: {}",
             out.status.code(),
@@ -544,7 +506,7 @@ fn a_batch_made_only_of_readings_the_remote_cannot_hold_does_not_block_the_queue
     }
     let remote = rows(&mut pair.remote.client(), READINGS);
     let quarantined = rows(&mut pair.local.client(), QUARANTINED);
-    let queued = count(&pair.local, "SELECT count(*) FROM meter_readings");
+    let queued = pair.local.count("SELECT count(*) FROM meter_readings");
     assert!(
         remote == good && quarantined == bad && queued == 0,
         "after two `once` runs: {} remote (expected the {} good ones), {} quarantined (expected {}), {queued} still \
@@ -696,7 +658,7 @@ fn error_of(json: &Value, part: &str) -> String {
 #[test]
 fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
     let pair = DbPair::new();
-    migrate_both(&pair);
+    migrate(&pair, Migrate::Both);
     let (meters, tenants) = (hostile_meters(), hostile_tenants());
     {
         let mut remote = pair.remote.client();
@@ -718,7 +680,7 @@ fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
     };
 
     // Mirrored exactly.
-    let (out, json) = once(&env);
+    let (out, json) = once_json(&env);
     assert_eq!(out.status.code(), Some(0), "{}", short(&json.to_string()));
     assert_eq!(json["meterDownloadResult"]["newMeters"], meters.len() as u64);
     assert_eq!(json["tenantDownloadResult"]["newTenants"], tenants.len() as u64);
@@ -736,7 +698,7 @@ fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
     assert_no_payload("first cycle", &out.stderr);
 
     // Nothing changed: a second cycle writes nothing (the hostile values compare equal to themselves).
-    let (out, json) = once(&env);
+    let (out, json) = once_json(&env);
     assert_eq!(out.status.code(), Some(0), "{}", short(&json.to_string()));
     for (part, fields) in [
         ("meterDownloadResult", ["newMeters", "updatedMeters", "deletedMeters"]),
@@ -782,7 +744,7 @@ fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
             )
             .expect("updating a remote tenant");
     }
-    let (out, json) = once(&env);
+    let (out, json) = once_json(&env);
     assert_eq!(out.status.code(), Some(1), "{}", short(&json.to_string()));
     let err = error_of(&json, "meterDownloadResult");
     assert_eq!(
@@ -833,7 +795,7 @@ fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
             )
             .expect("lengthening a tenant name");
     }
-    let (out, json) = once(&env);
+    let (out, json) = once_json(&env);
     assert_eq!(out.status.code(), Some(1), "{}", short(&json.to_string()));
     assert_eq!(
         error_of(&json, "tenantDownloadResult"),
@@ -864,26 +826,23 @@ fn hostile_remote_meters_and_tenants_are_mirrored_exactly_or_fail_cleanly() {
 
 // ----- 3. A stuck remote -----
 
-fn proxy_to(db: &TestDb) -> FaultProxy {
-    FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], db.port())))
-}
+/// Short timeouts and intervals for a remote that goes silent.
+const STUCK: &[(&str, &str)] = &[
+    ("SYNC_INTERVAL_SECONDS", "1"),
+    ("DB_CONNECTION_TIMEOUT_MS", "500"),
+    ("DB_STATEMENT_TIMEOUT_MS", "1000"),
+    ("RETRY_BASE_DELAY_MS", "10"),
+    ("LOG_LEVEL", "info"),
+];
 
-/// The daemon's variables with the remote behind `proxy` and short timeouts.
-fn stuck_env(pair: &DbPair, proxy: &FaultProxy, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
-    let mut env = pg::env_map_with_remote(pair, pg::HOST, proxy.port());
-    for (k, v) in [
-        ("SYNC_INTERVAL_SECONDS", "1"),
-        ("DB_CONNECTION_TIMEOUT_MS", "500"),
-        ("DB_STATEMENT_TIMEOUT_MS", "1000"),
-        ("RETRY_BASE_DELAY_MS", "10"),
-        ("LOG_LEVEL", "info"),
-    ]
-    .iter()
-    .chain(extra)
-    {
-        env.insert(k.to_string(), v.to_string());
-    }
-    env
+/// A pair with the remote behind a proxy, the [`STUCK`] variables and `extra`.
+fn stuck_env(sides: Migrate, extra: &[(&str, &str)]) -> Env {
+    Env::builder()
+        .remote_via_proxy()
+        .migrate(sides)
+        .vars(STUCK)
+        .vars(extra)
+        .build()
 }
 
 fn seed_plain(c: &mut Client, n: i64) {
@@ -918,21 +877,19 @@ fn a_silent_remote_with_batches_in_flight_fails_in_time_and_recovers_exactly_onc
 }
 
 fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let mut vars = vec![("BATCH_SIZE", "25"), ("UPLOAD_MAX_ROWS_PER_SECOND", "300")];
+    vars.extend_from_slice(extra);
+    let fixture = stuck_env(Migrate::Both, &vars);
+    let (pair, proxy) = (&fixture.pair, fixture.proxy());
     let n = 1500;
     seed_plain(&mut pair.local.client(), n);
     let seeded = rows(&mut pair.local.client(), READINGS);
-    let proxy = proxy_to(&pair.remote);
     let target = format!("{}:{}/{}", pg::HOST, proxy.port(), pair.remote.name());
-    let mut vars = vec![("BATCH_SIZE", "25"), ("UPLOAD_MAX_ROWS_PER_SECOND", "300")];
-    vars.extend_from_slice(extra);
-    let env = stuck_env(&pair, &proxy, &vars);
-    let mut daemon = Daemon::spawn(&["run"], &env);
+    let mut daemon = Daemon::spawn(&["run"], &fixture.map);
 
     // Black hole while the queue is being uploaded.
     assert!(
-        wait_until(NO_HANG, || count(&pair.remote, "SELECT count(*) FROM meter_readings")
+        wait_until(NO_HANG, || pair.remote.count("SELECT count(*) FROM meter_readings")
             >= 100),
         "the drain did not start"
     );
@@ -974,26 +931,26 @@ fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
     );
     let stuck_for = at.elapsed();
     assert!(
-        count(&pair.local, "SELECT count(*) FROM meter_readings") > 0,
+        pair.local.count("SELECT count(*) FROM meter_readings") > 0,
         "the queue drained before the black hole had any effect"
     );
 
     // The remote answers again: the queue drains, exactly once.
     proxy.set_blackhole(false);
     let drained = || {
-        count(&pair.local, "SELECT count(*) FROM meter_readings") == 0
-            && count(&pair.local, "SELECT count(*) FROM sync_upload_batches") == 0
-            && count(&pair.remote, "SELECT count(*) FROM meter_readings") >= n
+        pair.local.count("SELECT count(*) FROM meter_readings") == 0
+            && pair.local.count("SELECT count(*) FROM sync_upload_batches") == 0
+            && pair.remote.count("SELECT count(*) FROM meter_readings") >= n
     };
     assert!(
         wait_until(Duration::from_secs(60), drained),
         "the queue did not drain after the black hole ended: local {}, remote {}\n{}",
-        count(&pair.local, "SELECT count(*) FROM meter_readings"),
-        count(&pair.remote, "SELECT count(*) FROM meter_readings"),
+        pair.local.count("SELECT count(*) FROM meter_readings"),
+        pair.remote.count("SELECT count(*) FROM meter_readings"),
         tail(&daemon.stderr_text(), 4000)
     );
     assert_same_rows("remote readings", &rows(&mut pair.remote.client(), READINGS), &seeded);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM sync_quarantine"), 0);
+    assert_eq!(pair.local.count("SELECT count(*) FROM sync_quarantine"), 0);
     daemon.signal("TERM");
     let status = daemon.wait_timeout(NO_HANG);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit after SIGTERM");
@@ -1010,14 +967,13 @@ fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
 // remote, and every reading is still local.
 #[test]
 fn once_against_a_silent_remote_exits_1_in_time_and_keeps_every_reading() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let fixture = stuck_env(Migrate::Both, &[]);
+    let (pair, proxy) = (&fixture.pair, fixture.proxy());
     seed_plain(&mut pair.local.client(), 30);
     let seeded = rows(&mut pair.local.client(), READINGS);
-    let proxy = proxy_to(&pair.remote);
     proxy.set_blackhole(true);
     let target = format!("{}:{}/{}", pg::HOST, proxy.port(), pair.remote.name());
-    let mut run = Daemon::spawn(&["once"], &stuck_env(&pair, &proxy, &[]));
+    let mut run = Daemon::spawn(&["once"], &fixture.map);
     let started = Instant::now();
     let status = run.wait_timeout(NO_HANG);
     let took = started.elapsed();
@@ -1040,7 +996,7 @@ fn once_against_a_silent_remote_exits_1_in_time_and_keeps_every_reading() {
         );
     }
     assert_same_rows("local readings", &rows(&mut pair.local.client(), READINGS), &seeded);
-    assert_eq!(count(&pair.remote, "SELECT count(*) FROM meter_readings"), 0);
+    assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 0);
     eprintln!("once against a silent remote: exit 1 after {} ms", took.as_millis());
 }
 
@@ -1048,10 +1004,9 @@ fn once_against_a_silent_remote_exits_1_in_time_and_keeps_every_reading() {
 // daemon's status measurement after every cycle and by check-config) must fail within a bound too.
 #[test]
 fn the_connection_test_of_a_silent_remote_is_bounded() {
-    let pair = DbPair::new();
-    let proxy = proxy_to(&pair.remote);
-    let cfg = Config::from_map(&stuck_env(&pair, &proxy, &[])).expect("configuration");
-    let conns = std::sync::Arc::new(ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager"));
+    let mut fixture = stuck_env(Migrate::Nothing, &[]);
+    let conns = std::sync::Arc::new(ConnectionManager::new(&fixture.cfg, Shutdown::new()).expect("connection manager"));
+    let proxy = fixture.proxy.take().expect("a proxy");
     conns
         .test(Side::Remote)
         .expect("the remote answers before the black hole");

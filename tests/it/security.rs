@@ -22,6 +22,7 @@ use sync_process::migrate;
 use sync_process::shutdown::Shutdown;
 
 use crate::support::daemon::{run_command, Daemon};
+use crate::support::env::{closed_port, once_json};
 use crate::support::pg::{bin_dir, env_map, DbPair, PgServer, ServerOptions, TestDb, HOST, USER};
 use crate::support::unique_temp_dir;
 
@@ -442,24 +443,9 @@ fn least_privilege_setup(pair: &DbPair, role: &str, password: &str) -> BTreeMap<
     env
 }
 
-fn count(db: &TestDb, table: &str) -> i64 {
-    db.client()
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .expect("count")
-        .get(0)
-}
-
 /// Runs `once` and parses its JSON.
 fn once(env: &BTreeMap<String, String>) -> (Option<i32>, serde_json::Value, String) {
-    let out = run_command(&["once"], env);
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "`once` printed no JSON ({e}), exit {:?}\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            out.stdout,
-            out.stderr
-        )
-    });
+    let (out, json) = once_json(env);
     (out.status.code(), json, out.stderr)
 }
 
@@ -516,18 +502,18 @@ fn least_privilege_role_runs_the_whole_cycle_and_can_do_nothing_else() {
     assert_eq!(json["meterDownloadResult"]["totalMeters"], 3, "{json:#}");
     assert_eq!(json["tenantDownloadResult"]["totalTenants"], 2, "{json:#}");
     assert_eq!(
-        count(&pair.local, "meter_readings"),
+        pair.local.count("SELECT count(*) FROM meter_readings"),
         0,
         "uploaded readings are deleted locally"
     );
-    assert_eq!(count(&pair.remote, "meter_readings"), 5);
+    assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 5);
     assert_eq!(
-        count(&pair.remote, "sync_upload_ledger"),
+        pair.remote.count("SELECT count(*) FROM sync_upload_ledger"),
         1,
         "one batch, one ledger row"
     );
-    assert_eq!(count(&pair.local, "meters"), 3);
-    assert_eq!(count(&pair.local, "tenant"), 2);
+    assert_eq!(pair.local.count("SELECT count(*) FROM meters"), 3);
+    assert_eq!(pair.local.count("SELECT count(*) FROM tenant"), 2);
     // A second cycle (ledger lookups, nothing to upload) is just as fine.
     let (code, json, _) = once(&env);
     assert_eq!(code, Some(0), "{json:#}");
@@ -552,7 +538,7 @@ fn least_privilege_role_runs_the_whole_cycle_and_can_do_nothing_else() {
     let (code, json, stderr) = once(&wide);
     assert_eq!(code, Some(0), "{json:#}\nstderr: {stderr}");
     assert_eq!(json["uploadResult"]["recordsUploaded"], 9, "{json:#}");
-    assert_eq!(count(&pair.remote, "meter_readings"), 14);
+    assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 14);
 }
 
 #[test]
@@ -587,16 +573,20 @@ fn least_privilege_missing_grant_fails_the_upload_clearly_and_keeps_the_readings
         "no password in: {error}\n{stderr}"
     );
     assert_eq!(json["uploadResult"]["recordsUploaded"], 0, "{json:#}");
-    assert_eq!(count(&pair.local, "meter_readings"), 5, "the readings stay local");
-    assert_eq!(count(&pair.remote, "meter_readings"), 0);
     assert_eq!(
-        count(&pair.remote, "sync_upload_ledger"),
+        pair.local.count("SELECT count(*) FROM meter_readings"),
+        5,
+        "the readings stay local"
+    );
+    assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 0);
+    assert_eq!(
+        pair.remote.count("SELECT count(*) FROM sync_upload_ledger"),
         0,
         "the ledger row rolled back with the readings"
     );
     // The other parts are not held up by the upload's failure.
     assert_eq!(json["meterDownloadResult"]["success"], true, "{json:#}");
-    assert_eq!(count(&pair.local, "meters"), 3);
+    assert_eq!(pair.local.count("SELECT count(*) FROM meters"), 3);
 
     // Granting it back: the next cycle uploads them all, once.
     pair.remote
@@ -605,8 +595,8 @@ fn least_privilege_missing_grant_fails_the_upload_clearly_and_keeps_the_readings
         .expect("grant");
     let (code, json, _) = once(&env);
     assert_eq!(code, Some(0), "{json:#}");
-    assert_eq!(count(&pair.local, "meter_readings"), 0);
-    assert_eq!(count(&pair.remote, "meter_readings"), 5);
+    assert_eq!(pair.local.count("SELECT count(*) FROM meter_readings"), 0);
+    assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 5);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -630,14 +620,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A loopback port that nothing listens on (it was free a moment ago).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind((HOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn write_private(path: &Path, text: &str, mode: u32) {
@@ -841,10 +823,10 @@ fn secrets_no_command_shows_a_password_in_output_logs_or_tables() {
     }));
 
     // The daemon itself, until it has recorded a cycle.
-    let logged_before = count(&pair.local, "sync_logs");
+    let logged_before = pair.local.count("SELECT count(*) FROM sync_logs");
     let mut daemon = Daemon::spawn(&["run"], &env);
     crate::support::wait_until(Duration::from_secs(10), || {
-        !daemon.is_running() || count(&pair.local, "sync_logs") > logged_before
+        !daemon.is_running() || pair.local.count("SELECT count(*) FROM sync_logs") > logged_before
     });
     if daemon.is_running() {
         daemon.signal("TERM");
@@ -870,7 +852,10 @@ fn secrets_no_command_shows_a_password_in_output_logs_or_tables() {
     for pw in [SECRET, WRONG_SECRET] {
         assert!(!logs.contains(pw), "a password shows in the log file");
     }
-    assert!(count(&pair.local, "sync_logs") > 0, "the cycles wrote sync_logs rows");
+    assert!(
+        pair.local.count("SELECT count(*) FROM sync_logs") > 0,
+        "the cycles wrote sync_logs rows"
+    );
     for db in [&pair.local, &pair.remote] {
         let rows = dump_tables(db);
         for pw in [SECRET, WRONG_SECRET] {

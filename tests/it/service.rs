@@ -1,6 +1,6 @@
 //! Integration tests: the service — the main loop, graceful shutdown, run/once, sync_logs, logging, the status
-//! API and alerts (Properties 6, 7, 11, 12). Pure properties run without a server; the rest drive the binary
-//! against real PostgreSQL through the harness.
+//! API and alerts (Properties 6, 7, 12; Property 11, the cycle's log lines, is a unit test in src/report.rs).
+//! Pure properties run without a server; the rest drive the binary against real PostgreSQL through the harness.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -17,17 +17,14 @@ use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 use serde_json::Value;
 
-use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
-use sync_process::download::{MeterSyncResult, TenantChange, TenantSyncResult};
 use sync_process::logging::RotatingFile;
-use sync_process::scheduler::{self, CycleSlot, SyncCycleResult};
-use sync_process::shutdown::Shutdown;
+use sync_process::scheduler::{self, CycleSlot};
 use sync_process::status::{self, Snapshot, SyncStatus};
-use sync_process::upload::UploadSyncResult;
 
+use crate::support::contract::{METER_KEYS, RESULT_KEYS, TENANT_KEYS, UPLOAD_KEYS};
 use crate::support::daemon::{run_command, Daemon};
-use crate::support::pg::{self, env_map, env_map_with_remote, DbPair};
+use crate::support::env::{closed_port, count, migrate, Env, Migrate};
+use crate::support::pg::{self, env_map, DbPair};
 use crate::support::proxy::FaultProxy;
 use crate::support::{unique_temp_dir, wait_until};
 
@@ -39,21 +36,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 fn qc(tests: u64) -> QuickCheck {
     QuickCheck::new().tests(tests).max_tests(tests * 10)
-}
-
-fn config(env: &BTreeMap<String, String>) -> Config {
-    Config::from_map(env).expect("the test configuration is valid")
-}
-
-fn migrate_local(pair: &DbPair) {
-    let conns = ConnectionManager::new(&config(&env_map(pair)), Shutdown::new()).expect("pools");
-    sync_process::migrate::migrate(&conns.local, false).expect("migrating local");
-}
-
-fn migrate_both(pair: &DbPair) {
-    let conns = ConnectionManager::new(&config(&env_map(pair)), Shutdown::new()).expect("pools");
-    sync_process::migrate::migrate(&conns.local, false).expect("migrating local");
-    sync_process::migrate::migrate(&conns.remote, false).expect("migrating remote");
 }
 
 /// `n` readings with distinct (meter_id, timestamp) and metadata {"seq": i}, i in 0..n.
@@ -84,10 +66,6 @@ fn seed_meters_and_tenants(remote: &mut Client, meters: i64, tenants: i64) {
         .expect("seeding tenants");
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
 /// (rows, distinct seq values) of meter_readings.
 fn readings(c: &mut Client) -> (i64, i64) {
     let row = c
@@ -106,13 +84,6 @@ fn seqs(c: &mut Client) -> Vec<i64> {
         .iter()
         .map(|r| r.get(0))
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A bare HTTP/1.0 GET: (status code, body).
@@ -337,16 +308,14 @@ fn property_6_cycle_guard_model() {
 // says so, and every reading reaches the remote exactly once.
 #[test]
 fn two_daemons_on_one_local_database_take_turns() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let fixture = Env::builder().remote_via_proxy().build();
+    let pair = &fixture.pair;
     let n = 3000;
     seed_readings(&mut pair.local.client(), n);
     // Latency makes each cycle's drain take a while, so the other daemon's ticks fall inside it.
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(5));
-    let env = env_map_with_remote(&pair, pg::HOST, proxy.port());
-    let mut a = Daemon::spawn(&["run"], &env);
-    let mut b = Daemon::spawn(&["run"], &env);
+    fixture.proxy().set_latency(Duration::from_millis(5));
+    let mut a = Daemon::spawn(&["run"], &fixture.map);
+    let mut b = Daemon::spawn(&["run"], &fixture.map);
     let mut remote = pair.remote.client();
     assert!(
         wait_until(PATIENCE, || readings(&mut remote).0 >= n),
@@ -386,10 +355,13 @@ fn two_daemons_on_one_local_database_take_turns() {
 // ---------------------------------------------------------------------------------------------------------
 // Property 7: graceful shutdown.
 
-fn drain_env(pair: &DbPair, proxy: &FaultProxy) -> BTreeMap<String, String> {
-    let mut env = env_map_with_remote(pair, pg::HOST, proxy.port());
-    env.insert("BATCH_SIZE".into(), "100".into());
-    env
+/// A migrated pair with the remote behind a proxy, batches of 100, and `extra` variables.
+fn drain_env(extra: &[(&str, &str)]) -> Env {
+    Env::builder()
+        .remote_via_proxy()
+        .vars(&[("BATCH_SIZE", "100")])
+        .vars(extra)
+        .build()
 }
 
 // **Feature: database-sync-process, Property 7: Graceful shutdown completion**
@@ -408,15 +380,12 @@ fn sigterm_during_a_long_drain_with_batches_in_flight_exits_0_and_loses_nothing(
 }
 
 fn sigterm_during_a_long_drain(extra: &[(&str, &str)]) {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let fixture = drain_env(extra);
+    let pair = &fixture.pair;
     let n = 20_000;
     seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(10));
-    let mut env = drain_env(&pair, &proxy);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut d = Daemon::spawn(&["run"], &env);
+    fixture.proxy().set_latency(Duration::from_millis(10));
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
     let mut remote = pair.remote.client();
     assert!(wait_until(PATIENCE, || readings(&mut remote).0 > 0), "the drain starts");
     d.signal("TERM");
@@ -441,15 +410,12 @@ fn sigterm_during_a_long_drain(extra: &[(&str, &str)]) {
 // A second SIGTERM exits at once (143); the next run finishes the job exactly once.
 #[test]
 fn a_second_sigterm_exits_at_once() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
+    let mut fixture = drain_env(&[]);
     let n = 20_000;
-    seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(20));
-    let env = drain_env(&pair, &proxy);
-    let mut d = Daemon::spawn(&["run"], &env);
-    let mut remote = pair.remote.client();
+    seed_readings(&mut fixture.pair.local.client(), n);
+    fixture.proxy().set_latency(Duration::from_millis(20));
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
+    let mut remote = fixture.pair.remote.client();
     assert!(wait_until(PATIENCE, || readings(&mut remote).0 > 0), "the drain starts");
     d.signal("TERM");
     assert!(d.wait_for_stderr("SIGTERM received", PATIENCE));
@@ -463,9 +429,10 @@ fn a_second_sigterm_exits_at_once() {
             assert!(d.stderr_text().contains("second SIGTERM received: exiting now"));
         }
     }
-    drop(proxy);
+    drop(fixture.proxy.take());
+    let pair = &fixture.pair;
     // Whatever was in flight is recovered: one `once` finishes the queue, each reading exactly once.
-    let out = run_command(&["once"], &env_map(&pair));
+    let out = run_command(&["once"], &env_map(pair));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -478,209 +445,7 @@ fn a_second_sigterm_exits_at_once() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Property 11: logging.
-
-#[derive(Clone, Debug)]
-struct ArbResult(SyncCycleResult, Result<u64, String>);
-
-fn arb_error(g: &mut Gen) -> Option<String> {
-    let n = u16::arbitrary(g);
-    bool::arbitrary(g).then(|| {
-        format!(
-            "remote database 10.0.0.{}:5432/central: inserting batch {n}: boom",
-            n % 250
-        )
-    })
-}
-
-impl Arbitrary for ArbResult {
-    fn arbitrary(g: &mut Gen) -> ArbResult {
-        let small = |g: &mut Gen| u64::from(u16::arbitrary(g));
-        let upload_error = arb_error(g);
-        let upload = UploadSyncResult {
-            success: upload_error.is_none(),
-            records_uploaded: small(g),
-            records_deleted: small(g),
-            records_quarantined: small(g) % 3,
-            error: upload_error,
-            duration: small(g),
-            backlog_remains: bool::arbitrary(g),
-        };
-        let meter_error = arb_error(g);
-        let meters = MeterSyncResult {
-            success: meter_error.is_none(),
-            new_meters: small(g),
-            updated_meters: small(g),
-            deleted_meters: small(g),
-            total_meters: small(g),
-            error: meter_error,
-            duration: small(g),
-            ..Default::default()
-        };
-        let tenant_error = arb_error(g);
-        let tenants = TenantSyncResult {
-            success: tenant_error.is_none(),
-            new_tenants: small(g),
-            updated_tenants: small(g),
-            deleted_tenants: small(g),
-            total_tenants: small(g),
-            tenant_changes: vec![TenantChange {
-                tenant_id: "t1".into(),
-                changed_fields: vec!["name".into()],
-            }],
-            error: tenant_error,
-            duration: small(g),
-            ..Default::default()
-        };
-        let success = upload.success && meters.success && tenants.success;
-        let queue = if u8::arbitrary(g) % 5 == 0 {
-            Err("local database down".to_string())
-        } else {
-            Ok(small(g))
-        };
-        ArbResult(
-            SyncCycleResult {
-                success,
-                upload_result: upload,
-                meter_download_result: meters,
-                tenant_download_result: tenants,
-                total_duration: small(g),
-                timestamp: "2024-01-01T00:00:00.000Z".into(),
-            },
-            queue,
-        )
-    }
-}
-
-// **Feature: database-sync-process, Property 11: Comprehensive logging**
-// For any cycle result: a start line with the queue size; the upload's success with its count and duration,
-// or its failure at error level with the error's context; the delete with its count; each download's outcome;
-// every error at error level naming its part; and a closing line saying whether every part succeeded.
-fn prop_cycle_log_lines(r: ArbResult, cycle: u32) -> bool {
-    let ArbResult(r, queue) = r;
-    let cycle = u64::from(cycle);
-    let start = scheduler::cycle_start_line(cycle, &queue);
-    let lines = scheduler::cycle_result_lines(cycle, &r);
-    let has = |level: log::Level, needles: &[&str]| {
-        lines
-            .iter()
-            .any(|(l, text)| *l == level && needles.iter().all(|n| text.contains(n)))
-    };
-    use log::Level::{Error, Info, Warn};
-    let u = &r.upload_result;
-    let start_ok = start.contains(&format!("sync cycle {cycle} starting"))
-        && match &queue {
-            Ok(q) => start.contains(&format!("{q} readings queued")),
-            Err(e) => start.contains(e.as_str()),
-        };
-    let upload_ok = if u.success {
-        has(
-            Info,
-            &[
-                "upload succeeded",
-                &format!("{} readings uploaded", u.records_uploaded),
-                &format!("{} ms", u.duration),
-            ],
-        ) && has(
-            Info,
-            &[
-                "delete succeeded",
-                &format!("{} uploaded readings deleted", u.records_deleted),
-            ],
-        )
-    } else {
-        has(
-            Error,
-            &[
-                "upload failed",
-                &format!("{} ms", u.duration),
-                u.error.as_deref().unwrap_or(""),
-            ],
-        )
-    };
-    let quarantine_ok =
-        u.records_quarantined == 0 || has(Warn, &[&format!("{} readings rejected", u.records_quarantined)]);
-    let m = &r.meter_download_result;
-    let meters_ok = if m.success {
-        has(
-            Info,
-            &[
-                "meter download succeeded",
-                &format!("{} new", m.new_meters),
-                &format!("{} ms", m.duration),
-            ],
-        )
-    } else {
-        has(Error, &["meter download failed", m.error.as_deref().unwrap_or("")])
-    };
-    let t = &r.tenant_download_result;
-    let tenants_ok = if t.success {
-        has(
-            Info,
-            &["tenant download succeeded", &format!("{} updated", t.updated_tenants)],
-        )
-    } else {
-        has(Error, &["tenant download failed", t.error.as_deref().unwrap_or("")])
-    };
-    let errors_ok = [&u.error, &m.error, &t.error]
-        .into_iter()
-        .flatten()
-        .all(|e| lines.iter().any(|(l, text)| *l == Error && text.contains(e.as_str())));
-    let last = lines.last().map(|(_, t)| t.as_str()).unwrap_or("");
-    let end_ok = last.contains(&format!("sync cycle {cycle} finished in {} ms", r.total_duration))
-        && (last.contains("every part succeeded") == r.success);
-    start_ok && upload_ok && quarantine_ok && meters_ok && tenants_ok && errors_ok && end_ok
-}
-
-#[test]
-fn property_11_cycle_log_lines() {
-    qc(200).quickcheck(prop_cycle_log_lines as fn(ArbResult, u32) -> bool);
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // once, sync_logs, the log file.
-
-const RESULT_KEYS: &[&str] = &[
-    "success",
-    "uploadResult",
-    "meterDownloadResult",
-    "tenantDownloadResult",
-    "totalDuration",
-    "timestamp",
-];
-const UPLOAD_KEYS: &[&str] = &[
-    "success",
-    "recordsUploaded",
-    "recordsDeleted",
-    "recordsQuarantined",
-    "error",
-    "duration",
-];
-const METER_KEYS: &[&str] = &[
-    "success",
-    "newMeters",
-    "updatedMeters",
-    "deletedMeters",
-    "totalMeters",
-    "newMeterIds",
-    "updatedMeterIds",
-    "deletedMeterIds",
-    "error",
-    "duration",
-];
-const TENANT_KEYS: &[&str] = &[
-    "success",
-    "newTenants",
-    "updatedTenants",
-    "deletedTenants",
-    "totalTenants",
-    "newTenantIds",
-    "updatedTenantIds",
-    "deletedTenantIds",
-    "tenantChanges",
-    "error",
-    "duration",
-];
 
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
@@ -699,10 +464,12 @@ fn sorted(k: &[&str]) -> Vec<String> {
 // LOG_FILE in a directory it creates (mode 0640), writes a sync_logs row per part and prunes old ones.
 #[test]
 fn once_prints_the_contract_json_and_keeps_sync_logs() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
-    let mut local = pair.local.client();
-    let mut remote = pair.remote.client();
+    let Env {
+        pair,
+        mut local,
+        mut remote,
+        ..
+    } = Env::new(&[]);
     seed_readings(&mut local, 120);
     seed_meters_and_tenants(&mut remote, 3, 2);
     local
@@ -811,7 +578,7 @@ fn once_prints_the_contract_json_and_keeps_sync_logs() {
 #[test]
 fn once_exits_1_when_a_part_fails() {
     let pair = DbPair::new();
-    migrate_local(&pair); // the remote has no tables: every part fails, each on its own
+    migrate(&pair, Migrate::Local); // the remote has no tables: every part fails, each on its own
     seed_readings(&mut pair.local.client(), 5);
     let out = run_command(&["once"], &env_map(&pair));
     assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
@@ -1073,13 +840,15 @@ fn wait_for_first_cycle(addr: SocketAddr) -> Value {
 // first with everything up, then with the remote down and readings waiting.
 #[test]
 fn status_and_metrics_match_the_databases() {
-    let pair = DbPair::new();
-    migrate_both(&pair);
-    let mut local = pair.local.client();
-    let mut remote = pair.remote.client();
+    let Env {
+        pair,
+        mut local,
+        mut remote,
+        ..
+    } = Env::new(&[]);
     seed_readings(&mut local, 250);
     seed_meters_and_tenants(&mut remote, 7, 4);
-    let port = free_port();
+    let port = closed_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let env = status_env(&pair, port);
     let mut d = Daemon::spawn(&["run"], &env);
@@ -1185,7 +954,7 @@ fn status_and_metrics_match_the_databases() {
 fn status_command_without_a_daemon() {
     let pair = DbPair::new();
     let mut env = env_map(&pair);
-    let port = free_port();
+    let port = closed_port();
     env.insert("STATUS_BIND".into(), format!("127.0.0.1:{port}"));
     let out = run_command(&["status"], &env);
     assert_eq!(out.status.code(), Some(1));
@@ -1209,22 +978,26 @@ fn status_command_without_a_daemon() {
 // it, syncs every reading without a restart, and clears each alert once.
 #[test]
 fn remote_down_at_start_then_up_syncs_and_alerts_once() {
-    let pair = DbPair::new();
-    migrate_local(&pair);
+    let sink = WebhookSink::start(false);
+    let url = sink.url();
+    let fixture = Env::builder()
+        .remote_via_proxy()
+        .migrate(Migrate::Local)
+        .vars(&[
+            ("MIGRATE_ON_START", "true"),
+            ("ALERT_AFTER_FAILURES", "2"),
+            ("QUEUE_ALERT_THRESHOLD", "10"),
+            ("ALERT_WEBHOOK_URL", &url),
+            ("DB_CONNECTION_TIMEOUT_MS", "300"),
+            ("MAX_CONNECTION_RETRIES", "0"),
+            ("MAX_QUERY_RETRIES", "0"),
+        ])
+        .build();
+    let (pair, proxy) = (&fixture.pair, fixture.proxy());
     let n = 50;
     seed_readings(&mut pair.local.client(), n);
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
     proxy.set_refuse(true);
-    let sink = WebhookSink::start(false);
-    let mut env = env_map_with_remote(&pair, pg::HOST, proxy.port());
-    env.insert("MIGRATE_ON_START".into(), "true".into());
-    env.insert("ALERT_AFTER_FAILURES".into(), "2".into());
-    env.insert("QUEUE_ALERT_THRESHOLD".into(), "10".into());
-    env.insert("ALERT_WEBHOOK_URL".into(), sink.url());
-    env.insert("DB_CONNECTION_TIMEOUT_MS".into(), "300".into());
-    env.insert("MAX_CONNECTION_RETRIES".into(), "0".into());
-    env.insert("MAX_QUERY_RETRIES".into(), "0".into());
-    let mut d = Daemon::spawn(&["run"], &env);
+    let mut d = Daemon::spawn(&["run"], &fixture.map);
     for alert in ["remote_db_unreachable", "sync_failures", "queue_above_threshold"] {
         assert!(
             d.wait_for_stderr(&format!("ALERT raised: {alert}: "), PATIENCE),

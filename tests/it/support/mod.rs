@@ -4,12 +4,17 @@
 //!   environment for a pair of databases.
 //! * [`proxy`]: a fault-injecting TCP proxy (latency, cuts, black hole, refusal).
 //! * [`daemon`]: the crate's binary as an RAII child process.
+//! * [`contract`]: the JSON field names of the contract's results.
+//! * [`env`]: [`env::Env`], the one test fixture (pair, variables, config, pools, clients, optional proxy),
+//!   and the helpers every area uses (`count`, `once_json`, `closed_port`, `migrate`).
 //!
 //! This module also owns the small helpers shared by the three: unique temp
 //! dirs and polling.
 #![allow(dead_code)]
 
+pub mod contract;
 pub mod daemon;
+pub mod env;
 pub mod pg;
 pub mod proxy;
 

@@ -170,6 +170,11 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("connecting to database {} on port {} failed: {e}", self.name, self.port))
     }
 
+    /// The one `bigint` value of `sql` on a fresh connection (see [`super::env::count`]).
+    pub fn count(&self, sql: &str) -> i64 {
+        super::env::count(&mut self.client(), sql)
+    }
+
     /// `postgresql://postgres@127.0.0.1:<port>/<name>`
     pub fn url(&self) -> String {
         format!("postgresql://{USER}@{HOST}:{}/{}", self.port, self.name)

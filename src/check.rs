@@ -1,0 +1,37 @@
+//! `sync-process check-config`: the configuration as the program understood it, then one connection test of
+//! each database.
+//!
+//! Owns: [`command`] (prints the summary with passwords redacted, then `connected` or `UNREACHABLE` with the
+//! reason for each side) and its [`Outcome`]. Does not own: checking the variables (config.rs: an invalid
+//! configuration never gets here), connecting and the test query (db.rs), exit codes (main.rs).
+
+use crate::config::Config;
+use crate::db::ConnectionManager;
+use crate::error::{Result, Side};
+use crate::shutdown::Shutdown;
+
+/// What `check-config` found once the configuration was valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both databases answered.
+    BothConnected,
+    /// At least one database did not answer (each one is printed with its reason).
+    Unreachable,
+}
+
+/// Prints the configuration summary and tests both connections (each bounded in time, one attempt).
+pub fn command(cfg: &Config) -> Result<Outcome> {
+    println!("{}", cfg.summary());
+    let conns = ConnectionManager::new(cfg, Shutdown::new())?;
+    let mut outcome = Outcome::BothConnected;
+    for side in [Side::Local, Side::Remote] {
+        match conns.test(side) {
+            Ok(()) => println!("{side} database {}: connected", conns.db(side).target()),
+            Err(e) => {
+                println!("{side} database: UNREACHABLE: {e}");
+                outcome = Outcome::Unreachable;
+            }
+        }
+    }
+    Ok(outcome)
+}

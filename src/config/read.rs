@@ -1,0 +1,397 @@
+//! Stage two's readers: typed values out of the map of raw variables, one reader per group of variables.
+//!
+//! Owns: [`Reader`] (a value or its default from [`VARIABLES`](super::VARIABLES), range checks, and the list of
+//! every problem found), and the group readers, each returning its part of the [`Config`](super::Config):
+//! [`databases`] (POSTGRES_SYNC_* and POSTGRES_CLIENT_*, passwords and password files), [`cycle`] (interval,
+//! batch size, retries), [`pool`] (DB_*), [`logging`] (LOG_*), [`upload`] (SYNC_SOURCE_ID, UPLOAD_*, and the
+//! one rule across variables: a remote connection per batch in flight, plus one), [`status_and_alerts`]
+//! (STATUS_BIND, SYNC_LOG_RETENTION_DAYS, QUEUE_/ALERT_*) and [`download_and_migrations`]. Does not own: the
+//! list of variables and their defaults (variables.rs), assembling the `Config` (mod.rs).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::variables::{contract_index, default_of};
+use super::{ConfigError, ConfigErrors, DbConfig, Secret, SslMode};
+
+/// Collects errors while reading typed values out of the map. On a bad value a reader records the error and
+/// returns a placeholder that is never used: `Config::from_map` then returns the errors, not a `Config`.
+pub(super) struct Reader<'a> {
+    map: &'a BTreeMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(map: &'a BTreeMap<String, String>) -> Reader<'a> {
+        Reader {
+            map,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Every problem found, in the order of the contract (the order of VARIABLES), or Ok.
+    pub(super) fn finish(mut self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() {
+            return Ok(());
+        }
+        self.errors.sort_by_key(|e| contract_index(&e.key));
+        Err(ConfigErrors(self.errors))
+    }
+
+    fn err(&mut self, key: &str, message: String) {
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn has_error(&self, key: &str) -> bool {
+        self.errors.iter().any(|e| e.key == key)
+    }
+
+    /// The raw value, or the default. A variable set to the empty string counts as unset.
+    fn raw(&self, key: &str) -> Option<&'a str> {
+        match self.map.get(key).map(|s| s.trim()) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => default_of(key),
+        }
+    }
+
+    /// The value of a variable that has a default (empty only if VARIABLES gives it none).
+    fn or_default(&self, key: &str) -> &'a str {
+        self.raw(key).unwrap_or("")
+    }
+
+    /// The value of a variable whose empty string means "off" (LOG_FILE, STATUS_BIND): None when set empty,
+    /// the default when unset.
+    fn off_when_empty(&self, key: &str) -> Option<&'a str> {
+        match self.map.get(key).map(|s| s.trim()) {
+            Some("") => None,
+            Some(v) => Some(v),
+            None => default_of(key),
+        }
+    }
+
+    fn required(&mut self, key: &str, what: &str) -> String {
+        match self.raw(key) {
+            Some(v) => v.to_string(),
+            None => {
+                self.err(key, format!("not set (the {what})"));
+                String::new()
+            }
+        }
+    }
+
+    fn int<T>(&mut self, key: &str, min: T, max: T) -> T
+    where
+        T: TryFrom<i128> + Into<i128> + Copy + fmt::Display,
+    {
+        let v = self.or_default(key);
+        match v.parse::<i128>() {
+            Ok(n) if n >= min.into() && n <= max.into() => T::try_from(n).unwrap_or(min),
+            Ok(_) => {
+                self.err(key, format!("{:?} is out of range ({min}..={max})", shorten(v)));
+                min
+            }
+            Err(_) => {
+                self.err(key, format!("{:?} is not a whole number ({min}..={max})", shorten(v)));
+                min
+            }
+        }
+    }
+
+    /// A `*_MS` variable: 1 ms to a day.
+    fn milliseconds(&mut self, key: &str) -> Duration {
+        Duration::from_millis(self.int::<u64>(key, 1, 86_400_000))
+    }
+
+    /// A boolean: true|1|yes|on or false|0|no|off, any case.
+    fn boolean(&mut self, key: &str) -> bool {
+        match self.or_default(key).to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            other => {
+                self.err(key, format!("{:?} is not a boolean (true|false)", shorten(other)));
+                false
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The groups, in the order of the contract.
+
+/// The local (POSTGRES_SYNC_*) and the remote (POSTGRES_CLIENT_*) database.
+pub(super) fn databases(r: &mut Reader<'_>) -> (DbConfig, DbConfig) {
+    let local = database(r, "POSTGRES_SYNC", "local");
+    let remote = database(r, "POSTGRES_CLIENT", "remote");
+    (local, remote)
+}
+
+/// SYNC_INTERVAL_SECONDS, BATCH_SIZE and the retries.
+pub(super) struct Cycle {
+    pub sync_interval: Duration,
+    pub batch_size: u32,
+    pub max_connection_retries: u32,
+    pub max_query_retries: u32,
+    pub retry_base_delay: Duration,
+}
+
+pub(super) fn cycle(r: &mut Reader<'_>) -> Cycle {
+    Cycle {
+        sync_interval: Duration::from_secs(r.int::<u64>("SYNC_INTERVAL_SECONDS", 1, 86_400)),
+        batch_size: r.int::<u32>("BATCH_SIZE", 1, 100_000),
+        max_connection_retries: r.int::<u32>("MAX_CONNECTION_RETRIES", 0, 20),
+        max_query_retries: r.int::<u32>("MAX_QUERY_RETRIES", 0, 20),
+        retry_base_delay: Duration::from_millis(r.int::<u64>("RETRY_BASE_DELAY_MS", 1, 600_000)),
+    }
+}
+
+/// DB_POOL_MAX and the DB_* timeouts.
+pub(super) struct Pool {
+    pub pool_max: u32,
+    pub pool_idle_timeout: Duration,
+    pub connection_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+pub(super) fn pool(r: &mut Reader<'_>) -> Pool {
+    Pool {
+        pool_max: r.int::<u32>("DB_POOL_MAX", 1, 100),
+        pool_idle_timeout: r.milliseconds("DB_POOL_IDLE_TIMEOUT_MS"),
+        connection_timeout: r.milliseconds("DB_CONNECTION_TIMEOUT_MS"),
+        statement_timeout: r.milliseconds("DB_STATEMENT_TIMEOUT_MS"),
+    }
+}
+
+/// LOG_LEVEL and LOG_FILE (set to empty: no file).
+pub(super) fn logging(r: &mut Reader<'_>) -> (log::LevelFilter, Option<PathBuf>) {
+    let level = match r.or_default("LOG_LEVEL").to_ascii_lowercase().as_str() {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        other => {
+            let msg = format!("{:?} is not a log level (error|warn|info|debug|trace)", shorten(other));
+            r.err("LOG_LEVEL", msg);
+            log::LevelFilter::Off
+        }
+    };
+    (level, r.off_when_empty("LOG_FILE").map(PathBuf::from))
+}
+
+/// SYNC_SOURCE_ID (default: the host name) and the UPLOAD_* pacing and concurrency.
+pub(super) struct Upload {
+    pub source_id: String,
+    pub upload_max_rows_per_second: u32,
+    pub upload_batches_in_flight: u32,
+}
+
+/// `pool_max`: DB_POOL_MAX as read (the remote pool must hold a connection per batch in flight, plus one).
+pub(super) fn upload(r: &mut Reader<'_>, pool_max: u32) -> Upload {
+    let source_id = match r.raw("SYNC_SOURCE_ID") {
+        Some(v) if v.chars().count() <= 200 => v.to_string(),
+        Some(v) => {
+            r.err(
+                "SYNC_SOURCE_ID",
+                format!("{:?} is longer than 200 characters", shorten(v)),
+            );
+            String::new()
+        }
+        None => hostname(),
+    };
+    let upload_max_rows_per_second = r.int::<u32>("UPLOAD_MAX_ROWS_PER_SECOND", 0, 100_000_000);
+    let in_flight = r.int::<u32>("UPLOAD_BATCHES_IN_FLIGHT", 1, 8);
+    let both_valid = !r.has_error("DB_POOL_MAX") && !r.has_error("UPLOAD_BATCHES_IN_FLIGHT");
+    if both_valid && in_flight >= pool_max {
+        r.err(
+            "UPLOAD_BATCHES_IN_FLIGHT",
+            format!(
+                "{in_flight} needs DB_POOL_MAX of at least {} (one remote connection per batch in flight, plus \
+                 one), DB_POOL_MAX is {pool_max}",
+                in_flight + 1
+            ),
+        );
+    }
+    Upload {
+        source_id,
+        upload_max_rows_per_second,
+        upload_batches_in_flight: in_flight,
+    }
+}
+
+/// STATUS_BIND (set to empty: off), SYNC_LOG_RETENTION_DAYS, QUEUE_ALERT_THRESHOLD and the ALERT_* variables.
+pub(super) struct StatusAndAlerts {
+    pub status_bind: Option<SocketAddr>,
+    pub sync_log_retention_days: u32,
+    pub queue_alert_threshold: u64,
+    pub alert_after_failures: u32,
+    pub alert_webhook_url: Option<String>,
+}
+
+pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
+    let status_bind = r
+        .off_when_empty("STATUS_BIND")
+        .and_then(|v| match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let msg = format!(
+                    "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:9187; empty = off)",
+                    shorten(v)
+                );
+                r.err("STATUS_BIND", msg);
+                None
+            }
+        });
+    let sync_log_retention_days = r.int::<u32>("SYNC_LOG_RETENTION_DAYS", 1, 36_500);
+    let queue_alert_threshold = r.int::<u64>("QUEUE_ALERT_THRESHOLD", 1, u64::MAX / 2);
+    let alert_after_failures = r.int::<u32>("ALERT_AFTER_FAILURES", 1, 1_000_000);
+    let alert_webhook_url = match r.raw("ALERT_WEBHOOK_URL") {
+        None => None,
+        Some(v) if v.starts_with("http://") || v.starts_with("https://") => Some(v.to_string()),
+        Some(v) => {
+            r.err(
+                "ALERT_WEBHOOK_URL",
+                format!("{:?} is not an http:// or https:// URL", shorten(v)),
+            );
+            None
+        }
+    };
+    StatusAndAlerts {
+        status_bind,
+        sync_log_retention_days,
+        queue_alert_threshold,
+        alert_after_failures,
+        alert_webhook_url,
+    }
+}
+
+/// DOWNLOAD_MAX_DELETE_RATIO and MIGRATE_ON_START.
+pub(super) fn download_and_migrations(r: &mut Reader<'_>) -> (f64, bool) {
+    let v = r.or_default("DOWNLOAD_MAX_DELETE_RATIO");
+    let ratio = match v.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => x,
+        _ => {
+            r.err(
+                "DOWNLOAD_MAX_DELETE_RATIO",
+                format!("{:?} is not a number in 0..=1", shorten(v)),
+            );
+            0.0
+        }
+    };
+    (ratio, r.boolean("MIGRATE_ON_START"))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One database.
+
+fn database(r: &mut Reader<'_>, prefix: &str, side: &str) -> DbConfig {
+    let key = |suffix: &str| format!("{prefix}_{suffix}");
+    let host = r.required(&key("HOST"), &format!("{side} database host"));
+    let port = r.int::<u16>(&key("PORT"), 1, 65535);
+    let dbname = r.required(&key("DB"), &format!("{side} database name"));
+    let user = r.required(&key("USER"), &format!("{side} database user"));
+    let password = password(r, prefix, side);
+    let v = r.or_default(&key("SSLMODE"));
+    let sslmode = match v.parse::<SslMode>() {
+        Ok(m) => m,
+        Err(()) => {
+            r.err(
+                &key("SSLMODE"),
+                format!("{:?} is not an sslmode ({})", shorten(v), SslMode::ACCEPTED),
+            );
+            SslMode::VerifyFull
+        }
+    };
+    let sslrootcert = r.raw(&key("SSLROOTCERT")).map(PathBuf::from);
+    if let Some(path) = &sslrootcert {
+        if !path.is_file() {
+            r.err(
+                &key("SSLROOTCERT"),
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+    }
+    DbConfig {
+        host,
+        port,
+        dbname,
+        user,
+        password,
+        sslmode,
+        sslrootcert,
+    }
+}
+
+fn password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
+    let key = format!("{prefix}_PASSWORD");
+    let file_key = format!("{prefix}_PASSWORD_FILE");
+    let direct = r.raw(&key).map(str::to_string);
+    let file = r.raw(&file_key).map(str::to_string);
+    match (direct, file) {
+        (Some(_), Some(_)) => {
+            r.err(&file_key, format!("set together with {key}: set only one of them"));
+            Secret::new("")
+        }
+        (Some(p), None) => Secret::new(p),
+        (None, Some(path)) => match read_password_file(Path::new(&path)) {
+            Ok(p) => Secret::new(p),
+            Err(msg) => {
+                r.err(&file_key, msg);
+                Secret::new("")
+            }
+        },
+        (None, None) => {
+            r.err(
+                &key,
+                format!("not set (the {side} database password; or set {file_key})"),
+            );
+            Secret::new("")
+        }
+    }
+}
+
+/// Reads a password file (first line, trailing newline removed). The error never contains the contents.
+/// At most 64 KiB are read, so a wrong path such as /dev/zero cannot exhaust memory.
+fn read_password_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    const LIMIT: u64 = 64 * 1024;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > LIMIT {
+        return Err(format!(
+            "{} is larger than {LIMIT} bytes: not a password file",
+            path.display()
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let first = text.lines().next().unwrap_or("").to_string();
+    if first.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(first)
+}
+
+/// This machine's host name, the default SYNC_SOURCE_ID.
+pub fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_string())
+}
+
+pub(super) fn shorten(s: &str) -> String {
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(60).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
