@@ -4,7 +4,7 @@
 //! [`part_summaries`], [`first_error`], the `sync_type` names [`SYNC_TYPES`]), the log lines of Property 11
 //! ([`cycle_start_line`], [`cycle_result_lines`]) and the result of a cycle that could not run ([`not_run`]).
 //! Pure: no I/O, no clock; Property 11 is tested here. Does not own: running the parts or writing sync_logs
-//! (scheduler.rs), the status JSON that embeds the last result (status.rs).
+//! (scheduler.rs), the status JSON that embeds the last result (status/).
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! advisory lock on a dedicated connection), the `sync_logs` rows and their daily pruning, MIGRATE_ON_START,
 //! and the status snapshot and alert observations after each cycle. Does not own: what a part does
 //! (upload.rs, download.rs), the cycle's report and log lines (report.rs), the signal thread (signals.rs),
-//! systemd notifications and memory release (systemd.rs), the HTTP server (status.rs), alert conditions
+//! systemd notifications and memory release (systemd.rs), the HTTP server (status/), alert conditions
 //! (alerts.rs).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,0 +1,157 @@
+//! `sync-process status`: asks the running daemon's status server and prints what it says.
+//!
+//! Owns: [`print_status`], [`StatusOutcome`], [`human`] (the human-readable form) and [`client_addr`].
+//! Does not own: the server (server.rs) or the exit codes (main.rs).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Result;
+
+/// How long `sync-process status` waits for the daemon.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The address to ask for a bind address: a wildcard bind is asked on loopback.
+pub fn client_addr(bind: SocketAddr) -> SocketAddr {
+    match bind.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bind.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bind.port()),
+        _ => bind,
+    }
+}
+
+/// What `sync-process status` found (main turns it into the exit code: 0, 1, 2 in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusOutcome {
+    /// The daemon answered; its status was printed.
+    Shown,
+    /// Nothing answers on the status address, or something that is not a sync-process daemon.
+    NoDaemon,
+    /// STATUS_BIND is empty: the status server is off, there is nothing to ask.
+    Off,
+}
+
+/// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
+pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
+    let Some(bind) = cfg.status_bind else {
+        eprintln!("STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)");
+        return Ok(StatusOutcome::Off);
+    };
+    let addr = client_addr(bind);
+    let agent = ureq::AgentBuilder::new().timeout(CLIENT_TIMEOUT).redirects(0).build();
+    let body = match agent.get(&format!("http://{addr}/status")).call() {
+        Ok(resp) => match resp.into_string() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("no sync-process daemon answers on {addr} (reading the answer failed: {e})");
+                return Ok(StatusOutcome::NoDaemon);
+            }
+        },
+        Err(ureq::Error::Status(code, _)) => {
+            eprintln!("no sync-process daemon answers on {addr} (something answers there, with HTTP status {code})");
+            return Ok(StatusOutcome::NoDaemon);
+        }
+        Err(ureq::Error::Transport(t)) => {
+            let why = std::error::Error::source(&t)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| t.kind().to_string());
+            eprintln!("no sync-process daemon answers on {addr} ({why})");
+            return Ok(StatusOutcome::NoDaemon);
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v @ serde_json::Value::Object(_)) if v.get("isRunning").is_some() => v,
+        _ => {
+            eprintln!("no sync-process daemon answers on {addr} (something answers there, but not with a sync-process status)");
+            return Ok(StatusOutcome::NoDaemon);
+        }
+    };
+    if json {
+        println!("{body}");
+    } else {
+        print!("{}", human(&value, addr));
+    }
+    Ok(StatusOutcome::Shown)
+}
+
+/// The status for a person.
+pub fn human(v: &serde_json::Value, addr: SocketAddr) -> String {
+    use serde_json::Value;
+    let b = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let yes = |x: bool| if x { "yes" } else { "no" };
+    let up = |x: bool| if x { "connected" } else { "UNREACHABLE" };
+    let mut out = String::new();
+    let _ = writeln!(out, "sync-process daemon on {addr}");
+    let running = if b("cycleInProgress") {
+        "yes (a cycle is in progress)".to_string()
+    } else {
+        yes(b("isRunning")).to_string()
+    };
+    let _ = writeln!(out, "  running:            {running}");
+    let last = match s("lastSyncTime") {
+        None => "none yet".to_string(),
+        Some(t) if b("lastSyncSuccess") => format!("{t}, succeeded"),
+        Some(t) => format!(
+            "{t}, FAILED: {}",
+            s("lastSyncError").unwrap_or_else(|| "unknown error".into())
+        ),
+    };
+    let _ = writeln!(out, "  last cycle:         {last}");
+    if n("consecutiveFailures") > 0 {
+        let _ = writeln!(out, "  failures in a row:  {}", n("consecutiveFailures"));
+    }
+    let oldest = match v.get("oldestPendingAge").and_then(Value::as_u64) {
+        Some(age) => format!(
+            ", oldest waiting {}",
+            humantime::format_duration(Duration::from_secs(age))
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "  queue:              {} readings{oldest}", n("queueSize"));
+    let _ = writeln!(out, "  quarantined:        {} readings", n("quarantinedCount"));
+    let _ = writeln!(
+        out,
+        "  uploaded:           {} readings since start",
+        n("totalRecordsSynced")
+    );
+    let _ = writeln!(
+        out,
+        "  meters:             {} local, {} remote",
+        n("localMeterCount"),
+        n("remoteMeterCount")
+    );
+    let _ = writeln!(
+        out,
+        "  tenants:            {} local, {} remote",
+        n("localTenantCount"),
+        n("remoteTenantCount")
+    );
+    let _ = writeln!(out, "  local database:     {}", up(b("localDbConnected")));
+    let _ = writeln!(out, "  remote database:    {}", up(b("remoteDbConnected")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_are_asked_on_loopback() {
+        assert_eq!(
+            client_addr("0.0.0.0:9187".parse().expect("addr")),
+            "127.0.0.1:9187".parse().expect("addr")
+        );
+        assert_eq!(
+            client_addr("[::]:1".parse().expect("addr")),
+            "[::1]:1".parse().expect("addr")
+        );
+        assert_eq!(
+            client_addr("10.0.0.1:2".parse().expect("addr")),
+            "10.0.0.1:2".parse().expect("addr")
+        );
+    }
+}

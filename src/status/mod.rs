@@ -1,0 +1,115 @@
+//! Status: the daemon's state as others see it, and the small HTTP server that shows it.
+//!
+//! Owns: [`SyncStatus`] (the design's SyncStatus, JSON in camelCase, plus oldestPendingAge, quarantinedCount,
+//! consecutiveFailures, cycleInProgress and lastCycleResult), [`Snapshot`] (the status plus the counters behind
+//! /metrics) and [`health`]. The parts: `metrics.rs` (GET /metrics), `server.rs` ([`StatusServer`]: tiny_http,
+//! requests handled on ONE thread, reading only the shared snapshot — never a database — so it can neither block
+//! nor be blocked by the sync loop), `command.rs` (the `sync-process status` client: [`print_status`],
+//! [`StatusOutcome`]).
+//! Does not own: measuring (the scheduler writes the snapshot after each cycle, from the databases).
+
+mod command;
+mod metrics;
+mod server;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::report::SyncCycleResult;
+
+pub use command::{client_addr, human, print_status, StatusOutcome};
+pub use metrics::render_metrics;
+pub use server::{route, Reply, StatusServer};
+
+/// The status JSON (GET /status). Times are RFC 3339 UTC; `oldestPendingAge` is in seconds (null: empty queue).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The daemon loop is running (false once shutdown has begun).
+    pub is_running: bool,
+    /// A cycle is being run right now.
+    pub cycle_in_progress: bool,
+    pub last_sync_time: Option<String>,
+    pub last_sync_success: bool,
+    pub last_sync_error: Option<String>,
+    pub queue_size: u64,
+    /// Readings uploaded since the daemon started.
+    pub total_records_synced: u64,
+    pub local_meter_count: u64,
+    pub remote_meter_count: u64,
+    pub local_tenant_count: u64,
+    pub remote_tenant_count: u64,
+    pub local_db_connected: bool,
+    pub remote_db_connected: bool,
+    pub oldest_pending_age: Option<u64>,
+    pub quarantined_count: u64,
+    pub consecutive_failures: u32,
+    pub last_cycle_result: Option<SyncCycleResult>,
+}
+
+/// Everything the server shows: the status and the counters of /metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub status: SyncStatus,
+    pub cycles_total: u64,
+    pub cycle_failures_total: u64,
+    pub records_quarantined_total: u64,
+    /// Duration of the last cycle, milliseconds.
+    pub last_cycle_duration_ms: Option<u64>,
+    /// Unix seconds of the end of the last successful cycle.
+    pub last_success_unix: Option<u64>,
+    /// Unix seconds when the daemon started (health grace before the first success).
+    pub started_unix: u64,
+    /// SYNC_INTERVAL_SECONDS.
+    pub interval_secs: u64,
+}
+
+/// The snapshot shared by the sync loop (writer) and the status server (reader).
+pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
+
+/// Locks the snapshot, ignoring poisoning (a panic elsewhere must not stop status reporting).
+pub fn lock(shared: &SharedSnapshot) -> MutexGuard<'_, Snapshot> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// GET /healthz: healthy while the last cycle succeeded, or while the last success (or, before any, the start)
+/// is younger than three intervals.
+pub fn health(s: &Snapshot, now_unix: u64) -> bool {
+    if s.cycles_total > 0 && s.status.last_sync_success {
+        return true;
+    }
+    let since = s.last_success_unix.unwrap_or(s.started_unix);
+    now_unix.saturating_sub(since) < s.interval_secs.max(1).saturating_mul(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_rules() {
+        let mut s = Snapshot {
+            started_unix: 1000,
+            interval_secs: 60,
+            ..Default::default()
+        };
+        assert!(health(&s, 1100), "grace before the first cycle");
+        assert!(!health(&s, 1180), "three intervals without any success");
+        s.cycles_total = 1;
+        s.status.last_sync_success = true;
+        assert!(health(&s, 99_999));
+        s.status.last_sync_success = false;
+        s.last_success_unix = Some(5000);
+        assert!(health(&s, 5179));
+        assert!(!health(&s, 5180));
+    }
+}
