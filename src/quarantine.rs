@@ -61,9 +61,9 @@ fn from_row(r: &postgres::Row) -> QuarantinedReading {
 }
 
 /// A bounded look for tools that must never carry whole payloads: the first `limit` (at least 1) quarantined
-/// readings by id, with the texts (`meter_id`, `value`, `unit`, `metadata`, `error`) cut to at most `max_chars` (at least 4)
-/// characters in the database, so a big payload never leaves it (a cut text ends in "..."), and how many
-/// readings are quarantined in all.
+/// readings by id, with the texts (`meter_id`, `value`, `unit`, `metadata`, `error`) cut to at most
+/// `max_chars` (at least 4) characters in the database, so a big payload never leaves it (a cut text ends in
+/// "..."), and how many readings are quarantined in all.
 pub fn list_preview(db: &Database, limit: i64, max_chars: i32) -> Result<(Vec<QuarantinedReading>, u64)> {
     let cut =
         |expr: &str| format!("CASE WHEN char_length({expr}) > $2 THEN left({expr}, $2 - 3) || '...' ELSE {expr} END");
