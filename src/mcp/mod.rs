@@ -1,33 +1,25 @@
 //! `sync-process mcp`: a Model Context Protocol server on stdin/stdout, for an AI assistant on or next to the
 //! box (a desktop client, an IDE agent, or `ssh box sync-process mcp`, which opens no port).
 //!
-//! Owns: the transport (newline-delimited JSON-RPC 2.0; nothing but protocol messages on stdout, logs on
-//! stderr), the loop (a reader thread; each tool call on a worker thread, waited for at most
-//! [`tools::Toolbox::deadline`]; exit 0 when stdin closes, a message cut off by the close is dropped), and the
-//! protocol in [`Session`]: the handshake of 2025-11-25 and earlier (`initialize` with version negotiation,
-//! `notifications/initialized`, `ping`), the per-request `_meta` form of 2026-07-28 (`server/discover`,
-//! `resultType`, `serverInfo` in every result's `_meta`), the JSON-RPC error codes, and the envelopes of
-//! `tools/list` and `tools/call` for each revision. Pure apart from [`serve`].
-//! Does not own: the tools, their schemas and what they read (tools.rs; status.rs, quarantine.rs, config.rs).
+//! Owns: the protocol, in [`Session`] (pure: a line in, what to answer out): the handshake of 2025-11-25 and
+//! earlier (`initialize` with version negotiation, `notifications/initialized`, `ping`), the per-request
+//! `_meta` form of 2026-07-28 (`server/discover`, `resultType`, `serverInfo` in every result's `_meta`), the
+//! JSON-RPC error codes, and the envelopes of `tools/list` and `tools/call` for each revision.
+//! Does not own: stdin/stdout and the loop (transport.rs), the tools and what they read (tools.rs, schema.rs;
+//! status.rs, quarantine.rs, config.rs).
 
+mod schema;
 pub mod tools;
+mod transport;
 
-use std::io::{self, BufRead, Write};
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::thread;
+pub use transport::serve;
 
 use serde_json::{json, Map, Value};
-
-use crate::config::Config;
-use crate::error::{Error, Result};
 
 /// Revisions answered with the `initialize` handshake, newest first.
 pub const LEGACY_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// Revisions spoken per request (`_meta`), without a handshake.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
-/// The longest message read; a longer line is answered with -32600 and skipped.
-pub const MAX_MESSAGE: usize = 1 << 20;
 
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -104,9 +96,9 @@ pub struct Session {
 }
 
 /// An error reply still lacking its id.
-struct Fail(i64, String, Option<Value>);
+pub(super) struct Fail(i64, String, Option<Value>);
 
-fn fail(code: i64, message: impl Into<String>) -> Fail {
+pub(super) fn fail(code: i64, message: impl Into<String>) -> Fail {
     Fail(code, message.into(), None)
 }
 
@@ -427,153 +419,12 @@ fn response(id: Value, result: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "result": result })
 }
 
-fn error(id: Value, Fail(code, message, data): Fail) -> Value {
+pub(super) fn error(id: Value, Fail(code, message, data): Fail) -> Value {
     let mut e = json!({ "code": code, "message": message });
     if let Some(d) = data {
         e["data"] = d;
     }
     json!({ "jsonrpc": "2.0", "id": id, "error": e })
-}
-
-/// One read from stdin.
-#[derive(Debug)]
-pub enum Input {
-    /// A whole line, without its newline (and without a `\r` before it).
-    Line(Vec<u8>),
-    /// A line longer than [`MAX_MESSAGE`] bytes (its length), skipped.
-    TooLong(usize),
-    /// Stdin closed after this many bytes of a message without its newline; the fragment is dropped.
-    Partial(usize),
-    Failed(io::Error),
-}
-
-/// Reads the next message of at most `max` bytes; `None` at a clean end of input.
-pub fn next_input(r: &mut impl BufRead, max: usize) -> Option<Input> {
-    let mut line = Vec::new();
-    let mut skipped = 0usize;
-    loop {
-        let buf = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Some(Input::Failed(e)),
-        };
-        if buf.is_empty() {
-            let n = line.len() + skipped;
-            return (n > 0).then_some(Input::Partial(n));
-        }
-        let (chunk, used, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], i + 1, true),
-            None => (buf, buf.len(), false),
-        };
-        if skipped > 0 || line.len() + chunk.len() > max {
-            skipped += line.len() + chunk.len();
-            line = Vec::new();
-        } else {
-            line.extend_from_slice(chunk);
-        }
-        r.consume(used);
-        if done {
-            if skipped > 0 {
-                return Some(Input::TooLong(skipped));
-            }
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return Some(Input::Line(line));
-        }
-    }
-}
-
-/// Writes one message and its newline, flushed.
-fn send(out: &mut impl Write, msg: &Value) -> io::Result<()> {
-    let mut bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    out.write_all(&bytes)?;
-    out.flush()
-}
-
-/// `sync-process mcp [--allow-writes]`: serves until stdin closes (exit 0). Exit 1 only when stdin cannot be
-/// read; a client that closed stdout is gone, which also ends the server with 0.
-pub fn serve(cfg: &Config, allow_writes: bool) -> Result<ExitCode> {
-    let toolbox = Arc::new(tools::Toolbox::new(cfg)?);
-    let (tx, rx) = crossbeam_channel::bounded::<Input>(16);
-    thread::Builder::new()
-        .name("mcp-stdin".into())
-        .spawn(move || {
-            let stdin = io::stdin();
-            let mut reader = stdin.lock();
-            while let Some(input) = next_input(&mut reader, MAX_MESSAGE) {
-                let last = matches!(input, Input::Partial(_) | Input::Failed(_));
-                if tx.send(input).is_err() || last {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| Error::io("starting the MCP stdin reader thread", e))?;
-    log::info!(
-        "mcp: serving on stdin/stdout, {} (tools: {})",
-        if allow_writes { "writes allowed" } else { "read-only" },
-        tools::names(allow_writes).join(", ")
-    );
-    let mut session = Session::new(allow_writes);
-    let mut out = io::stdout().lock();
-    for input in rx.iter() {
-        let msg = match input {
-            Input::Line(line) => match session.handle(&line) {
-                Action::Nothing => continue,
-                Action::Reply(msg) => msg,
-                Action::Call(call) => {
-                    let outcome = run_call(&toolbox, &call);
-                    session.finish(&call, outcome)
-                }
-            },
-            Input::TooLong(n) => error(
-                Value::Null,
-                fail(
-                    code::INVALID_REQUEST,
-                    format!("Invalid Request: a message of {n} bytes; at most {MAX_MESSAGE} are read (skipped)"),
-                ),
-            ),
-            Input::Partial(n) => {
-                log::warn!("mcp: stdin closed in the middle of a message ({n} bytes without a newline); it is dropped");
-                continue;
-            }
-            Input::Failed(e) => {
-                log::error!("mcp: reading stdin failed: {e}");
-                return Ok(ExitCode::from(1));
-            }
-        };
-        if let Err(e) = send(&mut out, &msg) {
-            log::info!("mcp: stdout is closed ({e}): the client is gone; exiting");
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-    log::info!("mcp: stdin closed; exiting");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs a tool on a worker thread and waits at most the toolbox's deadline; a call still running then is
-/// abandoned (its connection goes with its thread) and reported as an error the assistant can read.
-fn run_call(toolbox: &Arc<tools::Toolbox>, call: &Call) -> tools::Outcome {
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let (tb, tool, args) = (Arc::clone(toolbox), call.tool, call.args.clone());
-    let spawned = thread::Builder::new()
-        .name(format!("mcp-{}", tool.name))
-        .spawn(move || {
-            let _ = done_tx.send(tb.call(tool, &args));
-        });
-    if let Err(e) = spawned {
-        return tools::Outcome::error(format!("{}: could not start a thread for the call: {e}", tool.name));
-    }
-    let deadline = toolbox.deadline();
-    match done_rx.recv_timeout(deadline) {
-        Ok(outcome) => outcome,
-        Err(crossbeam_channel::RecvTimeoutError::Timeout) => tools::Outcome::timed_out(tool, deadline),
-        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => tools::Outcome::error(format!(
-            "{}: the call ended without a result (an internal error; the log on stderr says more)",
-            tool.name
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -764,30 +615,5 @@ mod tests {
             "{v}"
         );
         assert!(matches!(rw.handle(call.as_bytes()), Action::Call(c) if c.tool.name == "discard_quarantined"));
-    }
-
-    #[test]
-    fn reading_lines() {
-        let mut r = io::Cursor::new(b"a\r\nbb\n\ntoolong\nc".to_vec());
-        let mut got = Vec::new();
-        while let Some(i) = next_input(&mut r, 4) {
-            got.push(format!("{i:?}"));
-        }
-        assert_eq!(
-            got,
-            [
-                format!("{:?}", Input::Line(b"a".to_vec())),
-                format!("{:?}", Input::Line(b"bb".to_vec())),
-                format!("{:?}", Input::Line(Vec::new())),
-                format!("{:?}", Input::TooLong(7)),
-                format!("{:?}", Input::Partial(1)),
-            ]
-        );
-        // A long line over several buffer fills is skipped whole, and the next one is read.
-        let data = [vec![b'x'; 10_000], b"\nok\n".to_vec()].concat();
-        let mut r = io::BufReader::with_capacity(64, io::Cursor::new(data));
-        assert!(matches!(next_input(&mut r, 100), Some(Input::TooLong(10_000))));
-        assert!(matches!(next_input(&mut r, 100), Some(Input::Line(l)) if l == b"ok"));
-        assert!(next_input(&mut r, 100).is_none());
     }
 }

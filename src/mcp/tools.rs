@@ -1,6 +1,6 @@
 //! The tools of `sync-process mcp`: their definitions, schemas and handlers.
 //!
-//! Owns: [`TOOLS`] (name, description, input and output JSON Schema, annotations, handler), the argument checks
+//! Owns: [`TOOLS`] (name, description, annotations, handler; the schemas are in schema.rs), the argument checks
 //! (a bad argument is an `isError` result the assistant can correct, not a protocol error), the shapes of the
 //! structured results, the bounds on what a result carries (cycles, readings, characters of a value), the
 //! read-only `sync_logs` query behind `list_recent_cycles`, and [`Toolbox`] (the configuration and one
@@ -16,6 +16,7 @@ use std::time::Duration;
 use postgres::types::Type;
 use serde_json::{json, Map, Value};
 
+use super::schema;
 use crate::config::Config;
 use crate::db::ConnectionManager;
 use crate::error::{Error, Result, Side};
@@ -72,8 +73,8 @@ pub static TOOLS: [Tool; 7] = [
                       it looked.",
         writes: false,
         destructive: false,
-        input: no_arguments,
-        output: status_schema,
+        input: schema::no_arguments,
+        output: schema::status_schema,
         run: get_status,
     },
     Tool {
@@ -84,8 +85,8 @@ pub static TOOLS: [Tool; 7] = [
                       as `sync-process check-config` does. `healthy` is true only when all three are fine.",
         writes: false,
         destructive: false,
-        input: no_arguments,
-        output: health_schema,
+        input: schema::no_arguments,
+        output: schema::health_schema,
         run: check_health,
     },
     Tool {
@@ -96,8 +97,8 @@ pub static TOOLS: [Tool; 7] = [
                       records processed, duration and error.",
         writes: false,
         destructive: false,
-        input: limit_input_cycles,
-        output: cycles_schema,
+        input: schema::limit_input_cycles,
+        output: schema::cycles_schema,
         run: list_recent_cycles,
     },
     Tool {
@@ -109,8 +110,8 @@ pub static TOOLS: [Tool; 7] = [
                       discard_quarantined take.",
         writes: false,
         destructive: false,
-        input: limit_input_readings,
-        output: quarantined_schema,
+        input: schema::limit_input_readings,
+        output: schema::quarantined_schema,
         run: list_quarantined,
     },
     Tool {
@@ -121,8 +122,8 @@ pub static TOOLS: [Tool; 7] = [
                       log, status address, alerts.",
         writes: false,
         destructive: false,
-        input: no_arguments,
-        output: config_schema,
+        input: schema::no_arguments,
+        output: schema::config_schema,
         run: get_config,
     },
     Tool {
@@ -133,8 +134,8 @@ pub static TOOLS: [Tool; 7] = [
                       nothing changes and the error names it. Only with --allow-writes.",
         writes: true,
         destructive: false,
-        input: ids_input,
-        output: retried_schema,
+        input: schema::ids_input,
+        output: schema::retried_schema,
         run: retry_quarantined,
     },
     Tool {
@@ -145,8 +146,8 @@ pub static TOOLS: [Tool; 7] = [
                       names it. Only with --allow-writes.",
         writes: true,
         destructive: true,
-        input: ids_input,
-        output: discarded_schema,
+        input: schema::ids_input,
+        output: schema::discarded_schema,
         run: discard_quarantined,
     },
 ];
@@ -518,162 +519,6 @@ fn cut(s: &str, max: usize) -> String {
         return s.to_string();
     }
     s.chars().take(max.saturating_sub(3)).collect::<String>() + "..."
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Schemas (JSON Schema 2020-12, the default of MCP).
-
-fn object(properties: Value, required: &[&str]) -> Value {
-    json!({ "type": "object", "properties": properties, "required": required })
-}
-
-fn no_arguments() -> Value {
-    json!({ "type": "object", "properties": {}, "additionalProperties": false })
-}
-
-fn limit_input(default: i64, max: i64, what: &str) -> Value {
-    json!({
-        "type": "object",
-        "properties": { "limit": {
-            "type": "integer", "minimum": 1, "maximum": max, "default": default,
-            "description": format!("how many {what} (default {default}, at most {max})"),
-        }},
-        "additionalProperties": false,
-    })
-}
-
-fn limit_input_cycles() -> Value {
-    limit_input(CYCLES_DEFAULT, CYCLES_MAX, "cycles, newest first")
-}
-
-fn limit_input_readings() -> Value {
-    limit_input(READINGS_DEFAULT, READINGS_MAX, "readings, lowest ids first")
-}
-
-fn ids_input() -> Value {
-    json!({
-        "type": "object",
-        "properties": { "ids": {
-            "type": "array", "items": { "type": "integer" }, "minItems": 1, "maxItems": IDS_MAX,
-            "description": "ids of quarantined readings, from list_quarantined",
-        }},
-        "required": ["ids"],
-        "additionalProperties": false,
-    })
-}
-
-fn count() -> Value {
-    json!({ "type": "integer", "minimum": 0 })
-}
-
-fn status_schema() -> Value {
-    let (b, n) = (json!({ "type": "boolean" }), count());
-    let opt_text = json!({ "type": ["string", "null"] });
-    object(
-        json!({
-            "isRunning": b, "cycleInProgress": b, "lastSyncTime": opt_text, "lastSyncSuccess": b,
-            "lastSyncError": opt_text, "queueSize": n, "totalRecordsSynced": n, "localMeterCount": n,
-            "remoteMeterCount": n, "localTenantCount": n, "remoteTenantCount": n, "localDbConnected": b,
-            "remoteDbConnected": b,
-            "oldestPendingAge": { "type": ["integer", "null"], "minimum": 0, "description": "seconds" },
-            "quarantinedCount": n, "consecutiveFailures": n, "lastCycleResult": { "type": ["object", "null"] },
-        }),
-        &[
-            "isRunning",
-            "lastSyncTime",
-            "lastSyncSuccess",
-            "lastSyncError",
-            "queueSize",
-            "totalRecordsSynced",
-            "localMeterCount",
-            "remoteMeterCount",
-            "localTenantCount",
-            "remoteTenantCount",
-            "localDbConnected",
-            "remoteDbConnected",
-        ],
-    )
-}
-
-fn health_schema() -> Value {
-    let db = object(
-        json!({ "target": { "type": "string", "description": "host:port/db" }, "connected": { "type": "boolean" },
-                "error": { "type": ["string", "null"] } }),
-        &["target", "connected", "error"],
-    );
-    object(
-        json!({
-            "healthy": { "type": "boolean" },
-            "daemon": object(
-                json!({ "address": { "type": ["string", "null"] }, "answered": { "type": "boolean" },
-                        "healthy": { "type": "boolean" }, "detail": { "type": "string" } }),
-                &["address", "answered", "healthy", "detail"],
-            ),
-            "localDatabase": db.clone(),
-            "remoteDatabase": db,
-        }),
-        &["healthy", "daemon", "localDatabase", "remoteDatabase"],
-    )
-}
-
-fn cycles_schema() -> Value {
-    let opt_int = json!({ "type": ["integer", "null"] });
-    let part = object(
-        json!({ "syncType": { "type": "string" }, "success": { "type": "boolean" }, "recordsProcessed": opt_int,
-                "durationMs": opt_int, "errorMessage": { "type": ["string", "null"] } }),
-        &["syncType", "success", "recordsProcessed", "durationMs", "errorMessage"],
-    );
-    let cycle = object(
-        json!({ "time": { "type": "string" }, "success": { "type": "boolean" },
-                "parts": { "type": "array", "items": part } }),
-        &["time", "success", "parts"],
-    );
-    object(json!({ "cycles": { "type": "array", "items": cycle } }), &["cycles"])
-}
-
-fn quarantined_schema() -> Value {
-    let (text, opt_text) = (json!({ "type": "string" }), json!({ "type": ["string", "null"] }));
-    let reading = object(
-        json!({ "id": { "type": "integer" }, "meter_id": text, "timestamp": text, "value": text, "unit": text,
-                "metadata": opt_text, "error": text, "sqlstate": opt_text, "quarantined_at": text }),
-        &[
-            "id",
-            "meter_id",
-            "timestamp",
-            "value",
-            "unit",
-            "metadata",
-            "error",
-            "sqlstate",
-            "quarantined_at",
-        ],
-    );
-    object(
-        json!({ "total": count(), "shown": count(), "readings": { "type": "array", "items": reading } }),
-        &["total", "shown", "readings"],
-    )
-}
-
-fn config_schema() -> Value {
-    object(
-        json!({ "summary": { "type": "string", "description": "as check-config prints it, passwords redacted" } }),
-        &["summary"],
-    )
-}
-
-fn ids_schema(verb: &str) -> Value {
-    object(
-        json!({ verb: count(), "ids": { "type": "array", "items": { "type": "integer" } } }),
-        &[verb, "ids"],
-    )
-}
-
-fn retried_schema() -> Value {
-    ids_schema("moved")
-}
-
-fn discarded_schema() -> Value {
-    ids_schema("discarded")
 }
 
 #[cfg(test)]
