@@ -5,7 +5,7 @@
 mod client;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use postgres::Client;
 use serde_json::{json, Value};
 
 use crate::support::daemon::{run_command, Daemon, BIN};
-use crate::support::pg::{env_map, DbPair};
+use crate::support::env::{closed_port, count, Env, Migrate};
 use crate::support::wait_until;
 use client::{assert_no_password, Mcp};
 
@@ -30,28 +30,20 @@ const READ_TOOLS: [&str; 5] = [
     "get_config",
 ];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// The environment of a pair with distinctive passwords and a status address.
-fn mcp_env(pair: &DbPair, status_port: u16) -> BTreeMap<String, String> {
-    let mut env = env_map(pair);
-    env.insert("POSTGRES_SYNC_PASSWORD".into(), SECRET_LOCAL.into());
-    env.insert("POSTGRES_CLIENT_PASSWORD".into(), SECRET_REMOTE.into());
-    env.insert("STATUS_BIND".into(), format!("127.0.0.1:{status_port}"));
-    // One cycle, then the daemon sits still while the test compares.
-    env.insert("SYNC_INTERVAL_SECONDS".into(), "3600".into());
-    env.insert("LOG_LEVEL".into(), "info".into());
-    env
-}
-
-fn migrate(env: &BTreeMap<String, String>) {
-    let out = run_command(&["migrate"], env);
-    assert_eq!(out.status.code(), Some(0), "migrate: {}", out.stderr);
+/// A fresh pair (migrated or not) with distinctive passwords and a status address.
+fn mcp_env(migrate: Migrate, status_port: u16) -> Env {
+    let bind = format!("127.0.0.1:{status_port}");
+    Env::builder()
+        .migrate(migrate)
+        .vars(&[
+            ("POSTGRES_SYNC_PASSWORD", SECRET_LOCAL),
+            ("POSTGRES_CLIENT_PASSWORD", SECRET_REMOTE),
+            ("STATUS_BIND", &bind),
+            // One cycle, then the daemon sits still while the test compares.
+            ("SYNC_INTERVAL_SECONDS", "3600"),
+            ("LOG_LEVEL", "info"),
+        ])
+        .build()
 }
 
 fn http_status(addr: SocketAddr) -> Option<Value> {
@@ -84,18 +76,14 @@ fn seed_quarantine(local: &mut Client) -> Vec<i64> {
     vec![9001, 9002, 9003]
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).expect(sql).get(0)
-}
-
 // ---------------------------------------------------------------------------------------------------------
 
 // The handshake, the tool list with and without --allow-writes, the per-request form of 2026-07-28, and
 // every protocol error code, on the real binary.
 #[test]
 fn handshake_tool_list_and_error_codes() {
-    let pair = DbPair::new();
-    let env = mcp_env(&pair, free_port());
+    let world = mcp_env(Migrate::Nothing, closed_port());
+    let env = world.map.clone();
 
     let mut m = Mcp::start(&["mcp"], &env);
     let init = m.initialize("2025-11-25");
@@ -261,11 +249,10 @@ fn handshake_tool_list_and_error_codes() {
 // daemon's /status and check-config; the quarantine changed through the write tools; no password anywhere.
 #[test]
 fn every_tool_against_a_running_daemon() {
-    let pair = DbPair::new();
-    let port = free_port();
-    let env = mcp_env(&pair, port);
-    migrate(&env);
-    let mut local = pair.local.client();
+    let port = closed_port();
+    let mut world = mcp_env(Migrate::Both, port);
+    let env = world.map.clone();
+    let local = &mut world.local;
     local
         .batch_execute(
             "INSERT INTO meter_readings (meter_id, timestamp, value, unit)
@@ -273,7 +260,7 @@ fn every_tool_against_a_running_daemon() {
         )
         .expect("seeding readings");
     let mut daemon = start_daemon(&env, port);
-    let ids = seed_quarantine(&mut local);
+    let ids = seed_quarantine(local);
 
     let mut m = Mcp::start(&["mcp", "--allow-writes"], &env);
     m.initialize("2025-11-25");
@@ -298,14 +285,14 @@ fn every_tool_against_a_running_daemon() {
     assert_eq!(h["localDatabase"]["connected"], true, "{h}");
     assert_eq!(
         h["localDatabase"]["target"],
-        format!("127.0.0.1:{}/{}", pair.local.port(), pair.local.name())
+        format!("127.0.0.1:{}/{}", world.pair.local.port(), world.pair.local.name())
     );
     assert_eq!(h["remoteDatabase"]["connected"], true, "{h}");
 
     // list_recent_cycles: the sync_logs rows of the daemon's cycle.
     let c = m.ok("list_recent_cycles", json!({}));
     let cycles = c["cycles"].as_array().expect("cycles").clone();
-    let rows = count(&mut local, "SELECT count(*) FROM sync_logs");
+    let rows = count(local, "SELECT count(*) FROM sync_logs");
     let parts: usize = cycles.iter().map(|c| c["parts"].as_array().map_or(0, Vec::len)).sum();
     assert_eq!(parts as i64, rows, "{c}");
     assert!(!cycles.is_empty());
@@ -368,10 +355,7 @@ fn every_tool_against_a_running_daemon() {
     // The write tools.
     let r = m.ok("retry_quarantined", json!({ "ids": [9001] }));
     assert_eq!(r, json!({ "moved": 1, "ids": [9001] }));
-    assert_eq!(
-        count(&mut local, "SELECT count(*) FROM meter_readings WHERE id = 9001"),
-        1
-    );
+    assert_eq!(count(local, "SELECT count(*) FROM meter_readings WHERE id = 9001"), 1);
     let r = m.ok("discard_quarantined", json!({ "ids": [9002, 9002] }));
     assert_eq!(r, json!({ "discarded": 1, "ids": [9002] }));
     let text = m.tool_error("discard_quarantined", json!({ "ids": [9002, 9003] }));
@@ -382,7 +366,7 @@ fn every_tool_against_a_running_daemon() {
     let text = m.tool_error("retry_quarantined", json!({ "ids": [] }));
     assert!(text.contains("ids is empty"), "{text}");
     assert_eq!(
-        count(&mut local, "SELECT count(*) FROM sync_quarantine"),
+        count(local, "SELECT count(*) FROM sync_quarantine"),
         1,
         "only 9003 is left"
     );
@@ -398,9 +382,9 @@ fn every_tool_against_a_running_daemon() {
 // databases. STATUS_BIND empty: both say the status server is off. A missing local schema names the fix.
 #[test]
 fn without_a_daemon_or_a_schema() {
-    let pair = DbPair::new();
-    let port = free_port();
-    let mut env = mcp_env(&pair, port);
+    let port = closed_port();
+    let world = mcp_env(Migrate::Nothing, port);
+    let mut env = world.map.clone();
     let mut m = Mcp::start(&["mcp"], &env);
     m.initialize("2025-11-25");
     let text = m.tool_error("get_status", json!({}));
@@ -437,7 +421,7 @@ fn without_a_daemon_or_a_schema() {
     m.finish();
 
     // A local database that is down: the error names it and what to check.
-    env.insert("POSTGRES_SYNC_PORT".into(), free_port().to_string());
+    env.insert("POSTGRES_SYNC_PORT".into(), closed_port().to_string());
     env.insert("DB_CONNECTION_TIMEOUT_MS".into(), "500".into());
     let mut m = Mcp::start(&["mcp"], &env);
     m.initialize("2025-11-25");
@@ -456,8 +440,8 @@ fn without_a_daemon_or_a_schema() {
 // (the request is still answered, then exit 0).
 #[test]
 fn stdin_closed_mid_request() {
-    let pair = DbPair::new();
-    let env = mcp_env(&pair, free_port());
+    let world = mcp_env(Migrate::Nothing, closed_port());
+    let env = world.map.clone();
 
     let mut m = Mcp::start(&["mcp"], &env);
     m.close_stdin();
@@ -526,12 +510,11 @@ fn sdk_python() -> PathBuf {
 #[test]
 fn the_official_python_sdk_client() {
     let python = sdk_python();
-    let pair = DbPair::new();
-    let port = free_port();
-    let env = mcp_env(&pair, port);
-    migrate(&env);
+    let port = closed_port();
+    let mut world = mcp_env(Migrate::Both, port);
+    let env = world.map.clone();
     let mut daemon = start_daemon(&env, port);
-    seed_quarantine(&mut pair.local.client());
+    seed_quarantine(&mut world.local);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_sdk_client.py");
     let mut cmd = Command::new(&python);
