@@ -24,6 +24,10 @@ pub enum Command {
     Demo {
         keep: bool,
     },
+    /// The MCP server on stdin/stdout; `allow_writes` adds the quarantine retry and discard tools.
+    Mcp {
+        allow_writes: bool,
+    },
     /// Print this text on stdout and exit 0.
     Help(String),
     Version,
@@ -65,6 +69,7 @@ Commands:
   check-config   validate the configuration, print it (passwords redacted), test both connections
   quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all
   demo           throwaway local and remote PostgreSQL servers, seeded and syncing [--keep]
+  mcp            a Model Context Protocol server on stdin/stdout for AI assistants [--allow-writes]
 
 Options:
   --env-file PATH   read KEY=VALUE lines from PATH; variables set in the environment win
@@ -143,6 +148,16 @@ Starts two throwaway PostgreSQL servers (local and remote) from the system's ser
 seeds them, feeds readings, and runs the real sync loop with a short interval, printing each cycle and a
 status line. Ctrl-C stops and removes everything. --keep leaves the servers running and prints how to
 connect.
+"
+        }
+        "mcp" => {
+            "\
+Usage: sync-process [--env-file PATH] mcp [--allow-writes]
+
+A Model Context Protocol server on stdin/stdout (JSON-RPC 2.0, one message per line; logs on stderr) for an
+AI assistant on or next to this box, e.g. `ssh box sync-process mcp`. Read-only tools: get_status,
+check_health, list_recent_cycles, list_quarantined, get_config (passwords redacted). --allow-writes adds
+retry_quarantined and discard_quarantined. Exits 0 when stdin closes.
 "
         }
         _ => return None,
@@ -245,6 +260,11 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
             ["--keep"] => Command::Demo { keep: true },
             [o, ..] => return Err(bad(if *o == "--keep" { opts[1] } else { o })),
         },
+        "mcp" => match opts {
+            [] => Command::Mcp { allow_writes: false },
+            ["--allow-writes"] => Command::Mcp { allow_writes: true },
+            [o, ..] => return Err(bad(if *o == "--allow-writes" { opts[1] } else { o })),
+        },
         "quarantine" => Command::Quarantine(parse_quarantine(opts)?),
         _ => unreachable!("command_help knows exactly these commands"),
     };
@@ -315,6 +335,10 @@ mod tests {
         assert_eq!(
             p(&["quarantine", "retry", "3", "4"]).expect("ok").command,
             Command::Quarantine(QuarantineCmd::Retry { ids: vec![3, 4] })
+        );
+        assert_eq!(
+            p(&["mcp", "--allow-writes"]).expect("ok").command,
+            Command::Mcp { allow_writes: true }
         );
         assert_eq!(
             p(&["once", "--env-file=/a"]).expect("ok").env_file,

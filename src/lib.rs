@@ -12,6 +12,7 @@ pub mod demo;
 pub mod download;
 pub mod error;
 pub mod logging;
+pub mod mcp;
 pub mod migrate;
 pub mod pgtemp;
 pub mod quarantine;

@@ -8,7 +8,7 @@ use sync_process::cli::{self, Command};
 use sync_process::config::{self, Config};
 use sync_process::error::{Error, Result};
 use sync_process::status::{self, StatusOutcome};
-use sync_process::{check, demo, logging, migrate, scheduler, upload};
+use sync_process::{check, demo, logging, mcp, migrate, scheduler, upload};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,6 +101,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             StatusOutcome::NoDaemon => ExitCode::from(1),
             StatusOutcome::Off => ExitCode::from(2),
         }),
+        Command::Mcp { allow_writes } => mcp::serve(&cfg, allow_writes),
         Command::Quarantine(cmd) => {
             upload::quarantine_command(&cfg, &cmd)?;
             Ok(ExitCode::SUCCESS)

@@ -42,20 +42,48 @@ pub fn list(db: &Database) -> Result<Vec<QuarantinedReading>> {
             &[],
         )
         .map_err(|e| db.err("listing quarantined readings", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| QuarantinedReading {
-            id: r.get(0),
-            meter_id: r.get(1),
-            timestamp: r.get(2),
-            value: r.get(3),
-            unit: r.get(4),
-            metadata: r.get(5),
-            error: r.get(6),
-            sqlstate: r.get(7),
-            quarantined_at: r.get(8),
-        })
-        .collect())
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// A row whose first nine columns are those of [`QuarantinedReading`], in its order.
+fn from_row(r: &postgres::Row) -> QuarantinedReading {
+    QuarantinedReading {
+        id: r.get(0),
+        meter_id: r.get(1),
+        timestamp: r.get(2),
+        value: r.get(3),
+        unit: r.get(4),
+        metadata: r.get(5),
+        error: r.get(6),
+        sqlstate: r.get(7),
+        quarantined_at: r.get(8),
+    }
+}
+
+/// A bounded look for tools that must never carry whole payloads: the first `limit` (at least 1) quarantined
+/// readings by id, with the texts (`meter_id`, `value`, `unit`, `metadata`, `error`) cut to at most
+/// `max_chars` (at least 4) characters in the database, so a big payload never leaves it (a cut text ends in
+/// "..."), and how many readings are quarantined in all.
+pub fn list_preview(db: &Database, limit: i64, max_chars: i32) -> Result<(Vec<QuarantinedReading>, u64)> {
+    let cut =
+        |expr: &str| format!("CASE WHEN char_length({expr}) > $2 THEN left({expr}, $2 - 3) || '...' ELSE {expr} END");
+    let sql = format!(
+        "SELECT id, {meter}, timestamp::text AS ts_text, {value}, {unit}, {metadata}, {error}, sqlstate,
+                to_char(quarantined_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS at_text,
+                (SELECT count(*) FROM sync_quarantine) AS total
+         FROM sync_quarantine ORDER BY id LIMIT $1",
+        meter = cut("meter_id::text"),
+        value = cut("value::text"),
+        unit = cut("unit"),
+        metadata = cut("metadata::text"),
+        error = cut("error"),
+    );
+    let mut c = db.try_get()?;
+    let rows = c
+        .query_typed(&sql, &[(&limit.max(1), Type::INT8), (&max_chars.max(4), Type::INT4)])
+        .map_err(|e| db.err("listing quarantined readings", e))?;
+    let total = rows.first().map_or(0, |r| r.get::<_, i64>(9));
+    Ok((rows.iter().map(from_row).collect(), total.max(0) as u64))
 }
 
 /// Moves quarantined readings back into the upload queue (same id, values and created_at), all of them when

@@ -1,6 +1,7 @@
 //! `sync-process status`: asks the running daemon's status server and prints what it says.
 //!
-//! Owns: [`print_status`], [`StatusOutcome`], [`human`] (the human-readable form) and [`client_addr`].
+//! Owns: [`print_status`], [`StatusOutcome`], [`human`] (the human-readable form), [`client_addr`], and the
+//! client calls that `sync-process mcp` shares ([`daemon_get`], [`fetch_status`], [`STATUS_OFF`]).
 //! Does not own: the server (server.rs) or the exit codes (main.rs).
 
 use std::fmt::Write as _;
@@ -33,38 +34,21 @@ pub enum StatusOutcome {
     Off,
 }
 
+/// Why there is no daemon to ask when STATUS_BIND is empty.
+pub const STATUS_OFF: &str =
+    "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)";
+
 /// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
 pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
     let Some(bind) = cfg.status_bind else {
-        eprintln!("STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)");
+        eprintln!("{STATUS_OFF}");
         return Ok(StatusOutcome::Off);
     };
     let addr = client_addr(bind);
-    let agent = ureq::AgentBuilder::new().timeout(CLIENT_TIMEOUT).redirects(0).build();
-    let body = match agent.get(&format!("http://{addr}/status")).call() {
-        Ok(resp) => match resp.into_string() {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("no sync-process daemon answers on {addr} (reading the answer failed: {e})");
-                return Ok(StatusOutcome::NoDaemon);
-            }
-        },
-        Err(ureq::Error::Status(code, _)) => {
-            eprintln!("no sync-process daemon answers on {addr} (something answers there, with HTTP status {code})");
-            return Ok(StatusOutcome::NoDaemon);
-        }
-        Err(ureq::Error::Transport(t)) => {
-            let why = std::error::Error::source(&t)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| t.kind().to_string());
-            eprintln!("no sync-process daemon answers on {addr} ({why})");
-            return Ok(StatusOutcome::NoDaemon);
-        }
-    };
-    let value: serde_json::Value = match serde_json::from_str(&body) {
-        Ok(v @ serde_json::Value::Object(_)) if v.get("isRunning").is_some() => v,
-        _ => {
-            eprintln!("no sync-process daemon answers on {addr} (something answers there, but not with a sync-process status)");
+    let (body, value) = match fetch_status(addr) {
+        Ok(answer) => answer,
+        Err(why) => {
+            eprintln!("{why}");
             return Ok(StatusOutcome::NoDaemon);
         }
     };
@@ -74,6 +58,41 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
         print!("{}", human(&value, addr));
     }
     Ok(StatusOutcome::Shown)
+}
+
+/// GET `path` from the daemon on `addr`: the HTTP status code and body of any answer (an error status
+/// included), or why nothing answered ("no sync-process daemon answers on ADDR (...)").
+pub fn daemon_get(addr: SocketAddr, path: &str) -> std::result::Result<(u16, String), String> {
+    let agent = ureq::AgentBuilder::new().timeout(CLIENT_TIMEOUT).redirects(0).build();
+    let (code, resp) = match agent.get(&format!("http://{addr}{path}")).call() {
+        Ok(resp) => (resp.status(), resp),
+        Err(ureq::Error::Status(code, resp)) => (code, resp),
+        Err(ureq::Error::Transport(t)) => {
+            let why = std::error::Error::source(&t)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| t.kind().to_string());
+            return Err(format!("no sync-process daemon answers on {addr} ({why})"));
+        }
+    };
+    resp.into_string()
+        .map(|body| (code, body))
+        .map_err(|e| format!("no sync-process daemon answers on {addr} (reading the answer failed: {e})"))
+}
+
+/// GET /status from the daemon on `addr`: the body and its JSON, or why there is no sync-process status there.
+pub fn fetch_status(addr: SocketAddr) -> std::result::Result<(String, serde_json::Value), String> {
+    let (code, body) = daemon_get(addr, "/status")?;
+    if code != 200 {
+        return Err(format!(
+            "no sync-process daemon answers on {addr} (something answers there, with HTTP status {code})"
+        ));
+    }
+    match serde_json::from_str(&body) {
+        Ok(v @ serde_json::Value::Object(_)) if v.get("isRunning").is_some() => Ok((body, v)),
+        _ => Err(format!(
+            "no sync-process daemon answers on {addr} (something answers there, but not with a sync-process status)"
+        )),
+    }
 }
 
 /// The status for a person.

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::report::SyncCycleResult;
 
-pub use command::{client_addr, human, print_status, StatusOutcome};
+pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
 pub use metrics::render_metrics;
 pub use server::{route, Reply, StatusServer};
 

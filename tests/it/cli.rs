@@ -16,7 +16,16 @@ fn version_and_help() {
     assert_eq!(out.stdout.trim(), format!("sync-process {}", env!("CARGO_PKG_VERSION")));
     let out = run_command(&["--help"], &BTreeMap::new());
     assert!(out.status.success());
-    for cmd in ["run", "once", "migrate", "status", "check-config", "quarantine", "demo"] {
+    for cmd in [
+        "run",
+        "once",
+        "migrate",
+        "status",
+        "check-config",
+        "quarantine",
+        "demo",
+        "mcp",
+    ] {
         assert!(out.stdout.contains(cmd), "--help lists {cmd}");
     }
     let out = run_command(&["migrate", "--help"], &BTreeMap::new());

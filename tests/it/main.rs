@@ -8,6 +8,7 @@ mod db;
 mod download;
 mod harness;
 mod hostile;
+mod mcp;
 mod migrate;
 mod packaging;
 mod security;
