@@ -13,8 +13,14 @@
 //! DB_CONNECTION_TIMEOUT_MS ([`BoundedManager`]), and remote operations can run the same way with
 //! [`ConnectionManager::call_bounded`]: a stalled attempt is abandoned (its thread ends whenever the link
 //! does) and reported as a transient error, so the cycle fails within a bound and the next one starts fresh.
+//!
+//! Also owns the two small types every component names databases and locks with: [`Side`] and [`Target`]
+//! (`local database host:port/db`, how errors name a database), and [`AdvisoryLock`], the RAII session
+//! advisory lock on one of the three [`LockKey`]s (released on drop, also when a panic unwinds).
 //! Does not own: SQL (each component keeps its own), migrations (migrate.rs).
 
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,11 +30,210 @@ use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::config::{Config, DbConfig, SslMode};
-use crate::error::{Error, Result, Side};
+use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 
 pub type Conn = PooledConnection<BoundedManager>;
+
+/// Which of the two databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The sync server on this box (`POSTGRES_SYNC_*`).
+    Local,
+    /// The central client server (`POSTGRES_CLIENT_*`).
+    Remote,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        })
+    }
+}
+
+/// One database as errors and log lines name it: its side and `host:port/db` (never a password). Displays as
+/// `local database host:port/db`. Cheap to clone, so work on a helper thread (which cannot borrow the
+/// [`Database`]) names its database the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    side: Side,
+    addr: String,
+}
+
+impl Target {
+    pub fn new(side: Side, addr: impl Into<String>) -> Target {
+        Target {
+            side,
+            addr: addr.into(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// `host:port/db`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Wraps a `postgres::Error` of this database with what we were doing.
+    pub fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
+        Error::db(self.side, &self.addr, context, source)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} database {}", self.side, self.addr)
+    }
+}
+
+/// The session advisory locks of this program. Each key is the pair ("sync" in ASCII, n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKey {
+    /// Held while migrating one database (waited for: migrations queue up).
+    Migrate,
+    /// Held on the local database by the connection of an upload drain: one drain claims at a time.
+    Drain,
+    /// Held on the local database for a whole cycle, on a dedicated connection: one cycle at a time.
+    Cycle,
+}
+
+impl LockKey {
+    /// The first half of every key: "sync" in ASCII.
+    pub const CLASS: i32 = 0x7379_6e63;
+
+    /// The `(classid, objid)` pair passed to `pg_advisory_lock(int4, int4)`.
+    pub const fn pair(self) -> (i32, i32) {
+        (
+            LockKey::CLASS,
+            match self {
+                LockKey::Migrate => 1,
+                LockKey::Drain => 2,
+                LockKey::Cycle => 3,
+            },
+        )
+    }
+
+    /// The lock's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            LockKey::Migrate => "migration lock",
+            LockKey::Drain => "upload lock",
+            LockKey::Cycle => "cycle lock",
+        }
+    }
+}
+
+const LOCK_SQL: &str = "SELECT pg_advisory_lock($1, $2)";
+const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, $2)";
+const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1, $2)";
+
+/// A session advisory lock held by the connection it owns (which it derefs to). Dropping it releases the lock
+/// before the connection goes back to the pool, also when a panic unwinds (as `postgres::Transaction` rolls
+/// back on drop), so a pooled connection never keeps a lock for a later, unrelated user. If the release
+/// fails the connection is broken: the pool discards it and the server ends the lock with the session.
+pub struct AdvisoryLock {
+    conn: Conn,
+    key: LockKey,
+    target: Target,
+}
+
+impl AdvisoryLock {
+    /// Waits until the lock is free and takes it.
+    pub fn acquire(mut conn: Conn, key: LockKey, target: &Target) -> Result<AdvisoryLock> {
+        Self::lock_query(&mut conn, LOCK_SQL, key, target)?;
+        Ok(AdvisoryLock {
+            conn,
+            key,
+            target: target.clone(),
+        })
+    }
+
+    /// Takes the lock if it is free; [`Error::Busy`] when another session holds it.
+    pub fn try_acquire(mut conn: Conn, key: LockKey, target: &Target) -> Result<AdvisoryLock> {
+        let taken: bool = Self::lock_query(&mut conn, TRY_LOCK_SQL, key, target)?
+            .try_get(0)
+            .map_err(|e| target.err(format!("taking the {}", key.name()), e))?;
+        if !taken {
+            return Err(Error::Busy {
+                lock: key,
+                target: target.clone(),
+            });
+        }
+        Ok(AdvisoryLock {
+            conn,
+            key,
+            target: target.clone(),
+        })
+    }
+
+    fn lock_query(conn: &mut Conn, sql: &str, key: LockKey, target: &Target) -> Result<postgres::Row> {
+        let (class, id) = key.pair();
+        conn.query_typed_one(
+            sql,
+            &[
+                (&class, postgres::types::Type::INT4),
+                (&id, postgres::types::Type::INT4),
+            ],
+        )
+        .map_err(|e| target.err(format!("taking the {}", key.name()), e))
+    }
+
+    pub fn key(&self) -> LockKey {
+        self.key
+    }
+}
+
+impl Deref for AdvisoryLock {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.conn
+    }
+}
+
+impl DerefMut for AdvisoryLock {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.conn
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if self.conn.is_closed() {
+            return;
+        }
+        let (class, id) = self.key.pair();
+        let released = self
+            .conn
+            .query_typed_one(
+                UNLOCK_SQL,
+                &[
+                    (&class, postgres::types::Type::INT4),
+                    (&id, postgres::types::Type::INT4),
+                ],
+            )
+            .and_then(|row| row.try_get::<_, bool>(0));
+        match released {
+            Ok(true) => {}
+            Ok(false) => log::warn!(
+                "the {} on the {} was not held when released",
+                self.key.name(),
+                self.target
+            ),
+            Err(e) => log::warn!(
+                "releasing the {} on the {} failed (it is released when that session ends): {}",
+                self.key.name(),
+                self.target,
+                crate::error::describe_pg_error(&e)
+            ),
+        }
+    }
+}
 
 /// How long a remote call in flight may still take once shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -133,8 +338,7 @@ impl r2d2::ManageConnection for BoundedManager {
 
 /// One database: its pool, its side and its name for messages (`host:port/db`, never the password).
 pub struct Database {
-    side: Side,
-    target: String,
+    target: Target,
     pool: Pool<BoundedManager>,
     /// Where a refused TCP connect can be seen at once (None for Unix sockets).
     probe: Option<(String, u16)>,
@@ -181,8 +385,7 @@ impl Database {
         let probe = (!db.host.starts_with('/')).then(|| (db.host.clone(), db.port));
         let timeout = cfg.connection_timeout;
         Ok(Database {
-            side,
-            target: db.target(),
+            target: Target::new(side, db.target()),
             pool,
             probe,
             timeout,
@@ -191,19 +394,24 @@ impl Database {
     }
 
     pub fn side(&self) -> Side {
-        self.side
+        self.target.side()
     }
 
     /// `host:port/db`.
     pub fn target(&self) -> &str {
+        self.target.addr()
+    }
+
+    /// How errors name this database: `local database host:port/db`.
+    pub fn name(&self) -> &Target {
         &self.target
     }
 
     /// One attempt at a connection from the pool (waits at most DB_CONNECTION_TIMEOUT_MS).
     pub fn try_get(&self) -> Result<Conn> {
         let connect_error = |cause: String| Error::Connect {
-            side: self.side,
-            target: self.target.clone(),
+            side: self.side(),
+            target: self.target().to_string(),
             cause,
         };
         // r2d2 keeps retrying inside `get` until its timeout even when the server refuses at once; a quick TCP
@@ -222,7 +430,7 @@ impl Database {
 
     /// Wraps a `postgres::Error` of this database with what we were doing.
     pub fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
-        Error::db(self.side, &self.target, context, source)
+        self.target.err(context, source)
     }
 
     /// Connections currently open (idle or in use), for status.
@@ -511,10 +719,11 @@ impl ConnectionManager {
                 Ok(result) => return result,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Other(format!(
-                        "{side} database {}: {what}: the operation's thread ended without a result (a panic)",
-                        self.db(side).target()
-                    )))
+                    return Err(Error::WorkerLost {
+                        target: self.db(side).name().clone(),
+                        what: what.to_string(),
+                        how: "the operation's thread ended without a result (a panic)",
+                    })
                 }
             }
         }
