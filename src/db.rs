@@ -250,7 +250,7 @@ pub struct BoundedManager {
 }
 
 /// How one database is connected to: in the clear (sslmode=disable: OpenSSL is never initialised, which saves
-/// about 0.05 s of CPU and 1 MB of memory per database at start, measured), or with the TLS connector.
+/// start time and memory; BENCHMARKS.md), or with the TLS connector.
 enum Connector {
     Plain(PostgresConnectionManager<postgres::NoTls>),
     Tls(PostgresConnectionManager<MakeTlsConnector>),
@@ -497,8 +497,7 @@ fn pg_config(db: &DbConfig, cfg: &Config) -> postgres::Config {
 }
 
 /// Server settings for every session (the startup packet's `options`). `plan_cache_mode`: the drain's
-/// prepared statements are planned once per connection instead of once per batch (measured: about a third of
-/// the server time of a batch of 100).
+/// prepared statements are planned once per connection instead of once per batch (BENCHMARKS.md).
 pub fn session_options(statement_timeout: Duration) -> String {
     format!(
         "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c DateStyle=ISO,YMD \
@@ -522,7 +521,7 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
     match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
             // Nothing is verified, so no roots are kept. (native-tls still parses the system bundle while
-            // building; dropping the store returns part of it: idle RSS 12.9 -> 11.2 MB, measured.)
+            // building; dropping the store returns part of that memory: BENCHMARKS.md.)
             b.danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true)
                 .disable_built_in_roots(true);

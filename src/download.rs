@@ -3,7 +3,8 @@
 //!
 //! Owns: [`DownloadSyncManager`] and its results ([`MeterSyncResult`], [`TenantSyncResult`], the contract's
 //! JSON shapes), and one generic download driven by a [`TableSpec`] (table.rs: the two tables and all SQL;
-//! diff.rs: the pure comparison, guard and checks). Does not own: connections and retries (db.rs), writing
+//! diff.rs: the pure comparison, guard and checks; apply.rs: the local transaction; text_list.rs: the paged
+//! per-key lists). Does not own: connections and retries (db.rs), writing
 //! `sync_logs` or ordering the parts of a cycle (scheduler.rs), the remote schema.
 //!
 //! One download of one table, every cycle a full comparison that stays cheap when little changed:
@@ -23,8 +24,8 @@
 //! written, the next chunk's remote rows being read), whatever the number of differing rows. What grows with
 //! that number is only per-key bookkeeping: the keys and digests of step 2, and the ids the result reports
 //! (kept end to end in 64 KiB pages until the result is built) with a bit set of changed columns per updated
-//! row and the first 101 characters of each new row's name for its log line (about 100 bytes per differing
-//! key in all, measured). The remote reads of a chunk happen while the local transaction is open (idle in
+//! row and the first 101 characters of each new row's name for its log line (BENCHMARKS.md has the bytes
+//! per differing key). The remote reads of a chunk happen while the local transaction is open (idle in
 //! it); each is one bounded call of at most [`CHUNK`] rows.
 //!
 //! Invariants: a failed download (remote table missing or unreadable, guard, bad remote data, any database
@@ -211,19 +212,19 @@ impl<'a> DownloadSyncManager<'a> {
     }
 
     pub fn local_meter_count(&self) -> Result<i64> {
-        self.count(Side::Local, &METERS)
+        self.table_rows(Side::Local, &METERS)
     }
     pub fn remote_meter_count(&self) -> Result<i64> {
-        self.count(Side::Remote, &METERS)
+        self.table_rows(Side::Remote, &METERS)
     }
     pub fn local_tenant_count(&self) -> Result<i64> {
-        self.count(Side::Local, &TENANTS)
+        self.table_rows(Side::Local, &TENANTS)
     }
     pub fn remote_tenant_count(&self) -> Result<i64> {
-        self.count(Side::Remote, &TENANTS)
+        self.table_rows(Side::Remote, &TENANTS)
     }
 
-    fn count(&self, side: Side, spec: &TableSpec) -> Result<i64> {
+    fn table_rows(&self, side: Side, spec: &TableSpec) -> Result<i64> {
         let target = self.conns.db(side).name().clone();
         let sql = spec.count_sql();
         let context = format!("counting {}", spec.table);
@@ -272,14 +273,14 @@ impl<'a> DownloadSyncManager<'a> {
                 let total = match local_rows {
                     Some(n) => n,
                     // One attempt, no backoff: this only fills in the report.
-                    None => self.count_once(spec).unwrap_or(0),
+                    None => self.table_rows_once(spec).unwrap_or(0),
                 };
                 (Err(f.message), total)
             }
         }
     }
 
-    fn count_once(&self, spec: &TableSpec) -> Option<u64> {
+    fn table_rows_once(&self, spec: &TableSpec) -> Option<u64> {
         let mut conn = self.conns.local.try_get().ok()?;
         let n: i64 = conn.query_one(&spec.count_sql(), &[]).ok()?.try_get(0).ok()?;
         u64::try_from(n).ok()

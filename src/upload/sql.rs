@@ -119,29 +119,24 @@ macro_rules! ledger_then_readings {
     };
 }
 
+/// A whole claim statement (`first` or `next`, as [`claim_ctes!`]): the batch id and the readings as text.
+macro_rules! claim {
+    ($which:ident) => {
+        concat!(
+            "\nWITH ",
+            claim_ctes!($which),
+            "\nSELECT b.batch_id::text AS batch_text, ",
+            reading_text!("c."),
+            "\nFROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
+        )
+    };
+}
+
 /// Local. The first claim of a drain: the oldest readings.
-pub const CLAIM_FIRST: &str = concat!(
-    "
-WITH ",
-    claim_ctes!(first),
-    "
-SELECT b.batch_id::text AS batch_text, ",
-    reading_text!("c."),
-    "
-FROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
-);
+pub const CLAIM_FIRST: &str = claim!(first);
 
 /// Local. The next claim: keyset after the last claimed (timestamp, id).
-pub const CLAIM_NEXT: &str = concat!(
-    "
-WITH ",
-    claim_ctes!(next),
-    "
-SELECT b.batch_id::text AS batch_text, ",
-    reading_text!("c."),
-    "
-FROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
-);
+pub const CLAIM_NEXT: &str = claim!(next);
 
 /// Local. FINISH of batch $4 and CLAIM after ($2, $3) in one statement, so one commit per batch. The claim
 /// sees the queue as it was before the delete (one snapshot), which is right: the finished readings all lie
