@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use sync_process::shutdown::Shutdown;
 use sync_process::upload::{self, ClaimedBatch, UploadOutcome, UploadSyncManager, UploadSyncResult};
 
 use crate::support::daemon::{run_command, Daemon};
+use crate::support::env::{closed_port, count};
 use crate::support::pg::{self, DbPair, PgServer};
 use crate::support::proxy::FaultProxy;
 
@@ -236,10 +237,6 @@ fn snapshot(c: &mut Client) -> Vec<Reading> {
     v
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
 /// Local ids in claim order.
 fn local_ids_in_order(c: &mut Client) -> Vec<i64> {
     c.query("SELECT id::int8 FROM meter_readings ORDER BY timestamp, id", &[])
@@ -333,12 +330,4 @@ fn check<A: Testable>(env: Env, tests: u64, prop: A) {
 
 fn with_env<T>(f: impl FnOnce(&Env) -> T) -> T {
     CTX.with(|c| f(c.borrow().as_ref().expect("the property's Env")))
-}
-
-/// A loopback port nobody listens on.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind((pg::HOST, 0)).expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    drop(l);
-    port
 }
