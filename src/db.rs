@@ -13,8 +13,13 @@
 //! DB_CONNECTION_TIMEOUT_MS ([`BoundedManager`]), and remote operations can run the same way with
 //! [`ConnectionManager::call_bounded`]: a stalled attempt is abandoned (its thread ends whenever the link
 //! does) and reported as a transient error, so the cycle fails within a bound and the next one starts fresh.
+//!
+//! Also owns the small types every component names databases and locks with: [`Side`] and [`Target`]
+//! (`local database host:port/db`, how errors name a database), and (db/lock.rs) [`AdvisoryLock`], the RAII
+//! session advisory lock on one of the three [`LockKey`]s (released on drop, also when a panic unwinds).
 //! Does not own: SQL (each component keeps its own), migrations (migrate.rs).
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,11 +29,71 @@ use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::config::{Config, DbConfig, SslMode};
-use crate::error::{Error, Result, Side};
+use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 
+mod lock;
+
+pub use lock::{AdvisoryLock, LockKey};
+
 pub type Conn = PooledConnection<BoundedManager>;
+
+/// Which of the two databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The sync server on this box (`POSTGRES_SYNC_*`).
+    Local,
+    /// The central client server (`POSTGRES_CLIENT_*`).
+    Remote,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        })
+    }
+}
+
+/// One database as errors and log lines name it: its side and `host:port/db` (never a password). Displays as
+/// `local database host:port/db`. Cheap to clone, so work on a helper thread (which cannot borrow the
+/// [`Database`]) names its database the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    side: Side,
+    addr: String,
+}
+
+impl Target {
+    pub fn new(side: Side, addr: impl Into<String>) -> Target {
+        Target {
+            side,
+            addr: addr.into(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// `host:port/db`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Wraps a `postgres::Error` of this database with what we were doing.
+    pub fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
+        Error::db(self.side, &self.addr, context, source)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} database {}", self.side, self.addr)
+    }
+}
 
 /// How long a remote call in flight may still take once shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -45,7 +110,7 @@ pub struct BoundedManager {
 }
 
 /// How one database is connected to: in the clear (sslmode=disable: OpenSSL is never initialised, which saves
-/// about 0.05 s of CPU and 1 MB of memory per database at start, measured), or with the TLS connector.
+/// start time and memory; BENCHMARKS.md), or with the TLS connector.
 enum Connector {
     Plain(PostgresConnectionManager<postgres::NoTls>),
     Tls(PostgresConnectionManager<MakeTlsConnector>),
@@ -133,8 +198,7 @@ impl r2d2::ManageConnection for BoundedManager {
 
 /// One database: its pool, its side and its name for messages (`host:port/db`, never the password).
 pub struct Database {
-    side: Side,
-    target: String,
+    target: Target,
     pool: Pool<BoundedManager>,
     /// Where a refused TCP connect can be seen at once (None for Unix sockets).
     probe: Option<(String, u16)>,
@@ -181,8 +245,7 @@ impl Database {
         let probe = (!db.host.starts_with('/')).then(|| (db.host.clone(), db.port));
         let timeout = cfg.connection_timeout;
         Ok(Database {
-            side,
-            target: db.target(),
+            target: Target::new(side, db.target()),
             pool,
             probe,
             timeout,
@@ -191,19 +254,24 @@ impl Database {
     }
 
     pub fn side(&self) -> Side {
-        self.side
+        self.target.side()
     }
 
     /// `host:port/db`.
     pub fn target(&self) -> &str {
+        self.target.addr()
+    }
+
+    /// How errors name this database: `local database host:port/db`.
+    pub fn name(&self) -> &Target {
         &self.target
     }
 
     /// One attempt at a connection from the pool (waits at most DB_CONNECTION_TIMEOUT_MS).
     pub fn try_get(&self) -> Result<Conn> {
         let connect_error = |cause: String| Error::Connect {
-            side: self.side,
-            target: self.target.clone(),
+            side: self.side(),
+            target: self.target().to_string(),
             cause,
         };
         // r2d2 keeps retrying inside `get` until its timeout even when the server refuses at once; a quick TCP
@@ -222,7 +290,7 @@ impl Database {
 
     /// Wraps a `postgres::Error` of this database with what we were doing.
     pub fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
-        Error::db(self.side, &self.target, context, source)
+        self.target.err(context, source)
     }
 
     /// Connections currently open (idle or in use), for status.
@@ -289,8 +357,7 @@ fn pg_config(db: &DbConfig, cfg: &Config) -> postgres::Config {
 }
 
 /// Server settings for every session (the startup packet's `options`). `plan_cache_mode`: the drain's
-/// prepared statements are planned once per connection instead of once per batch (measured: about a third of
-/// the server time of a batch of 100).
+/// prepared statements are planned once per connection instead of once per batch (BENCHMARKS.md).
 pub fn session_options(statement_timeout: Duration) -> String {
     format!(
         "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c DateStyle=ISO,YMD \
@@ -314,7 +381,7 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
     match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => {
             // Nothing is verified, so no roots are kept. (native-tls still parses the system bundle while
-            // building; dropping the store returns part of it: idle RSS 12.9 -> 11.2 MB, measured.)
+            // building; dropping the store returns part of that memory: BENCHMARKS.md.)
             b.danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true)
                 .disable_built_in_roots(true);
@@ -511,10 +578,11 @@ impl ConnectionManager {
                 Ok(result) => return result,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Other(format!(
-                        "{side} database {}: {what}: the operation's thread ended without a result (a panic)",
-                        self.db(side).target()
-                    )))
+                    return Err(Error::WorkerLost {
+                        target: self.db(side).name().clone(),
+                        what: what.to_string(),
+                        how: "the operation's thread ended without a result (a panic)",
+                    })
                 }
             }
         }

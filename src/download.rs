@@ -3,7 +3,8 @@
 //!
 //! Owns: [`DownloadSyncManager`] and its results ([`MeterSyncResult`], [`TenantSyncResult`], the contract's
 //! JSON shapes), and one generic download driven by a [`TableSpec`] (table.rs: the two tables and all SQL;
-//! diff.rs: the pure comparison, guard and checks). Does not own: connections and retries (db.rs), writing
+//! diff.rs: the pure comparison, guard and checks; apply.rs: the local transaction; text_list.rs: the paged
+//! per-key lists). Does not own: connections and retries (db.rs), writing
 //! `sync_logs` or ordering the parts of a cycle (scheduler.rs), the remote schema.
 //!
 //! One download of one table, every cycle a full comparison that stays cheap when little changed:
@@ -23,8 +24,8 @@
 //! written, the next chunk's remote rows being read), whatever the number of differing rows. What grows with
 //! that number is only per-key bookkeeping: the keys and digests of step 2, and the ids the result reports
 //! (kept end to end in 64 KiB pages until the result is built) with a bit set of changed columns per updated
-//! row and the first 101 characters of each new row's name for its log line (about 100 bytes per differing
-//! key in all, measured). The remote reads of a chunk happen while the local transaction is open (idle in
+//! row and the first 101 characters of each new row's name for its log line (BENCHMARKS.md has the bytes
+//! per differing key). The remote reads of a chunk happen while the local transaction is open (idle in
 //! it); each is one bounded call of at most [`CHUNK`] rows.
 //!
 //! Invariants: a failed download (remote table missing or unreadable, guard, bad remote data, any database
@@ -32,20 +33,22 @@
 //! returned as `success=false` with the table named in `error`; the methods never panic and never return
 //! `Err`. Changes are judged on the values, not on `updated_at`.
 
+mod apply;
 mod diff;
 mod table;
+mod text_list;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{ToSql, Type};
+use postgres::types::Type;
 use postgres::GenericClient;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::db::{ConnectionManager, Database};
-use crate::error::{Error, Result, Side};
+use crate::db::{ConnectionManager, Side};
+use crate::error::{Error, Result};
 
 pub use diff::{
     change_lines, changed_fields, check_rows, delete_guard, diff_rows, differing_buckets, plan, BucketDigest, Diff,
@@ -116,76 +119,6 @@ impl Outcome {
     }
 }
 
-/// Strings kept end to end in pages of [`PAGE`] bytes: per-key bookkeeping of a large download without a heap
-/// allocation (and its overhead) per string, and without the copies and holes of one growing buffer.
-#[derive(Clone, Debug, Default)]
-struct TextList {
-    pages: Vec<String>,
-    /// Per entry, where it ends in its page.
-    ends: Vec<usize>,
-    /// Per page, the index of its first entry.
-    firsts: Vec<usize>,
-}
-
-/// Bytes per page of a [`TextList`] (a longer string gets a page of its own).
-const PAGE: usize = 64 * 1024;
-
-impl TextList {
-    /// Room for `entries` entries without reallocating the list of their ends.
-    fn with_capacity(entries: usize) -> TextList {
-        TextList {
-            ends: Vec::with_capacity(entries),
-            ..TextList::default()
-        }
-    }
-    fn push(&mut self, s: &str) {
-        let fits = self
-            .pages
-            .last()
-            .is_some_and(|page| page.capacity() - page.len() >= s.len());
-        if !fits {
-            self.pages.push(String::with_capacity(PAGE.max(s.len())));
-            self.firsts.push(self.ends.len());
-        }
-        if let Some(page) = self.pages.last_mut() {
-            page.push_str(s);
-            self.ends.push(page.len());
-        }
-    }
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-    fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        self.pages.iter().enumerate().flat_map(move |(p, page)| {
-            let first = self.firsts.get(p).copied().unwrap_or(0);
-            let last = self.firsts.get(p + 1).copied().unwrap_or(self.ends.len());
-            let ends = self.ends.get(first..last).unwrap_or(&[]);
-            let starts = std::iter::once(0).chain(ends.iter().copied());
-            starts
-                .zip(ends.iter().copied())
-                .map(move |(start, end)| page.get(start..end).unwrap_or(""))
-        })
-    }
-    fn to_vec(&self) -> Vec<String> {
-        self.iter().map(str::to_string).collect()
-    }
-}
-
-/// What the local transaction wrote, collected chunk by chunk.
-#[derive(Debug, Default)]
-struct Applied {
-    /// Inserted keys, and the [`diff::label`] of each for its log line.
-    inserted: TextList,
-    labels: TextList,
-    /// Updated keys, and the [`diff::changed_mask`] of each.
-    updated: TextList,
-    masks: Vec<u64>,
-    /// Keys deleted beyond the plan: their remote row went away between steps 2 and 4.
-    extra_deletes: Vec<String>,
-    /// Keys whose digests differed but whose values were equal.
-    unchanged: usize,
-}
-
 /// Why a download failed: a short kind for the log line and the message (which names the table).
 #[derive(Debug)]
 struct Failure {
@@ -219,7 +152,7 @@ impl<'a> DownloadSyncManager<'a> {
     pub fn sync_meter_configurations(&self) -> MeterSyncResult {
         let started = Instant::now();
         let (outcome, total) = self.run(&METERS);
-        let duration = millis(started);
+        let duration = elapsed_ms(started);
         match outcome {
             Ok(o) => MeterSyncResult {
                 success: true,
@@ -246,7 +179,7 @@ impl<'a> DownloadSyncManager<'a> {
     pub fn sync_tenant_data(&self) -> TenantSyncResult {
         let started = Instant::now();
         let (outcome, total) = self.run(&TENANTS);
-        let duration = millis(started);
+        let duration = elapsed_ms(started);
         match outcome {
             Ok(o) => TenantSyncResult {
                 success: true,
@@ -279,28 +212,26 @@ impl<'a> DownloadSyncManager<'a> {
     }
 
     pub fn local_meter_count(&self) -> Result<i64> {
-        self.count(Side::Local, &METERS)
+        self.table_rows(Side::Local, &METERS)
     }
     pub fn remote_meter_count(&self) -> Result<i64> {
-        self.count(Side::Remote, &METERS)
+        self.table_rows(Side::Remote, &METERS)
     }
     pub fn local_tenant_count(&self) -> Result<i64> {
-        self.count(Side::Local, &TENANTS)
+        self.table_rows(Side::Local, &TENANTS)
     }
     pub fn remote_tenant_count(&self) -> Result<i64> {
-        self.count(Side::Remote, &TENANTS)
+        self.table_rows(Side::Remote, &TENANTS)
     }
 
-    fn count(&self, side: Side, spec: &TableSpec) -> Result<i64> {
-        let target = self.conns.db(side).target().to_string();
+    fn table_rows(&self, side: Side, spec: &TableSpec) -> Result<i64> {
+        let target = self.conns.db(side).name().clone();
         let sql = spec.count_sql();
         let context = format!("counting {}", spec.table);
-        let what = format!("{context} in the {side} database {target}");
+        let what = format!("{context} in the {target}");
         self.conns.with_conn_bounded(side, &what, move |c| {
-            let row = c
-                .query_typed_one(&sql, &[])
-                .map_err(|e| Error::db(side, &target, &context, e))?;
-            row.try_get(0).map_err(|e| Error::db(side, &target, &context, e))
+            let row = c.query_typed_one(&sql, &[]).map_err(|e| target.err(&context, e))?;
+            row.try_get(0).map_err(|e| target.err(&context, e))
         })
     }
 
@@ -319,7 +250,7 @@ impl<'a> DownloadSyncManager<'a> {
             });
         match result {
             Ok(o) => {
-                let ms = millis(started);
+                let ms = elapsed_ms(started);
                 if o.is_empty() {
                     log::debug!("{}: no change ({} rows, {ms} ms)", spec.table, o.total);
                 } else {
@@ -342,14 +273,14 @@ impl<'a> DownloadSyncManager<'a> {
                 let total = match local_rows {
                     Some(n) => n,
                     // One attempt, no backoff: this only fills in the report.
-                    None => self.count_once(spec).unwrap_or(0),
+                    None => self.table_rows_once(spec).unwrap_or(0),
                 };
                 (Err(f.message), total)
             }
         }
     }
 
-    fn count_once(&self, spec: &TableSpec) -> Option<u64> {
+    fn table_rows_once(&self, spec: &TableSpec) -> Option<u64> {
         let mut conn = self.conns.local.try_get().ok()?;
         let n: i64 = conn.query_one(&spec.count_sql(), &[]).ok()?.try_get(0).ok()?;
         u64::try_from(n).ok()
@@ -405,9 +336,7 @@ impl<'a> DownloadSyncManager<'a> {
 
         // 4. One transaction, chunk by chunk; the guard again on what was deleted, then commit.
         let recheck = |deletes: u64| delete_guard(local_total, remote_total, deletes, ratio);
-        let applied = self
-            .apply(spec, &plan, &limits, &recheck)
-            .map_err(|e| Failure::db(spec, e))??;
+        let applied = self.apply(spec, &plan, &limits, &recheck)?;
         let Plan {
             deletes: mut deleted_ids,
             changed,
@@ -462,7 +391,7 @@ impl<'a> DownloadSyncManager<'a> {
             let remote = match spawned {
                 Ok(handle) => handle
                     .join()
-                    .unwrap_or_else(|_| Err(Error::Other("the remote read panicked".into()))),
+                    .unwrap_or_else(|_| Err(Error::Internal("the remote read panicked".into()))),
                 // No thread to be had: do it here, one after the other.
                 Err(_) => op(Side::Remote),
             };
@@ -471,29 +400,27 @@ impl<'a> DownloadSyncManager<'a> {
     }
 
     fn bucket_digests(&self, side: Side, spec: &TableSpec) -> Result<BTreeMap<i32, BucketDigest>> {
-        let target = self.conns.db(side).target().to_string();
+        let target = self.conns.db(side).name().clone();
         let sql = spec.bucket_digests_sql();
         let context = format!("reading the {} bucket digests", spec.table);
-        let what = format!("{context} from the {side} database {target}");
+        let what = format!("{context} from the {target}");
         self.conns.with_conn_bounded(side, &what, move |c| {
-            let rows = c
-                .query_typed(&sql, &[])
-                .map_err(|e| Error::db(side, &target, &context, e))?;
+            let rows = c.query_typed(&sql, &[]).map_err(|e| target.err(&context, e))?;
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
                 .collect::<std::result::Result<_, postgres::Error>>()
-                .map_err(|e| Error::db(side, &target, &context, e))
+                .map_err(|e| target.err(&context, e))
         })
     }
 
     fn row_digests(&self, side: Side, spec: &TableSpec, buckets: &[i32]) -> Result<Vec<(Option<String>, i64)>> {
-        let target = self.conns.db(side).target().to_string();
+        let target = self.conns.db(side).name().clone();
         let sql = spec.row_digests_sql();
         let context = format!("reading the {} row digests of {} buckets", spec.table, buckets.len());
-        let what = format!("{context} from the {side} database {target}");
+        let what = format!("{context} from the {target}");
         let buckets = buckets.to_vec();
         self.conns.with_conn_bounded(side, &what, move |c| {
-            let err = |e| Error::db(side, &target, &context, e);
+            let err = |e| target.err(&context, e);
             let mut out = Vec::new();
             let mut it = c.query_typed_raw(&sql, [(&buckets, Type::INT4_ARRAY)]).map_err(err)?;
             while let Some(r) = it.next().map_err(err)? {
@@ -507,14 +434,14 @@ impl<'a> DownloadSyncManager<'a> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let target = self.conns.db(side).target().to_string();
+        let target = self.conns.db(side).name().clone();
         let sql = spec.rows_sql();
         let context = format!("reading {} {} rows", keys.len(), spec.table);
-        let what = format!("{context} from the {side} database {target}");
+        let what = format!("{context} from the {target}");
         let width = spec.columns.len();
         let keys = keys.to_vec();
         self.conns.with_conn_bounded(side, &what, move |c| {
-            read_rows(&mut **c, &sql, &keys, width).map_err(|e| Error::db(side, &target, &context, e))
+            read_rows(&mut **c, &sql, &keys, width).map_err(|e| target.err(&context, e))
         })
     }
 
@@ -549,7 +476,7 @@ impl<'a> DownloadSyncManager<'a> {
             return Err(Failure::new(
                 "schema",
                 spec,
-                format!("the local database {} has no table {}", db.target(), spec.table),
+                format!("the {} has no table {}", db.name(), spec.table),
             ));
         }
         spec.checked_columns()
@@ -561,179 +488,6 @@ impl<'a> DownloadSyncManager<'a> {
             })
             .collect()
     }
-
-    /// All local writes of one download in one transaction, streamed chunk by chunk (see the module docs);
-    /// a failure anywhere rolls everything back (the transaction is dropped uncommitted). `recheck` is the
-    /// delete guard on the number of rows actually deleted, asked before the commit. A local database error
-    /// is `Err` (retried whole on a transient one); a remote read error, bad remote data or the guard are
-    /// `Ok(Err(..))`, never retried here.
-    fn apply(
-        &self,
-        spec: &TableSpec,
-        plan: &Plan,
-        limits: &[Limit],
-        recheck: &dyn Fn(u64) -> std::result::Result<(), String>,
-    ) -> Result<std::result::Result<Applied, Failure>> {
-        let db: &Database = &self.conns.local;
-        let delete_sql = spec.delete_sql();
-        let what = format!(
-            "writing the {} download to the local database {}",
-            spec.table,
-            db.target()
-        );
-        self.conns.with_conn(Side::Local, &what, |c| {
-            let mut tx = c
-                .transaction()
-                .map_err(|e| db.err(format!("starting the {} transaction", spec.table), e))?;
-            for chunk in plan.deletes.chunks(CHUNK) {
-                tx.execute_typed(&delete_sql, &[(&chunk, Type::TEXT_ARRAY)])
-                    .map_err(|e| db.err(format!("deleting {} {} rows", chunk.len(), spec.table), e))?;
-            }
-            let applied = match self.stream(&mut tx, spec, plan, limits)? {
-                Ok(applied) => applied,
-                Err(failure) => return Ok(Err(failure)),
-            };
-            let deleted = plan.deletes.len() + applied.extra_deletes.len();
-            if let Err(m) = recheck(deleted as u64) {
-                return Ok(Err(Failure::new("guard", spec, m)));
-            }
-            tx.commit()
-                .map_err(|e| db.err(format!("committing the {} download", spec.table), e))?;
-            Ok(Ok(applied))
-        })
-    }
-
-    /// Steps through the plan's keys to compare, then its keys to insert, [`CHUNK`] at a time: a reader
-    /// thread fetches each chunk's remote rows and hands them over through a rendezvous channel (so it is at
-    /// most one chunk ahead); this thread reads the chunk's local rows in `tx` (keys to compare only), takes
-    /// the remote ones, diffs, checks the limits and writes.
-    fn stream(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        spec: &TableSpec,
-        plan: &Plan,
-        limits: &[Limit],
-    ) -> Result<std::result::Result<Applied, Failure>> {
-        let db: &Database = &self.conns.local;
-        let (rows_sql, update_sql, insert_sql, delete_sql) =
-            (spec.rows_sql(), spec.update_sql(), spec.insert_sql(), spec.delete_sql());
-        let width = spec.columns.len();
-        // (read the local rows too, keys) per chunk, in the order they are written.
-        let chunks = || {
-            let compare = plan.changed.chunks(CHUNK).map(|keys| (true, keys));
-            compare.chain(plan.new.chunks(CHUNK).map(|keys| (false, keys)))
-        };
-        std::thread::scope(|s| {
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<std::result::Result<Rows, Failure>>(0);
-            let reader = std::thread::Builder::new()
-                .name("download-remote".into())
-                .spawn_scoped(s, move || {
-                    for (_, keys) in chunks() {
-                        let rows = self
-                            .rows(Side::Remote, spec, keys)
-                            .map_err(|e| Failure::db(spec, e))
-                            .and_then(|rows| index_rows(spec, Side::Remote, rows));
-                        let failed = rows.is_err();
-                        // A send fails when the writer has stopped: so does the reader.
-                        if sender.send(rows).is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-            if let Err(e) = reader {
-                return Ok(Err(Failure::new(
-                    "io",
-                    spec,
-                    format!("could not start the thread that reads the remote rows: {e}"),
-                )));
-            }
-            // Sized for the plan (the usual case: every key to compare is updated, every new key inserted).
-            let mut applied = Applied {
-                inserted: TextList::with_capacity(plan.new.len()),
-                labels: TextList::with_capacity(plan.new.len()),
-                updated: TextList::with_capacity(plan.changed.len()),
-                masks: Vec::with_capacity(plan.changed.len()),
-                ..Applied::default()
-            };
-            for (with_local, keys) in chunks() {
-                // The local rows first: the reader is fetching the remote ones meanwhile.
-                let local = if with_local {
-                    let rows = read_rows(&mut *tx, &rows_sql, keys, width)
-                        .map_err(|e| db.err(format!("reading {} local {} rows", keys.len(), spec.table), e))?;
-                    match index_rows(spec, Side::Local, rows) {
-                        Ok(rows) => rows,
-                        Err(failure) => return Ok(Err(failure)),
-                    }
-                } else {
-                    Rows::new()
-                };
-                let remote = match receiver.recv() {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(failure)) => return Ok(Err(failure)),
-                    Err(_) => {
-                        return Ok(Err(Failure::new(
-                            "panic",
-                            spec,
-                            "internal error: the thread reading the remote rows ended early",
-                        )))
-                    }
-                };
-                let diff = diff_rows(local, remote);
-                let written = diff
-                    .inserts
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v))
-                    .chain(diff.updates.iter().map(|u| (u.key.as_str(), &u.values)));
-                if let Err(m) = check_rows(spec, limits, written) {
-                    return Ok(Err(Failure::new("data", spec, format!("bad remote data: {m}"))));
-                }
-                if !diff.deletes.is_empty() {
-                    tx.execute_typed(&delete_sql, &[(&diff.deletes, Type::TEXT_ARRAY)])
-                        .map_err(|e| db.err(format!("deleting {} {} rows", diff.deletes.len(), spec.table), e))?;
-                }
-                if !diff.updates.is_empty() {
-                    let rows: Vec<(&str, &Values)> = diff.updates.iter().map(|u| (u.key.as_str(), &u.values)).collect();
-                    write_rows(tx, &update_sql, &rows, width)
-                        .map_err(|e| db.err(format!("updating {} {} rows", rows.len(), spec.table), e))?;
-                }
-                if !diff.inserts.is_empty() {
-                    let rows: Vec<(&str, &Values)> = diff.inserts.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                    write_rows(tx, &insert_sql, &rows, width)
-                        .map_err(|e| db.err(format!("inserting {} {} rows", rows.len(), spec.table), e))?;
-                }
-                for (key, values) in &diff.inserts {
-                    applied.inserted.push(key);
-                    applied.labels.push(diff::label(spec, values));
-                }
-                for u in &diff.updates {
-                    applied.updated.push(&u.key);
-                    applied.masks.push(diff::changed_mask(&u.changed));
-                }
-                applied.extra_deletes.extend(diff.deletes);
-                applied.unchanged += diff.unchanged;
-            }
-            Ok(Ok(applied))
-        })
-    }
-}
-
-/// One update or insert statement: the keys as `$1`, each column's values as `$2..`, all text arrays.
-fn write_rows(
-    tx: &mut postgres::Transaction<'_>,
-    sql: &str,
-    rows: &[(&str, &Values)],
-    width: usize,
-) -> std::result::Result<u64, postgres::Error> {
-    let keys: Vec<&str> = rows.iter().map(|(k, _)| *k).collect();
-    let columns: Vec<Vec<Option<&str>>> = (0..width)
-        .map(|i| rows.iter().map(|(_, v)| v.get(i).and_then(|x| x.as_deref())).collect())
-        .collect();
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(width + 1);
-    params.push((&keys, Type::TEXT_ARRAY));
-    for col in &columns {
-        params.push((col, Type::TEXT_ARRAY));
-    }
-    tx.execute_typed(sql, &params)
 }
 
 /// Row digests sorted by key (bytewise), as [`diff::plan`] takes them. A NULL or duplicated key (a remote table
@@ -809,28 +563,6 @@ fn duplicate_key(spec: &TableSpec, side: Side, key: &str) -> Failure {
     )
 }
 
-fn millis(started: Instant) -> u64 {
+fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_list_gives_back_what_was_pushed() {
-        let long = "x".repeat(PAGE + 3);
-        let mut want: Vec<String> = vec![String::new(), "a".into(), "ü-1".into(), long.clone(), String::new()];
-        want.extend((0..30_000).map(|i| format!("meter-{i}")));
-        want.push(long);
-        want.push("end".into());
-        let mut list = TextList::with_capacity(4);
-        for s in &want {
-            list.push(s);
-        }
-        assert_eq!(list.len(), want.len());
-        assert!(list.to_vec() == want);
-        assert!(list.pages.len() > 3 && list.pages.iter().all(|p| p.capacity() >= PAGE));
-        assert_eq!(TextList::default().iter().count(), 0);
-    }
 }

@@ -2,32 +2,18 @@
 //!
 //! Owns: `Error`, its context variants (which database, which batch, which variable) and the questions that
 //! decide what to do with an error: [`Error::is_transient`] (retry later) and [`Error::is_data_error`] (the
-//! remote rejected the *rows*, not the connection). Does not own: exit codes (main.rs maps errors to them)
-//! nor logging.
+//! remote rejected the *rows*, not the connection), [`Error::side`] (which database it is about). Every
+//! condition code branches on has its own variant; `Other` is only ever displayed. Does not own: exit codes
+//! (main.rs maps errors to them), logging, nor how databases and locks are named (db.rs: `Side`, `Target`,
+//! `LockKey`).
 
 use std::fmt;
 
 use crate::config::ConfigErrors;
+pub use crate::db::Side;
+use crate::db::{LockKey, Target};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Which of the two databases an error is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The sync server on this box (`POSTGRES_SYNC_*`).
-    Local,
-    /// The central client server (`POSTGRES_CLIENT_*`).
-    Remote,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Local => "local",
-            Side::Remote => "remote",
-        })
-    }
-}
 
 #[derive(Debug)]
 pub enum Error {
@@ -61,6 +47,26 @@ pub enum Error {
     },
     /// A shutdown was requested while we were waiting to retry.
     Shutdown,
+    /// Another session (another sync-process) holds this advisory lock on this database.
+    Busy { lock: LockKey, target: Target },
+    /// A thread of ours working on `target` ended without a result (it panicked, or ended at once again and
+    /// again): the outcome of `what` is unknown.
+    WorkerLost {
+        target: Target,
+        what: String,
+        how: &'static str,
+    },
+    /// Our own bookkeeping broke an invariant (a bug), e.g. no batch in flight where one must be.
+    Internal(String),
+    /// The remote rejects every reading for a data reason: all `readings` of the batch and the `controls`
+    /// other queued readings probed with it. A schema change, not poison: nothing is quarantined.
+    RejectsEverything {
+        target: Target,
+        batch_id: String,
+        readings: usize,
+        controls: usize,
+        first_error: String,
+    },
     /// Anything else, already worded for a person.
     Other(String),
 }
@@ -110,6 +116,25 @@ impl Error {
         }
     }
 
+    /// Which database the error is about, when it is about one.
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            Error::Db { side, .. }
+            | Error::Connect { side, .. }
+            | Error::Stalled { side, .. }
+            | Error::Tls { side, .. } => Some(*side),
+            Error::Busy { target, .. } | Error::WorkerLost { target, .. } | Error::RejectsEverything { target, .. } => {
+                Some(target.side())
+            }
+            Error::Config(_)
+            | Error::Usage(_)
+            | Error::Io { .. }
+            | Error::Shutdown
+            | Error::Internal(_)
+            | Error::Other(_) => None,
+        }
+    }
+
     /// Short name of the kind of error, for log lines and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -122,7 +147,12 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Tls { .. } => "tls",
             Error::Shutdown => "shutdown",
-            Error::Other(_) => "other",
+            // Kept as they were named before these had variants of their own (log lines and metrics labels).
+            Error::Busy { .. }
+            | Error::WorkerLost { .. }
+            | Error::Internal(_)
+            | Error::RejectsEverything { .. }
+            | Error::Other(_) => "other",
         }
     }
 }
@@ -174,6 +204,31 @@ impl fmt::Display for Error {
             }
             Error::Tls { side, context, source } => write!(f, "{side} database TLS: {context}: {source}"),
             Error::Shutdown => f.write_str("shutdown requested"),
+            Error::Busy { lock, target } => match lock {
+                LockKey::Drain => write!(
+                    f,
+                    "{target}: another sync-process is uploading from this database; this upload is skipped"
+                ),
+                LockKey::Cycle => write!(
+                    f,
+                    "another sync-process holds the cycle lock on the {target}; skipping this cycle"
+                ),
+                LockKey::Migrate => write!(f, "{target}: another sync-process holds the {}", lock.name()),
+            },
+            Error::WorkerLost { target, what, how } => write!(f, "{target}: {what}: {how}"),
+            Error::Internal(msg) => f.write_str(msg),
+            Error::RejectsEverything {
+                target,
+                batch_id,
+                readings,
+                controls,
+                first_error,
+            } => write!(
+                f,
+                "the {target} rejects every one of the {readings} readings of batch {batch_id} for a data reason, \
+                 and {controls} other queued reading(s) too (a schema change such as a new NOT NULL column?); \
+                 nothing quarantined, the batch stays claimed; first error: {first_error}"
+            ),
             Error::Other(msg) => f.write_str(msg),
         }
     }

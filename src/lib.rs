@@ -1,6 +1,6 @@
 //! sync-process: keeps an edge PostgreSQL (the sync server) in step with a central one (the client server).
 //!
-//! Readings flow up, exactly once (upload.rs); meters and tenants flow down, mirrored (download.rs); the
+//! Readings flow up, exactly once (upload/); meters and tenants flow down, mirrored (download.rs); the
 //! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
 
 pub mod alerts;

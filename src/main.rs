@@ -8,7 +8,7 @@ use sync_process::cli::{self, Command};
 use sync_process::config::{self, Config};
 use sync_process::error::{Error, Result};
 use sync_process::status::{self, StatusOutcome};
-use sync_process::{check, demo, logging, mcp, migrate, scheduler, upload};
+use sync_process::{check, demo, logging, mcp, migrate, quarantine, scheduler};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -103,7 +103,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }),
         Command::Mcp { allow_writes } => mcp::serve(&cfg, allow_writes),
         Command::Quarantine(cmd) => {
-            upload::quarantine_command(&cfg, &cmd)?;
+            quarantine::command(&cfg, &cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Help(_) | Command::Version | Command::Demo { .. } => unreachable!("handled above"),

@@ -2,12 +2,13 @@
 //!
 //! Owns: the list of migrations (embedded in the binary from sql/), the `sync_schema_migrations` table on each
 //! side, and [`migrate`]. Each pending file runs in its own transaction with its version recorded in the same
-//! transaction, under a session advisory lock so two processes cannot migrate one database at once.
+//! transaction, under a session advisory lock ([`LockKey::Migrate`], an RAII [`AdvisoryLock`]: released also
+//! when a panic unwinds) so two processes cannot migrate one database at once.
 //! Files only add (IF NOT EXISTS), so a database that already holds the seed tables keeps every row.
 //! Does not own: connections (db.rs).
 
-use crate::db::Database;
-use crate::error::{Result, Side};
+use crate::db::{AdvisoryLock, Database, LockKey, Side};
+use crate::error::Result;
 
 /// One migration file.
 pub struct Migration {
@@ -54,9 +55,6 @@ pub fn migrations(side: Side) -> &'static [Migration] {
     }
 }
 
-/// Advisory lock key held while migrating ("sync" in ASCII, then 1).
-const LOCK_KEY: (i32, i32) = (0x7379_6e63, 1);
-
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sync_schema_migrations (
     version INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -65,62 +63,54 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sync_schema_migrations (
 /// Applies the pending migrations of `db`'s side (or, with `dry_run`, only lists them). Returns the names of
 /// the files applied (or that would be).
 pub fn migrate(db: &Database, dry_run: bool) -> Result<Vec<&'static str>> {
-    let side = db.side();
-    let mut conn = db.try_get()?;
-    conn.query("SELECT pg_advisory_lock($1, $2)", &[&LOCK_KEY.0, &LOCK_KEY.1])
-        .map_err(|e| db.err("taking the migration lock", e))?;
-    let result = (|| {
-        let applied: Vec<i32> = if dry_run {
-            let exists: bool = conn
-                .query_one("SELECT to_regclass('sync_schema_migrations') IS NOT NULL", &[])
-                .map_err(|e| db.err("reading applied migrations", e))?
-                .get(0);
-            if exists {
-                versions(&mut conn, db)?
-            } else {
-                Vec::new()
-            }
-        } else {
-            conn.batch_execute(CREATE_TABLE)
-                .map_err(|e| db.err("creating sync_schema_migrations", e))?;
-            versions(&mut conn, db)?
-        };
-        let mut done = Vec::new();
-        for m in migrations(side).iter().filter(|m| !applied.contains(&m.version)) {
-            if dry_run {
-                log::info!("migrate --dry-run: {side} {} would apply {}", db.target(), m.name);
-            } else {
-                let mut tx = conn
-                    .transaction()
-                    .map_err(|e| db.err(format!("beginning {}", m.name), e))?;
-                tx.batch_execute(m.sql)
-                    .map_err(|e| db.err(format!("applying {}", m.name), e))?;
-                tx.execute(
-                    "INSERT INTO sync_schema_migrations (version, name) VALUES ($1, $2)",
-                    &[&m.version, &m.name],
-                )
-                .map_err(|e| db.err(format!("recording {}", m.name), e))?;
-                tx.commit().map_err(|e| db.err(format!("committing {}", m.name), e))?;
-                log::info!("migrate: {side} {} applied {}", db.target(), m.name);
-            }
-            done.push(m.name);
-        }
-        Ok(done)
-    })();
-    // The lock is a session lock: release it, and if that fails the pool's connection still ends it on close.
-    if conn
-        .query("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_KEY.0, &LOCK_KEY.1])
-        .is_err()
-    {
-        log::warn!(
-            "migrate: could not release the advisory lock on {side} {}; it ends with the session",
-            db.target()
-        );
-    }
-    result
+    migrate_with(db, dry_run, &mut |_| {})
 }
 
-fn versions(conn: &mut crate::db::Conn, db: &Database) -> Result<Vec<i32>> {
+/// [`migrate`], calling `after_each` after each file is applied (or listed), with the lock still held: tests
+/// use it to stop or fail in between.
+pub fn migrate_with(db: &Database, dry_run: bool, after_each: &mut dyn FnMut(&Migration)) -> Result<Vec<&'static str>> {
+    let side = db.side();
+    let mut conn = AdvisoryLock::acquire(db.try_get()?, LockKey::Migrate, db.name())?;
+    let applied: Vec<i32> = if dry_run {
+        let exists: bool = conn
+            .query_one("SELECT to_regclass('sync_schema_migrations') IS NOT NULL", &[])
+            .map_err(|e| db.err("reading applied migrations", e))?
+            .get(0);
+        if exists {
+            versions(&mut conn, db)?
+        } else {
+            Vec::new()
+        }
+    } else {
+        conn.batch_execute(CREATE_TABLE)
+            .map_err(|e| db.err("creating sync_schema_migrations", e))?;
+        versions(&mut conn, db)?
+    };
+    let mut done = Vec::new();
+    for m in migrations(side).iter().filter(|m| !applied.contains(&m.version)) {
+        if dry_run {
+            log::info!("migrate --dry-run: {side} {} would apply {}", db.target(), m.name);
+        } else {
+            let mut tx = conn
+                .transaction()
+                .map_err(|e| db.err(format!("beginning {}", m.name), e))?;
+            tx.batch_execute(m.sql)
+                .map_err(|e| db.err(format!("applying {}", m.name), e))?;
+            tx.execute(
+                "INSERT INTO sync_schema_migrations (version, name) VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .map_err(|e| db.err(format!("recording {}", m.name), e))?;
+            tx.commit().map_err(|e| db.err(format!("committing {}", m.name), e))?;
+            log::info!("migrate: {side} {} applied {}", db.target(), m.name);
+        }
+        after_each(m);
+        done.push(m.name);
+    }
+    Ok(done)
+}
+
+fn versions(conn: &mut postgres::Client, db: &Database) -> Result<Vec<i32>> {
     Ok(conn
         .query("SELECT version FROM sync_schema_migrations", &[])
         .map_err(|e| db.err("reading applied migrations", e))?

@@ -2,7 +2,7 @@
 //!
 //! Owns: reading, retrying and discarding rows of `sync_quarantine`, and the `sync-process quarantine
 //! list|retry|discard` command (its output on stdout). Moving a rejected reading INTO the quarantine is part of
-//! the upload protocol and lives in upload.rs. Does not own: the table's schema (sql/local).
+//! the upload protocol and lives in src/upload/poison.rs. Does not own: the table's schema (sql/local).
 
 use std::fmt::Write as _;
 

@@ -20,7 +20,7 @@ use crossbeam_channel::{select, Receiver};
 
 use crate::alerts::{Alerts, Observation};
 use crate::config::Config;
-use crate::db::{Conn, ConnectionManager, Database};
+use crate::db::{AdvisoryLock, ConnectionManager, Database, LockKey};
 use crate::download::{DownloadSyncManager, MeterSyncResult, TenantSyncResult};
 use crate::error::{Error, Result, Side};
 use crate::migrate;
@@ -44,8 +44,8 @@ pub enum Event {
 
 /// The upload drain budget of `once` (drain the whole queue): a century, which still fits an `Instant`.
 pub const UNLIMITED_BUDGET: Duration = Duration::from_secs(100 * 365 * 86_400);
-/// Key of the cross-process cycle lock ("sync" in ASCII, then 3; migrate.rs uses 1, upload.rs 2 for its drain).
-pub const CYCLE_LOCK_KEY: (i32, i32) = (0x7379_6e63, 3);
+/// Key of the cross-process cycle lock ([`LockKey::Cycle`]).
+pub const CYCLE_LOCK_KEY: (i32, i32) = LockKey::Cycle.pair();
 /// sync_logs pruning period.
 const SYNC_LOGS_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
 /// Longest error text stored in sync_logs.
@@ -95,17 +95,15 @@ impl Drop for CycleGuard {
 // ---------------------------------------------------------------------------------------------------------
 // Mutual exclusion across processes.
 
-/// The cross-process cycle lock: a session advisory lock held by a dedicated local connection for the cycle.
-/// Released on drop. A failed release is harmless: the dedicated pool holds one connection, and acquiring
-/// first drops every advisory lock that session still holds.
-struct CycleLock {
-    conn: Conn,
-}
+/// The cross-process cycle lock: a session advisory lock ([`LockKey::Cycle`]) held by a dedicated local
+/// connection for the cycle, released on drop. A failed release is harmless: the dedicated pool holds one
+/// connection, and acquiring first drops every advisory lock that session still holds.
+type CycleLock = AdvisoryLock;
 
 enum LockAttempt {
     Held(Box<CycleLock>),
-    /// Another process holds it.
-    Busy,
+    /// Another process holds it (`Error::Busy`).
+    Busy(Error),
     Failed(Error),
 }
 
@@ -119,29 +117,13 @@ fn acquire_cycle_lock(lock_db: &Database, conns: &ConnectionManager) -> LockAtte
         Ok(c) => c,
         Err(e) => return LockAttempt::Failed(e),
     };
-    let taken = conn
-        .simple_query("SELECT pg_advisory_unlock_all()")
-        .and_then(|_| {
-            conn.query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&CYCLE_LOCK_KEY.0, &CYCLE_LOCK_KEY.1],
-            )
-        })
-        .map(|row| row.get::<_, bool>(0));
-    match taken {
-        Ok(true) => LockAttempt::Held(Box::new(CycleLock { conn })),
-        Ok(false) => LockAttempt::Busy,
-        Err(e) => LockAttempt::Failed(lock_db.err("taking the cycle lock", e)),
+    if let Err(e) = conn.simple_query("SELECT pg_advisory_unlock_all()") {
+        return LockAttempt::Failed(lock_db.err("taking the cycle lock", e));
     }
-}
-
-impl Drop for CycleLock {
-    fn drop(&mut self) {
-        if let Err(e) = self.conn.simple_query("SELECT pg_advisory_unlock_all()") {
-            log::warn!(
-                "releasing the cycle lock on the local database failed (it is released when that session ends): {e}"
-            );
-        }
+    match AdvisoryLock::try_acquire(conn, LockKey::Cycle, lock_db.name()) {
+        Ok(lock) => LockAttempt::Held(Box::new(lock)),
+        Err(e @ Error::Busy { .. }) => LockAttempt::Busy(e),
+        Err(e) => LockAttempt::Failed(e),
     }
 }
 
@@ -267,11 +249,8 @@ impl Service {
         self.conns.begin_cycle();
         let lock = match acquire_cycle_lock(&self.lock_db, &self.conns) {
             LockAttempt::Held(lock) => lock,
-            LockAttempt::Busy => {
-                let why = format!(
-                    "another sync-process holds the cycle lock on the local database {}; skipping this cycle",
-                    self.lock_db.target()
-                );
+            LockAttempt::Busy(busy) => {
+                let why = busy.to_string();
                 log::info!("{why}");
                 return CycleOutcome::Skipped(why);
             }

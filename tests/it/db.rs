@@ -1,14 +1,15 @@
-//! Integration tests: the connection manager against a remote that accepts TCP and never answers.
+//! Integration tests: the connection manager against a remote that accepts TCP and never answers, and the
+//! RAII advisory lock guard.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
+use sync_process::db::{AdvisoryLock, ConnectionManager, Database, LockKey};
 use sync_process::error::{Error, Side};
 use sync_process::shutdown::Shutdown;
 
-use crate::support::pg::{env_map_with_remote, DbPair, HOST};
+use crate::support::pg::{env_map, env_map_with_remote, DbPair, HOST};
 use crate::support::proxy::FaultProxy;
 
 fn through_proxy(pair: &DbPair) -> (FaultProxy, ConnectionManager) {
@@ -115,4 +116,97 @@ fn shutdown_abandons_a_stalled_remote_call_after_a_short_grace() {
     stopper.join().expect("stopper");
     assert!(matches!(r, Err(Error::Shutdown)), "{r:?}");
     proxy.set_blackhole(false);
+}
+
+// ----- The advisory lock guard -----
+
+/// Whether a session other than ours could take `key` now (taken and given back at once).
+fn free_elsewhere(pair: &DbPair, key: LockKey) -> bool {
+    let (class, id) = key.pair();
+    let mut other = pair.local.client();
+    let taken: bool = other
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &id])
+        .expect("try lock")
+        .get(0);
+    if taken {
+        other
+            .execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &id])
+            .expect("unlock");
+    }
+    taken
+}
+
+/// Advisory locks the session of `c` holds.
+fn locks_held(c: &mut postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        &[],
+    )
+    .expect("pg_locks")
+    .get(0)
+}
+
+/// The local database of `pair` behind a pool of a single connection (as the scheduler's cycle lock has
+/// it), so that what comes back to the pool is the connection the next user gets.
+pub fn one_connection_pool(pair: &DbPair) -> Database {
+    let cfg = Config::from_map(&env_map(pair)).expect("config");
+    let cfg = Config { pool_max: 1, ..cfg };
+    Database::new(Side::Local, &cfg.local, &cfg).expect("pool")
+}
+
+#[test]
+fn an_advisory_lock_is_exclusive_and_released_on_drop() {
+    let pair = DbPair::new();
+    let conns =
+        ConnectionManager::new(&Config::from_map(&env_map(&pair)).expect("config"), Shutdown::new()).expect("pools");
+    let db = &conns.local;
+    assert_eq!(LockKey::Migrate.pair(), (0x7379_6e63, 1));
+    assert_eq!(LockKey::Drain.pair(), (0x7379_6e63, 2));
+    assert_eq!(LockKey::Cycle.pair(), (0x7379_6e63, 3));
+
+    let held = AdvisoryLock::try_acquire(db.try_get().expect("conn"), LockKey::Drain, db.name()).expect("free");
+    assert_eq!(held.key(), LockKey::Drain);
+    assert!(!free_elsewhere(&pair, LockKey::Drain), "held by the guard's session");
+    // Another session of ours is refused, and told which lock and which database.
+    match AdvisoryLock::try_acquire(db.try_get().expect("conn"), LockKey::Drain, db.name()) {
+        Err(
+            e @ Error::Busy {
+                lock: LockKey::Drain, ..
+            },
+        ) => {
+            assert_eq!(e.side(), Some(Side::Local));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("local database {}", db.target())) && text.contains("another sync-process"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Busy, got {:?}", other.map(|l| l.key())),
+    }
+    // The keys are independent.
+    let cycle = AdvisoryLock::try_acquire(db.try_get().expect("conn"), LockKey::Cycle, db.name()).expect("cycle");
+    drop(cycle);
+    assert!(free_elsewhere(&pair, LockKey::Cycle));
+
+    drop(held);
+    assert!(free_elsewhere(&pair, LockKey::Drain), "released on drop");
+}
+
+#[test]
+fn an_advisory_lock_is_released_when_a_panic_unwinds() {
+    let pair = DbPair::new();
+    let db = &one_connection_pool(&pair);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lock = AdvisoryLock::acquire(db.try_get().expect("conn"), LockKey::Cycle, db.name()).expect("lock");
+        assert_eq!(locks_held(&mut lock), 1);
+        panic!("injected panic while the lock is held");
+    }));
+    assert!(r.is_err(), "the closure panicked");
+    assert!(free_elsewhere(&pair, LockKey::Cycle), "released while unwinding");
+    let mut back = db.try_get().expect("the pool's one connection");
+    assert_eq!(
+        locks_held(&mut back),
+        0,
+        "the pooled connection came back without the lock"
+    );
 }

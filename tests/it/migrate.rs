@@ -5,7 +5,7 @@ use std::thread;
 use std::time::Duration;
 
 use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
+use sync_process::db::{ConnectionManager, LockKey};
 use sync_process::error::Side;
 use sync_process::migrate::{self, migrate};
 use sync_process::shutdown::Shutdown;
@@ -161,6 +161,44 @@ fn concurrent_migrations_serialize_on_the_advisory_lock() {
         migrate::LOCAL.len(),
         "each file applied exactly once: {applied:?}"
     );
+}
+
+// A panic while the migration lock is held (here: right after the first file) must not leave the lock with
+// the pooled connection: another process can migrate at once, and the pool's connection holds no lock.
+#[test]
+fn a_panic_while_migrating_releases_the_migration_lock() {
+    let pair = DbPair::new();
+    let single = crate::db::one_connection_pool(&pair);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        migrate::migrate_with(&single, false, &mut |m| panic!("injected panic after {}", m.name))
+    }));
+    assert!(r.is_err(), "the migration panicked");
+
+    let (class, id) = LockKey::Migrate.pair();
+    let mut other = pair.local.client();
+    let free: bool = other
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &id])
+        .expect("try lock")
+        .get(0);
+    assert!(free, "another session can take the migration lock");
+    other
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &id])
+        .expect("unlock");
+    let mut back = single.try_get().expect("the pool's one connection");
+    let held: i64 = back
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            &[],
+        )
+        .expect("pg_locks")
+        .get(0);
+    assert_eq!(held, 0, "the pooled connection came back without the lock");
+    drop(back);
+
+    // Another process finishes the job: the first file was committed before the panic.
+    let (_, second) = conns(&pair);
+    let applied = migrate(&second.local, false).expect("migrate after the panic");
+    assert_eq!(applied.len(), migrate::LOCAL.len() - 1, "{applied:?}");
 }
 
 #[test]

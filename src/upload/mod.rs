@@ -1,0 +1,265 @@
+//! Upload Sync Manager: exactly-once store-and-forward of meter readings (local -> remote).
+//!
+//! Owns: the upload protocol and all of its SQL on both sides, behind the [`UploadSyncManager`] facade (the
+//! drain with its time budget, pacing and shutdown checks; the protocol's single steps for tests; the queue
+//! counts for status; the ledger prune) and its result [`UploadSyncResult`]. This is the only module that
+//! writes remote readings. Its rooms:
+//! - `batch.rs` — the data: [`ClaimedBatch`], [`QueuedReading`], [`ClaimCursor`], [`UploadOutcome`] (pure);
+//! - `session.rs` — the local connection of a drain, holding the upload lock, and the local statements;
+//! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
+//! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
+//! - `poison.rs` — probing a rejected batch and quarantining what it rejects;
+//! - [`sql`] — every statement text.
+//!
+//! Does not own: connections, backoff and the advisory lock guard (db.rs, retry.rs), what counts as
+//! transient or data errors (error.rs), the quarantine commands (quarantine.rs), scheduling cycles
+//! (scheduler.rs).
+//!
+//! The protocol (ARCHITECTURE.md, "The upload protocol", is the long form):
+//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings in (timestamp, id) order after a
+//!    remembered key and records them as a batch (random uuid, the reading ids in upload order).
+//! 2. UPLOAD — one remote statement inserts the ledger row (source, batch id) and the readings; it is its own
+//!    transaction. A unique violation on the ledger key means the batch is already in.
+//! 3. FINISH — one local statement deletes the batch row and exactly the readings it names.
+//! 4. RECOVER — at the start of a drain and after any error, every claimed batch is looked up in the ledger:
+//!    present -> finish; absent -> upload the same rows under the same id, then finish.
+//!
+//! Values travel as text (`value::text`, `timestamp::text`, `metadata::text`) and are cast back remotely;
+//! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
+
+mod batch;
+mod drain;
+mod poison;
+mod session;
+pub mod sql;
+mod uplink;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db::{ConnectionManager, Side};
+use crate::error::Result;
+
+pub use batch::{ClaimCursor, ClaimedBatch, QueuedReading, UploadOutcome};
+use drain::Drained;
+use session::Session;
+use uplink::{Order, Uplink};
+
+/// Ledger rows older than this, whose batch is not pending locally, are pruned.
+pub const LEDGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The ledger of one remote and source is pruned at most this often (per process).
+const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The result of one upload part of a cycle (the contract's `uploadResult`). `duration` is in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadSyncResult {
+    pub success: bool,
+    pub records_uploaded: u64,
+    pub records_deleted: u64,
+    pub records_quarantined: u64,
+    pub error: Option<String>,
+    pub duration: u64,
+    /// The drain stopped (budget spent or shutdown) while readings were still queued: run again at once.
+    #[serde(skip)]
+    pub backlog_remains: bool,
+}
+
+/// Counters of one drain.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    uploaded: u64,
+    deleted: u64,
+    quarantined: u64,
+    batches: u64,
+}
+
+pub struct UploadSyncManager<'a> {
+    pub conns: &'a ConnectionManager,
+    pub cfg: &'a Config,
+}
+
+impl<'a> UploadSyncManager<'a> {
+    pub fn new(conns: &'a ConnectionManager, cfg: &'a Config) -> UploadSyncManager<'a> {
+        UploadSyncManager { conns, cfg }
+    }
+
+    /// Recovers claimed batches, then drains the queue batch after batch until it is empty, shutdown is
+    /// requested, or `budget` is spent. Never panics on database trouble: a failure is in the result.
+    pub fn sync_readings(&self, budget: Duration) -> UploadSyncResult {
+        let started = Instant::now();
+        let mut stats = Stats::default();
+        let outcome = self.drain(started, budget, &mut stats);
+        let duration = started.elapsed();
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let mut result = UploadSyncResult {
+            success: outcome.is_ok(),
+            records_uploaded: stats.uploaded,
+            records_deleted: stats.deleted,
+            records_quarantined: stats.quarantined,
+            error: None,
+            duration: ms,
+            backlog_remains: false,
+        };
+        let summary = format!(
+            "{} readings uploaded, {} deleted locally, {} quarantined, {} batches in {ms} ms",
+            stats.uploaded, stats.deleted, stats.quarantined, stats.batches
+        );
+        match outcome {
+            // The scheduler logs the part's result at info (Property 11); this adds the batch count.
+            Ok(Drained::Empty) => log::debug!("upload: {summary}; queue empty"),
+            Ok(Drained::Stopped) => {
+                result.backlog_remains = self.backlog_exists();
+                let why = if self.conns.shutdown.is_requested() {
+                    "shutdown requested"
+                } else {
+                    "time budget spent"
+                };
+                log::info!(
+                    "upload: {summary}; stopped ({why}){}",
+                    if result.backlog_remains {
+                        ", backlog remains"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Err(e) => {
+                log::error!("upload failed ({} error) after {summary}: {e}", e.kind());
+                result.error = Some(e.to_string());
+            }
+        }
+        if result.success && !self.conns.shutdown.is_requested() && self.prune_due() {
+            match self.prune_ledger(LEDGER_RETENTION) {
+                Ok(n) => log::log!(
+                    if n > 0 { log::Level::Info } else { log::Level::Debug },
+                    "upload: pruned {n} ledger rows older than {} days",
+                    LEDGER_RETENTION.as_secs() / 86_400
+                ),
+                Err(e) => log::warn!("upload: pruning the ledger failed ({} error): {e}", e.kind()),
+            }
+        }
+        result
+    }
+
+    /// Readings waiting locally (claimed or not), not counting quarantined ones. A row that another program
+    /// marked `is_synchronized = true` (the design's flag; this daemon deletes instead) is not queued.
+    pub fn queue_size(&self) -> Result<i64> {
+        self.local_one(sql::QUEUE_SIZE, "counting the queue")
+            .map(|row| row.get(0))
+    }
+
+    /// Readings in the local quarantine.
+    pub fn quarantined_count(&self) -> Result<i64> {
+        self.local_one(sql::QUARANTINED_COUNT, "counting quarantined readings")
+            .map(|row| row.get(0))
+    }
+
+    /// Age of the oldest queued reading (now - its created_at), None when the queue is empty.
+    pub fn oldest_pending_age(&self) -> Result<Option<Duration>> {
+        let row = self.local_one(sql::OLDEST_PENDING_AGE, "reading the age of the oldest queued reading")?;
+        let secs: Option<f64> = row.get(0);
+        Ok(secs.map(|s| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 })))
+    }
+
+    /// One row of a parameterless local query, on a pooled connection (retried per MAX_CONNECTION_RETRIES).
+    fn local_one(&self, sql: &str, context: &str) -> Result<postgres::Row> {
+        let mut c = self.conns.get(Side::Local)?;
+        c.query_typed_one(sql, &[])
+            .map_err(|e| self.conns.local.err(context, e))
+    }
+
+    // ----- The protocol's steps, one statement each. Public so that tests can stop between them. -----
+
+    /// CLAIM: records the next BATCH_SIZE readings after `after` (from the start of the queue when None) as a
+    /// new batch and returns it, or None when there is nothing after `after`. One local statement. The caller
+    /// must not claim while another batch overlapping `after` is pending (the drain claims only after
+    /// recovery, and continues strictly after the last claimed key).
+    pub fn claim_batch(&self, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+        Session::new(self.conns).claim(self.cfg.batch_size, after)
+    }
+
+    /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
+    /// error comes back as the error (`is_data_error()`).
+    pub fn upload_batch(&self, batch: &ClaimedBatch) -> Result<UploadOutcome> {
+        let mut up = Uplink::new(self.conns, &self.cfg.source_id, 1);
+        let sent = up.send(Arc::new(batch.clone()), Order::Serial)?;
+        up.wait(sent)
+    }
+
+    /// FINISH: deletes the batch row and exactly the readings it names, in one local statement. Returns the
+    /// readings deleted.
+    pub fn finish_batch(&self, batch_id: &str) -> Result<u64> {
+        Session::new(self.conns).finish(batch_id).map(|(_, deleted)| deleted)
+    }
+
+    /// FINISH of `batch_id` and CLAIM of the next batch after `after`, in one local statement (one commit
+    /// instead of two per batch). Returns the readings deleted and the new batch, if any.
+    pub fn finish_and_claim_batch(&self, batch_id: &str, after: &ClaimCursor) -> Result<(u64, Option<ClaimedBatch>)> {
+        Session::new(self.conns).finish_and_claim(batch_id, self.cfg.batch_size, after)
+    }
+
+    /// The claimed batches still pending locally (oldest first), by id.
+    pub fn pending_batches(&self) -> Result<Vec<String>> {
+        Ok(Session::new(self.conns)
+            .pending()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Deletes this source's ledger rows older than `older_than` whose batch is not pending locally.
+    pub fn prune_ledger(&self, older_than: Duration) -> Result<u64> {
+        // Under the upload lock, so that no batch is claimed between reading the pending ids and the delete.
+        let mut session = Session::new(self.conns);
+        let keep: Vec<String> = session.pending()?.into_iter().map(|(id, _)| id).collect();
+        let secs = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let (target, source) = (self.conns.remote.name().clone(), self.cfg.source_id.clone());
+        self.conns
+            .call_bounded(Side::Remote, "pruning the upload ledger", move |c| {
+                uplink::prune(c, &target, &source, secs, &keep)
+            })
+    }
+
+    /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).
+    fn pace(&self, started: Instant, rows: u64) {
+        let rate = self.cfg.upload_max_rows_per_second;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(rows as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            self.conns.shutdown.sleep(wait);
+        }
+    }
+
+    /// Whether any reading is queued (for `backlog_remains`); false when the database cannot say.
+    fn backlog_exists(&self) -> bool {
+        let Ok(mut c) = self.conns.local.try_get() else {
+            return false;
+        };
+        c.query_typed_one(sql::BACKLOG_EXISTS, &[])
+            .map(|r| r.get(0))
+            .unwrap_or(false)
+    }
+
+    /// True at most once per LEDGER_PRUNE_EVERY per remote database and source, in this process.
+    fn prune_due(&self) -> bool {
+        static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+        let key = format!("{}|{}", self.conns.remote.target(), self.cfg.source_id);
+        let mut guard = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        match map.get(&key) {
+            Some(t) if t.elapsed() < LEDGER_PRUNE_EVERY => false,
+            _ => {
+                map.insert(key, Instant::now());
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Poison isolation: which readings of a rejected batch the remote refuses, and moving them aside.
+//!
+//! Owns: the probe (bisection under savepoints inside a remote transaction that is always rolled back), the
+//! control readings that tell poison from a remote that rejects everything ([`Error::RejectsEverything`]),
+//! and quarantining the bad readings while narrowing their batch. Changes nothing remotely. Does not own: the
+//! statement texts (sql.rs), the local statements (session.rs), when to isolate (drain.rs: `upload_part`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use postgres::types::{ToSql, Type};
+
+use super::batch::{ClaimedBatch, Columns, QueuedReading};
+use super::session::Session;
+use super::{sql, UploadSyncManager};
+use crate::db::{Side, Target};
+use crate::error::{describe_pg_error, pg_error_is_data_error, Error, Result};
+
+/// How often a batch whose probes found no bad reading is uploaded again before the part fails.
+pub(super) const MAX_UNEXPLAINED_REJECTIONS: u32 = 2;
+
+/// A reading the remote rejects on its own: its index in the batch, the error text, the SQLSTATE.
+pub(super) type Rejected = (usize, String, Option<String>);
+
+/// What the probes of a rejected batch found.
+pub(super) enum Isolation {
+    /// These readings are rejected on their own.
+    Bad(Vec<Rejected>),
+    /// Every part passes on its own: the rejection is not explained by any reading.
+    Unexplained,
+}
+
+impl UploadSyncManager<'_> {
+    /// Finds the readings the remote rejects on their own: bisects the batch inside one remote transaction,
+    /// each part under a savepoint (so later parts see earlier good ones, exactly as the real insert would),
+    /// then rolls the whole transaction back. Changes nothing anywhere.
+    ///
+    /// When every reading of a batch of several is rejected, the batch alone cannot tell poison (these rows)
+    /// from a remote that rejects everything (a schema change): a few queued readings from outside the batch
+    /// are probed the same way. If one of them passes, the batch's readings are poison and are quarantined;
+    /// if none does (or there is none), it is [`Error::RejectsEverything`] and nothing is quarantined.
+    pub(super) fn isolate_rejected(
+        &self,
+        s: &mut Session,
+        batch: &Arc<ClaimedBatch>,
+        first: &Error,
+    ) -> Result<Isolation> {
+        let n = batch.len();
+        let bad = if n == 1 {
+            let text = match first {
+                Error::Db { source, .. } => describe_pg_error(source),
+                other => other.to_string(),
+            };
+            vec![(0, text, first.sqlstate().map(str::to_string))]
+        } else {
+            let context = format!("probing rejected batch {} ({n} readings)", batch.batch_id);
+            let b = Arc::clone(batch);
+            self.probe_remotely(context, move |tx, target, context, bad| {
+                let mid = n / 2;
+                probe(tx, target, context, &b.readings, 0, mid, bad)?;
+                probe(tx, target, context, &b.readings, mid, n, bad)
+            })?
+        };
+        if bad.is_empty() {
+            log::warn!(
+                "upload: every part of batch {} passes on its own; uploading it again",
+                batch.batch_id
+            );
+            return Ok(Isolation::Unexplained);
+        }
+        if bad.len() == n && n > 1 {
+            let (controls, passed) = self.probe_controls(s, batch)?;
+            if passed == 0 {
+                return Err(Error::RejectsEverything {
+                    target: self.conns.remote.name().clone(),
+                    batch_id: batch.batch_id.clone(),
+                    readings: n,
+                    controls,
+                    first_error: bad[0].1.clone(),
+                });
+            }
+            log::warn!(
+                "upload: every reading of batch {} is rejected while {passed} of {controls} other queued readings \
+                 pass: quarantining the batch's readings",
+                batch.batch_id
+            );
+        }
+        Ok(Isolation::Bad(bad))
+    }
+
+    /// Probes up to CONTROL_READINGS queued readings from outside `batch` in a remote transaction that is rolled
+    /// back. Returns (readings probed, readings the remote accepts).
+    fn probe_controls(&self, s: &mut Session, batch: &ClaimedBatch) -> Result<(usize, usize)> {
+        let controls = s.control_readings(batch)?;
+        if controls.is_empty() {
+            return Ok((0, 0));
+        }
+        let n = controls.len();
+        let context = format!("probing {n} control readings for rejected batch {}", batch.batch_id);
+        let rejected = self
+            .probe_remotely(context, move |tx, target, context, bad| {
+                probe(tx, target, context, &controls, 0, n, bad)
+            })?
+            .len();
+        Ok((n, n - rejected.min(n)))
+    }
+
+    /// Runs `probes` in one remote transaction (bounded in time) that is then rolled back; returns the
+    /// readings they found rejected.
+    fn probe_remotely<F>(&self, context: String, probes: F) -> Result<Vec<Rejected>>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>, &Target, &str, &mut Vec<Rejected>) -> Result<()> + Send + 'static,
+    {
+        let target = self.conns.remote.name().clone();
+        self.conns.call_bounded(Side::Remote, &context.clone(), move |c| {
+            let mut bad = Vec::new();
+            let mut tx = c.transaction().map_err(|e| target.err(&context, e))?;
+            probes(&mut tx, &target, &context, &mut bad)?;
+            tx.rollback().map_err(|e| target.err(&context, e))?;
+            Ok(bad)
+        })
+    }
+
+    /// Moves the bad readings into sync_quarantine and narrows the batch to the good ones, in one local
+    /// statement. The batch keeps its id: the failed statement proved that id absent from the ledger.
+    /// Returns how many moved, and the batch narrowed to its good readings.
+    pub(super) fn quarantine_rejected(
+        &self,
+        s: &mut Session,
+        batch: &ClaimedBatch,
+        bad: Vec<Rejected>,
+    ) -> Result<(u64, ClaimedBatch)> {
+        let bad_idx: HashSet<usize> = bad.iter().map(|(i, _, _)| *i).collect();
+        let good = batch.without(&bad_idx);
+        let good_ids: Vec<i64> = good.readings.iter().map(|r| r.id).collect();
+        let rows: Vec<(i64, &str, Option<&str>)> = bad
+            .iter()
+            .map(|(i, e, state)| (batch.readings[*i].id, e.as_str(), state.as_deref()))
+            .collect();
+        let moved = s.quarantine(&batch.batch_id, &rows, &good_ids)?;
+        for (i, err, _) in &bad {
+            let r = &batch.readings[*i];
+            log::warn!("upload: reading {} (meter {:?}) quarantined: {err}", r.id, r.meter_id);
+        }
+        Ok((moved, good))
+    }
+}
+
+/// Inserts `readings[from..to]` under a savepoint of `tx`; on a data error rolls the savepoint back and
+/// bisects, recording single rejected readings in `bad`.
+fn probe(
+    tx: &mut postgres::Transaction<'_>,
+    db: &Target,
+    context: &str,
+    readings: &[QueuedReading],
+    from: usize,
+    to: usize,
+    bad: &mut Vec<Rejected>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut sp = tx.savepoint("sync_probe").map_err(|e| db.err(context, e))?;
+    let cols = Columns::of(&readings[from..to]);
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&cols.meter, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TEXT_ARRAY),
+        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.unit, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::TEXT_ARRAY),
+    ];
+    match sp.query_typed(sql::PROBE, &params) {
+        Ok(_) => sp.commit().map_err(|e| db.err(context, e)),
+        Err(e) if pg_error_is_data_error(&e) => {
+            sp.rollback().map_err(|e| db.err(context, e))?;
+            if to - from == 1 {
+                let state = e.code().map(|c| c.code().to_string());
+                bad.push((from, describe_pg_error(&e), state));
+                Ok(())
+            } else {
+                let mid = from + (to - from) / 2;
+                probe(tx, db, context, readings, from, mid, bad)?;
+                probe(tx, db, context, readings, mid, to, bad)
+            }
+        }
+        Err(e) => Err(db.err(context, e)),
+    }
+}

@@ -1,0 +1,204 @@
+//! The local side of a drain: one connection holding the upload lock, and the local statements on it.
+//!
+//! Owns: [`Session`] (the connection, taken on first use with [`LockKey::Drain`] held by an RAII
+//! [`AdvisoryLock`], its prepared statements, and dropping it after trouble) and the protocol's local steps:
+//! claim, finish, finish-and-claim, the pending batches and their rows, the control readings of the poison
+//! probe, the quarantine statement and failure notes. Does not own: the statement texts (sql.rs), the remote
+//! side (uplink.rs), the order of steps (drain.rs).
+
+use std::collections::HashMap;
+
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Statement};
+
+use super::batch::{batch_from_rows, reading_from_row, ClaimCursor, ClaimedBatch, QueuedReading};
+use super::sql;
+use crate::db::{AdvisoryLock, ConnectionManager, LockKey, Side};
+use crate::error::{Error, Result};
+
+/// The local connection one drain holds, with the upload lock. If it breaks it is dropped and the next use
+/// takes a fresh one (retried with backoff by `ConnectionManager::get`) and locks again. Remote statements
+/// take a pooled connection each, through `ConnectionManager::call_bounded`.
+pub(super) struct Session<'a> {
+    conns: &'a ConnectionManager,
+    /// Statements prepared on `local`, by their SQL (the steady drain's statements are parsed and planned once
+    /// per connection, not per batch). Declared first: dropped before the connection.
+    prepared: HashMap<&'static str, Statement>,
+    /// The connection with the upload lock; dropping it releases the lock before the pool gets it back.
+    local: Option<AdvisoryLock>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(conns: &'a ConnectionManager) -> Session<'a> {
+        Session {
+            conns,
+            prepared: HashMap::new(),
+            local: None,
+        }
+    }
+
+    /// Runs a local statement, prepared once per connection. `context` names it in errors.
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+        context: &dyn Fn() -> String,
+    ) -> Result<Vec<postgres::Row>> {
+        let db = &self.conns.local;
+        let statement = match self.prepared.get(sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = self
+                    .local()?
+                    .prepare_typed(sql, types)
+                    .map_err(|e| db.err(context(), e))?;
+                self.prepared.insert(sql, st.clone());
+                st
+            }
+        };
+        let c = self.local()?;
+        c.query(&statement, params).map_err(|e| db.err(context(), e))
+    }
+
+    /// The locked connection, taken (and locked) first if there is none. [`Error::Busy`] when another
+    /// process drains this database.
+    pub fn local(&mut self) -> Result<&mut Client> {
+        let lock = match self.local.take() {
+            Some(lock) => lock,
+            None => {
+                let db = &self.conns.local;
+                AdvisoryLock::try_acquire(self.conns.get(Side::Local)?, LockKey::Drain, db.name())?
+            }
+        };
+        Ok(self.local.insert(lock))
+    }
+
+    /// After an error: drops the local connection if it is closed or, after a transient local error, may be
+    /// half-broken.
+    pub fn forget_broken(&mut self, e: &Error) {
+        let local_trouble = e.side() == Some(Side::Local);
+        if self
+            .local
+            .as_ref()
+            .is_some_and(|c| c.is_closed() || (local_trouble && e.is_transient()))
+        {
+            self.prepared.clear();
+            // Releases the upload lock before the connection goes back to the pool (the guard's drop).
+            self.local = None;
+        }
+    }
+
+    // ----- The local statements. -----
+
+    /// CLAIM of the next `batch_size` readings after `after` (from the start of the queue when None).
+    pub fn claim(&mut self, batch_size: u32, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+        let limit = i64::from(batch_size);
+        let context = || format!("claiming the next batch of up to {batch_size} readings");
+        let rows = match after {
+            None => self.query(sql::CLAIM_FIRST, &[Type::INT8], &[&limit], &context)?,
+            Some(k) => self.query(
+                sql::CLAIM_NEXT,
+                &[Type::INT8, Type::TEXT, Type::INT8],
+                &[&limit, &k.timestamp, &k.id],
+                &context,
+            )?,
+        };
+        Ok(batch_from_rows(&rows, 0))
+    }
+
+    /// FINISH: returns (batch rows deleted, readings deleted).
+    pub fn finish(&mut self, batch_id: &str) -> Result<(i64, u64)> {
+        let context = || format!("deleting the uploaded readings of batch {batch_id}");
+        let rows = self.query(sql::FINISH, &[Type::TEXT], &[&batch_id], &context)?;
+        let (batches, readings): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
+        Ok((batches, readings.max(0) as u64))
+    }
+
+    /// FINISH of `batch_id` and CLAIM after `after` in one statement: the readings deleted and the next batch,
+    /// if any.
+    pub fn finish_and_claim(
+        &mut self,
+        batch_id: &str,
+        batch_size: u32,
+        after: &ClaimCursor,
+    ) -> Result<(u64, Option<ClaimedBatch>)> {
+        let limit = i64::from(batch_size);
+        let context = || format!("deleting the uploaded readings of batch {batch_id} and claiming the next batch");
+        let rows = self.query(
+            sql::FINISH_AND_CLAIM,
+            &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
+            &[&limit, &after.timestamp, &after.id, &batch_id],
+            &context,
+        )?;
+        let (finished, deleted): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
+        if finished != 1 {
+            log::warn!("upload: batch {batch_id} was no longer pending when it was finished");
+        }
+        Ok((deleted.max(0) as u64, batch_from_rows(&rows, 2)))
+    }
+
+    /// (batch id, number of reading ids), oldest claim first.
+    pub fn pending(&mut self) -> Result<Vec<(String, i32)>> {
+        let rows = self.query(sql::PENDING, &[], &[], &|| {
+            "reading the claimed upload batches".to_string()
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// A pending batch with its readings, in claim order.
+    pub fn load_batch(&mut self, batch_id: &str) -> Result<ClaimedBatch> {
+        let context = || format!("reading the readings of claimed batch {batch_id}");
+        let rows = self.query(sql::BATCH_ROWS, &[Type::TEXT], &[&batch_id], &context)?;
+        Ok(ClaimedBatch {
+            batch_id: batch_id.to_string(),
+            readings: rows.iter().map(|r| reading_from_row(r, 0)).collect(),
+        })
+    }
+
+    /// A few queued readings from outside `batch`.
+    pub fn control_readings(&mut self, batch: &ClaimedBatch) -> Result<Vec<QueuedReading>> {
+        let ids: Vec<i64> = batch.readings.iter().map(|r| r.id).collect();
+        let context = || format!("reading control readings for rejected batch {}", batch.batch_id);
+        let rows = self.query(sql::CONTROL_READINGS, &[Type::INT8_ARRAY], &[&ids], &context)?;
+        Ok(rows.iter().map(|r| reading_from_row(r, 0)).collect())
+    }
+
+    /// Moves the readings `bad` (id, error text, SQLSTATE) of `batch_id` into the quarantine and narrows the
+    /// batch row to `good_ids`, in one statement. Returns how many moved.
+    pub fn quarantine(&mut self, batch_id: &str, bad: &[(i64, &str, Option<&str>)], good_ids: &[i64]) -> Result<u64> {
+        let db = &self.conns.local;
+        let ids: Vec<i64> = bad.iter().map(|(id, _, _)| *id).collect();
+        let errors: Vec<&str> = bad.iter().map(|(_, e, _)| *e).collect();
+        let states: Vec<Option<&str>> = bad.iter().map(|(_, _, s)| *s).collect();
+        let note = format!("{} reading(s) quarantined", ids.len());
+        let row = self
+            .local()?
+            .query_typed_one(
+                sql::QUARANTINE,
+                &[
+                    (&batch_id, Type::TEXT),
+                    (&ids, Type::INT8_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&states, Type::TEXT_ARRAY),
+                    (&good_ids, Type::INT8_ARRAY),
+                    (&note, Type::TEXT),
+                ],
+            )
+            .map_err(|e| db.err(format!("quarantining {} reading(s) of batch {batch_id}", ids.len()), e))?;
+        let moved: i64 = row.get(0);
+        Ok(moved.max(0) as u64)
+    }
+
+    /// Records a failure on the batch row for operators (best effort: the error itself is returned anyway).
+    pub fn note_failure(&mut self, batch_id: &str, msg: &str) {
+        let db = &self.conns.local;
+        let r = self.local().and_then(|c| {
+            c.query_typed(sql::NOTE_FAILURE, &[(&batch_id, Type::TEXT), (&msg, Type::TEXT)])
+                .map_err(|e| db.err(format!("recording the failure of batch {batch_id}"), e))
+        });
+        if let Err(e) = r {
+            log::warn!("upload: {e}");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Every SQL statement of the upload, both sides.
+//!
+//! Owns: the statement texts (claim, finish, upload in its three orders, probe, recovery, quarantine, prune,
+//! and the counts that status and the drain ask for). Fragments that several statements share are written
+//! once, as macros that expand to string literals (`concat!`), so the copies cannot drift apart.
+//! Does not own: running them (session.rs locally, uplink.rs remotely), the advisory lock statements (db.rs).
+//!
+//! Values are selected as text with aliases that differ from the column names, and queries order by the real
+//! columns (pitfalls.md: ordering by a cast loses the index).
+
+/// A reading's columns as text, with `$p` (`r.`, `c.` or nothing) naming the row: id, meter, timestamp,
+/// value, unit, metadata.
+macro_rules! reading_text {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id::int8 AS id_num, ",
+            $p,
+            "meter_id::text AS meter_text, ",
+            $p,
+            "timestamp::text AS ts_text,\n       ",
+            $p,
+            "value::text AS value_text, ",
+            $p,
+            "unit::text AS unit_text, ",
+            $p,
+            "metadata::text AS metadata_text"
+        )
+    };
+}
+
+/// CTEs `c` (the next `$1` queued readings in claim order: `first` from the start of the queue, `next`
+/// after the key ($2, $3), keyset paging over `idx_meter_readings_claim`) and `b` (their batch row, with a
+/// random id and the reading ids in claim order).
+macro_rules! claim_ctes {
+    (first) => {
+        claim_ctes!("")
+    };
+    (next) => {
+        claim_ctes!("(timestamp, id) > ($2::timestamp, $3) AND ")
+    };
+    ($after:literal) => {
+        concat!(
+            "c AS (
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
+  WHERE ",
+            $after,
+            "is_synchronized IS NOT TRUE
+  ORDER BY timestamp, id LIMIT $1
+), b AS (
+  INSERT INTO sync_upload_batches (batch_id, reading_ids)
+  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
+  RETURNING batch_id
+)"
+        )
+    };
+}
+
+/// CTEs `$b` (the batch row `$id`, deleted) and `d` (exactly the readings it names, deleted).
+macro_rules! finish_ctes {
+    ($b:literal, $id:literal) => {
+        concat!(
+            $b,
+            " AS (
+  DELETE FROM sync_upload_batches WHERE batch_id = ",
+            $id,
+            "::uuid RETURNING reading_ids
+), d AS (
+  DELETE FROM meter_readings r USING ",
+            $b,
+            " WHERE r.id = ANY(",
+            $b,
+            ".reading_ids) RETURNING 1
+)"
+        )
+    };
+}
+
+/// The remote insert of the readings from five text arrays, in upload order. `$from` is what the arrays are
+/// joined to (`l CROSS JOIN ` for the ledger row), `$m`..`$md` their parameters.
+macro_rules! insert_readings {
+    ($from:literal, $m:literal, $t:literal, $v:literal, $u:literal, $md:literal) => {
+        concat!(
+            "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+FROM ",
+            $from,
+            "unnest(",
+            $m,
+            "::text[], ",
+            $t,
+            "::text[], ",
+            $v,
+            "::text[], ",
+            $u,
+            "::text[], ",
+            $md,
+            "::text[])
+     WITH ORDINALITY AS x(m, t, v, u, md, ord)
+ORDER BY x.ord"
+        )
+    };
+}
+
+/// The ledger row `$rest` (`VALUES (...)` or a `SELECT`), returning its batch id as CTE `l`, then the
+/// readings joined to it: a batch already in fails on the ledger key before any reading is inserted.
+macro_rules! ledger_then_readings {
+    ($rest:literal) => {
+        concat!(
+            "l AS (
+  INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) ",
+            $rest,
+            "
+  RETURNING batch_id
+)
+",
+            insert_readings!("l CROSS JOIN ", "$4", "$5", "$6", "$7", "$8")
+        )
+    };
+}
+
+/// A whole claim statement (`first` or `next`, as [`claim_ctes!`]): the batch id and the readings as text.
+macro_rules! claim {
+    ($which:ident) => {
+        concat!(
+            "\nWITH ",
+            claim_ctes!($which),
+            "\nSELECT b.batch_id::text AS batch_text, ",
+            reading_text!("c."),
+            "\nFROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
+        )
+    };
+}
+
+/// Local. The first claim of a drain: the oldest readings.
+pub const CLAIM_FIRST: &str = claim!(first);
+
+/// Local. The next claim: keyset after the last claimed (timestamp, id).
+pub const CLAIM_NEXT: &str = claim!(next);
+
+/// Local. FINISH of batch $4 and CLAIM after ($2, $3) in one statement, so one commit per batch. The claim
+/// sees the queue as it was before the delete (one snapshot), which is right: the finished readings all lie
+/// at or before the key it continues after. Always returns a row: (finished, deleted, NULLs) when nothing
+/// is left to claim.
+pub const FINISH_AND_CLAIM: &str = concat!(
+    "
+WITH ",
+    finish_ctes!("f", "$4"),
+    ", ",
+    claim_ctes!(next),
+    "
+SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
+       b.batch_id::text AS batch_text, ",
+    reading_text!("c."),
+    "
+FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
+ORDER BY c.timestamp, c.id"
+);
+
+/// Local. Deletes the batch row and exactly the readings it names.
+pub const FINISH: &str = concat!(
+    "
+WITH ",
+    finish_ctes!("b", "$1"),
+    "
+SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)"
+);
+
+/// Remote. The ledger row first (the readings are joined to it, so a duplicate batch fails on the ledger
+/// key before any reading is inserted), then the readings in upload order. One statement, one transaction.
+pub const UPLOAD: &str = concat!(
+    "
+WITH ",
+    ledger_then_readings!("VALUES ($1, $2::uuid, $3)")
+);
+
+/// Remote. [`UPLOAD`] that also makes this batch the site's chain head (UPLOAD_BATCHES_IN_FLIGHT > 1, with
+/// no older batch in flight). The head row is locked until commit, so a batch sent after this one waits.
+pub const UPLOAD_LEAD: &str = concat!(
+    "
+WITH h AS (
+  INSERT INTO sync_upload_chain (source_id, head) VALUES ($1, $2::uuid)
+  ON CONFLICT (source_id) DO UPDATE SET head = EXCLUDED.head, updated_at = now()
+  RETURNING 1
+), ",
+    ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h")
+);
+
+/// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: the update of the site's head row
+/// waits for $9's statement to commit or roll back (row lock), then re-reads the row. Only if the head is
+/// then $9 does it move to this batch and are the ledger row and readings inserted, so readings reach the
+/// remote in claim order. Otherwise nothing is inserted (0 rows): the batch is sent again.
+pub const UPLOAD_AFTER: &str = concat!(
+    "
+WITH h AS (
+  UPDATE sync_upload_chain
+  SET head = CASE WHEN head = $9::uuid THEN $2::uuid ELSE head END, updated_at = now()
+  WHERE source_id = $1
+  RETURNING head = $2::uuid AS moved
+), ",
+    ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h WHERE h.moved")
+);
+
+/// Remote. The readings alone, for probing a rejected batch inside a transaction that is rolled back.
+pub const PROBE: &str = concat!("\n", insert_readings!("", "$1", "$2", "$3", "$4", "$5"));
+
+/// Local. The pending batches in upload order: by the key of their first reading (claims never overlap,
+/// so this is the order they were claimed in, whatever the clock did), empty batches first.
+pub const PENDING: &str = "
+SELECT b.batch_id::text, cardinality(b.reading_ids)
+FROM sync_upload_batches b LEFT JOIN meter_readings r ON r.id = b.reading_ids[1]
+ORDER BY r.timestamp NULLS FIRST, r.id, b.claimed_at, b.batch_id";
+
+/// Local. A pending batch's readings, in the order of its array.
+pub const BATCH_ROWS: &str = concat!(
+    "
+SELECT ",
+    reading_text!("r."),
+    "
+FROM sync_upload_batches b CROSS JOIN LATERAL unnest(b.reading_ids) WITH ORDINALITY AS u(id, ord)
+JOIN meter_readings r ON r.id = u.id
+WHERE b.batch_id = $1::uuid
+ORDER BY u.ord"
+);
+
+/// Remote.
+pub const LEDGER_LOOKUP: &str = "
+SELECT batch_id::text FROM sync_upload_ledger WHERE source_id = $1 AND batch_id = ANY($2::uuid[])";
+
+/// Local. Moves rejected readings into the quarantine and narrows their batch to the good ones.
+pub const QUARANTINE: &str = "
+WITH e AS (
+  SELECT * FROM unnest($2::int8[], $3::text[], $4::text[]) AS e(id, error, sqlstate)
+), q AS (
+  DELETE FROM meter_readings r USING e WHERE r.id = e.id
+  RETURNING r.id, r.meter_id, r.timestamp, r.value, r.unit, r.metadata, r.created_at, e.error, e.sqlstate
+), i AS (
+  INSERT INTO sync_quarantine (id, meter_id, timestamp, value, unit, metadata, created_at, error, sqlstate)
+  SELECT * FROM q RETURNING 1
+), u AS (
+  UPDATE sync_upload_batches SET reading_ids = $5::int8[], attempts = attempts + 1, last_error = $6
+  WHERE batch_id = $1::uuid RETURNING 1
+)
+SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM u)";
+
+/// Local. A few queued readings outside a rejected batch (ids $1), to probe whether the remote accepts
+/// anything at all.
+pub const CONTROL_READINGS: &str = concat!(
+    "
+SELECT ",
+    reading_text!(""),
+    "
+FROM meter_readings WHERE is_synchronized IS NOT TRUE AND id <> ALL($1::int8[])
+ORDER BY timestamp, id LIMIT 8"
+);
+
+/// Local.
+pub const NOTE_FAILURE: &str = "
+UPDATE sync_upload_batches SET attempts = attempts + 1, last_error = $2 WHERE batch_id = $1::uuid";
+
+/// Remote. Ledger rows of this source older than $2 seconds, except batches still pending locally.
+pub const PRUNE: &str = "
+WITH d AS (
+  DELETE FROM sync_upload_ledger
+  WHERE source_id = $1 AND uploaded_at < now() - $2 * interval '1 second' AND batch_id <> ALL($3::uuid[])
+  RETURNING 1
+)
+SELECT count(*) FROM d";
+
+/// Local. Readings waiting (claimed or not), not counting quarantined ones. A row that another program marked
+/// `is_synchronized = true` (the design's flag; this daemon deletes instead) is not queued.
+pub const QUEUE_SIZE: &str = "SELECT count(*) FROM meter_readings WHERE is_synchronized IS NOT TRUE";
+
+/// Local. Whether any reading is queued.
+pub const BACKLOG_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM meter_readings WHERE is_synchronized IS NOT TRUE)";
+
+/// Local. Seconds since the oldest queued reading was created (NULL when the queue is empty). An age, not a
+/// reading: float seconds are fine here.
+pub const OLDEST_PENDING_AGE: &str = "SELECT extract(epoch FROM localtimestamp - min(created_at))::float8 \
+                                      FROM meter_readings WHERE is_synchronized IS NOT TRUE";
+
+/// Local. Readings in the quarantine.
+pub const QUARANTINED_COUNT: &str = "SELECT count(*) FROM sync_quarantine";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statements as they were written out in full before the shared fragments became macros: the
+    /// expansion must be the same SQL (compared with runs of whitespace collapsed).
+    fn words(sql: &str) -> String {
+        sql.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn shared_fragments_expand_to_the_statements_written_out() {
+        assert_eq!(
+            words(CLAIM_NEXT),
+            words(
+                "WITH c AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings \
+                 WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE \
+                 ORDER BY timestamp, id LIMIT $1 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
+                 SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0 \
+                 RETURNING batch_id ) \
+                 SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text, \
+                 c.timestamp::text AS ts_text, c.value::text AS value_text, c.unit::text AS unit_text, \
+                 c.metadata::text AS metadata_text FROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
+            )
+        );
+        assert_eq!(
+            words(UPLOAD),
+            words(
+                "WITH l AS ( INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) VALUES ($1, $2::uuid, $3) \
+                 RETURNING batch_id ) INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata) \
+                 SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb \
+                 FROM l CROSS JOIN unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                 WITH ORDINALITY AS x(m, t, v, u, md, ord) ORDER BY x.ord"
+            )
+        );
+        assert_eq!(
+            words(PROBE),
+            words(
+                "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata) \
+                 SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 WITH ORDINALITY AS x(m, t, v, u, md, ord) ORDER BY x.ord"
+            )
+        );
+        assert_eq!(
+            words(FINISH),
+            words(
+                "WITH b AS ( DELETE FROM sync_upload_batches WHERE batch_id = $1::uuid RETURNING reading_ids ), \
+                 d AS ( DELETE FROM meter_readings r USING b WHERE r.id = ANY(b.reading_ids) RETURNING 1 ) \
+                 SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)"
+            )
+        );
+        assert_eq!(
+            words(BATCH_ROWS),
+            words(
+                "SELECT r.id::int8 AS id_num, r.meter_id::text AS meter_text, r.timestamp::text AS ts_text, \
+                 r.value::text AS value_text, r.unit::text AS unit_text, r.metadata::text AS metadata_text \
+                 FROM sync_upload_batches b CROSS JOIN LATERAL unnest(b.reading_ids) WITH ORDINALITY AS u(id, ord) \
+                 JOIN meter_readings r ON r.id = u.id WHERE b.batch_id = $1::uuid ORDER BY u.ord"
+            )
+        );
+    }
+
+    #[test]
+    fn the_upload_statements_differ_only_before_the_ledger_row() {
+        let tail = |sql: &str| words(&sql[sql.find("INSERT INTO sync_upload_ledger").unwrap_or(0)..]);
+        let after_row = |sql: &str| {
+            let t = tail(sql);
+            t[t.find("RETURNING batch_id").unwrap_or(0)..].to_string()
+        };
+        assert_eq!(after_row(UPLOAD), after_row(UPLOAD_LEAD));
+        assert_eq!(after_row(UPLOAD), after_row(UPLOAD_AFTER));
+        assert!(UPLOAD_AFTER.contains("WHERE h.moved"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The remote side of a drain: the upload connections on their own threads, and the other remote statements.
+//!
+//! Owns: [`Uplink`] (UPLOAD_BATCHES_IN_FLIGHT remote connections, each on a thread with its prepared upload
+//! statements), [`Order`] (plain, chain head, or after the batch before), the jobs and their bounded waits,
+//! the upload statement itself ([`upload`]: readings and ledger row, one round trip), and the one-shot remote
+//! statements of recovery and pruning (ledger lookup, prune). Does not own: the statement texts (sql.rs),
+//! when to send what (drain.rs), bounding a wait in time (db.rs: `await_bounded`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Statement};
+
+use super::batch::{ClaimedBatch, Columns, UploadOutcome};
+use super::sql;
+use crate::db::{ConnectionManager, Side, Target};
+use crate::error::{Error, Result};
+
+/// The drain's remote connections (UPLOAD_BATCHES_IN_FLIGHT of them, one by default), each kept on its own
+/// thread, so that uploads run while the drain works on the local database. Batches are sent to the
+/// connections in turn; one connection runs its uploads serially. The upload statements are prepared once per
+/// connection. Every wait is bounded like [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past
+/// its grace, or a broken connection abandons that thread (it ends with the link) and the next send on it
+/// starts a fresh one.
+pub(super) struct Uplink<'a> {
+    conns: &'a ConnectionManager,
+    target: Arc<Target>,
+    source_id: Arc<str>,
+    lanes: Vec<Option<crossbeam_channel::Sender<Job>>>,
+    turn: usize,
+}
+
+/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Order {
+    /// One batch at a time: the plain statement.
+    Serial,
+    /// Several may overlap and none older is in flight: this batch becomes the site's chain head.
+    Lead,
+    /// Inserted only once the batch with this id is in, and after it.
+    After(String),
+}
+
+struct Job {
+    batch: Arc<ClaimedBatch>,
+    order: Order,
+    reply: crossbeam_channel::Sender<Result<UploadOutcome>>,
+}
+
+/// An upload sent to the uplink, not yet waited for.
+pub(super) struct InFlight {
+    lane: usize,
+    what: String,
+    started: Instant,
+    reply: crossbeam_channel::Receiver<Result<UploadOutcome>>,
+}
+
+impl<'a> Uplink<'a> {
+    pub fn new(conns: &'a ConnectionManager, source_id: &str, width: u32) -> Uplink<'a> {
+        Uplink {
+            conns,
+            target: Arc::new(conns.remote.name().clone()),
+            source_id: Arc::from(source_id),
+            lanes: (0..width.max(1)).map(|_| None).collect(),
+            turn: 0,
+        }
+    }
+
+    /// How many uploads may be in flight at once.
+    pub fn width(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The order of an upload with nothing older in flight.
+    pub fn alone(&self) -> Order {
+        if self.width() == 1 {
+            Order::Serial
+        } else {
+            Order::Lead
+        }
+    }
+
+    /// Sends `batch` to be uploaded on the next connection in turn; takes a remote connection (with
+    /// MAX_CONNECTION_RETRIES) if that one has none.
+    pub fn send(&mut self, batch: Arc<ClaimedBatch>, order: Order) -> Result<InFlight> {
+        let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+        let lane = self.turn % self.lanes.len();
+        self.turn = self.turn.wrapping_add(1);
+        log::trace!(
+            "upload: sending batch {} on connection {lane} ({order:?})",
+            batch.batch_id
+        );
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let mut job = Job { batch, order, reply };
+        // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
+        for _ in 0..2 {
+            if self.lanes[lane].is_none() {
+                self.lanes[lane] = Some(self.start(&what)?);
+            }
+            let Some(jobs) = &self.lanes[lane] else {
+                continue;
+            };
+            match jobs.send(job) {
+                Ok(()) => {
+                    return Ok(InFlight {
+                        lane,
+                        what,
+                        started: Instant::now(),
+                        reply: rx,
+                    })
+                }
+                Err(crossbeam_channel::SendError(back)) => {
+                    job = back;
+                    self.lanes[lane] = None;
+                }
+            }
+        }
+        Err(Error::WorkerLost {
+            target: (*self.target).clone(),
+            what,
+            how: "the upload thread ended at once twice",
+        })
+    }
+
+    /// Gives up every connection (their threads end with their links); the next sends start fresh ones.
+    pub fn abandon(&mut self) {
+        self.lanes.iter_mut().for_each(|lane| *lane = None);
+    }
+
+    /// Waits for the outcome of an upload sent by [`Uplink::send`]. After a stall, shutdown, a lost thread or
+    /// a transient error the connection is given up (a half-broken one is never reused).
+    pub fn wait(&mut self, sent: InFlight) -> Result<UploadOutcome> {
+        let r = self
+            .conns
+            .await_bounded(Side::Remote, &sent.what, &sent.reply, sent.started);
+        if matches!(&r, Err(e) if e.is_transient() || matches!(e, Error::Shutdown | Error::WorkerLost { .. })) {
+            self.lanes[sent.lane] = None;
+        }
+        r
+    }
+
+    /// Takes a remote connection and starts its thread, which prepares the upload statements before anything
+    /// is sent: a batch sent on a fresh connection must not reach the server later than one sent after it on a
+    /// connection that is ready (with several in flight that would break the chain).
+    fn start(&self, what: &str) -> Result<crossbeam_channel::Sender<Job>> {
+        let mut conn = self.conns.get(Side::Remote)?;
+        let (tx, jobs) = crossbeam_channel::unbounded::<Job>();
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let (target, source_id) = (Arc::clone(&self.target), Arc::clone(&self.source_id));
+        let chained = self.width() > 1;
+        let context = format!("{what}: preparing the upload statements");
+        std::thread::Builder::new()
+            .name("upload-remote".into())
+            .spawn(move || {
+                let mut statements = match Statements::prepare(&mut conn, &target, &context, chained) {
+                    Ok(st) => {
+                        let _ = ready_tx.send(Ok(()));
+                        st
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in jobs {
+                    let r = upload(&mut conn, &mut statements, &target, &source_id, &job.batch, &job.order);
+                    let _ = job.reply.send(r);
+                    if conn.is_closed() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the upload thread", e))?;
+        self.conns.await_bounded(Side::Remote, what, &ready, Instant::now())?;
+        Ok(tx)
+    }
+}
+
+/// The upload statements of one connection: prepared when the connection starts (the plain one, or the two
+/// chained ones with several in flight), any other on first use.
+#[derive(Default)]
+struct Statements {
+    serial: Option<Statement>,
+    lead: Option<Statement>,
+    after: Option<Statement>,
+}
+
+impl Statements {
+    fn prepare(c: &mut Client, db: &Target, context: &str, chained: bool) -> Result<Statements> {
+        let prepare = |c: &mut Client, text: &str, types: &[Type]| {
+            c.prepare_typed(text, types).map(Some).map_err(|e| db.err(context, e))
+        };
+        Ok(if chained {
+            Statements {
+                lead: prepare(c, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8])?,
+                after: prepare(c, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..])?,
+                ..Statements::default()
+            }
+        } else {
+            Statements {
+                serial: prepare(c, sql::UPLOAD, &UPLOAD_TYPES[..8])?,
+                ..Statements::default()
+            }
+        })
+    }
+}
+
+/// The parameter types of the upload statements: eight for [`sql::UPLOAD`] and [`sql::UPLOAD_LEAD`], a ninth
+/// (the batch before) for [`sql::UPLOAD_AFTER`].
+const UPLOAD_TYPES: [Type; 9] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT,
+];
+
+/// The upload statement for `order`, one round trip: the readings and the ledger row (and with several in
+/// flight, the move of the chain head), all or nothing.
+fn upload(
+    c: &mut Client,
+    statements: &mut Statements,
+    db: &Target,
+    source_id: &str,
+    batch: &ClaimedBatch,
+    order: &Order,
+) -> Result<UploadOutcome> {
+    let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
+    let (slot, text, types): (_, _, &[Type]) = match order {
+        Order::Serial => (&mut statements.serial, sql::UPLOAD, &UPLOAD_TYPES[..8]),
+        Order::Lead => (&mut statements.lead, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8]),
+        Order::After(_) => (&mut statements.after, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..]),
+    };
+    let st = match slot {
+        Some(st) => st,
+        None => slot.insert(c.prepare_typed(text, types).map_err(|e| db.err(context(), e))?),
+    };
+    let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+    let cols = Columns::of(&batch.readings);
+    let before = match order {
+        Order::After(id) => id.as_str(),
+        Order::Serial | Order::Lead => "",
+    };
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &source_id,
+        &batch.batch_id,
+        &n,
+        &cols.meter,
+        &cols.ts,
+        &cols.value,
+        &cols.unit,
+        &cols.metadata,
+        &before,
+    ];
+    match c.execute(st, &params[..types.len()]) {
+        Ok(rows) => Ok(UploadOutcome::of(batch, rows)),
+        Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
+        Err(e) => Err(db.err(context(), e)),
+    }
+}
+
+fn is_ledger_conflict(e: &postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| *d.code() == SqlState::UNIQUE_VIOLATION && d.table() == Some("sync_upload_ledger"))
+}
+
+/// The ids among `ids` that the remote ledger holds for `source_id`.
+pub(super) fn ledger_lookup(c: &mut Client, db: &Target, source_id: &str, ids: &[String]) -> Result<HashSet<String>> {
+    let rows = c
+        .query_typed(
+            sql::LEDGER_LOOKUP,
+            &[(&source_id, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+        )
+        .map_err(|e| {
+            db.err(
+                format!("looking up {} claimed batch(es) in the upload ledger", ids.len()),
+                e,
+            )
+        })?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes the ledger rows of `source_id` older than `secs` seconds, except `keep`. Returns how many.
+pub(super) fn prune(c: &mut Client, db: &Target, source_id: &str, secs: i64, keep: &[String]) -> Result<u64> {
+    let rows = c
+        .query_typed(
+            sql::PRUNE,
+            &[(&source_id, Type::TEXT), (&secs, Type::INT8), (&keep, Type::TEXT_ARRAY)],
+        )
+        .map_err(|e| db.err("pruning the upload ledger", e))?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64)
+}
