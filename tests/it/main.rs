@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod mcp;
 mod migrate;
+mod monitoring;
 mod packaging;
 mod security;
 mod service;
