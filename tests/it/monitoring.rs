@@ -104,7 +104,11 @@ fn live_scrape() -> (Env, Daemon, String) {
         }
         _ => false,
     });
-    assert!(done, "the daemon reports its first cycle on /metrics:\n{}", d.stderr_text());
+    assert!(
+        done,
+        "the daemon reports its first cycle on /metrics:\n{}",
+        d.stderr_text()
+    );
     (env, d, text)
 }
 
@@ -114,7 +118,11 @@ fn live_scrape() -> (Env, Daemon, String) {
 fn a_live_scrape_passes_promtool_check_metrics() {
     let (_env, mut d, text) = live_scrape();
     let out = promtool(&["check", "metrics"], Some(&text));
-    assert!(out.status.success(), "promtool check metrics:\n{}\n--- scrape ---\n{text}", show(&out));
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}\n--- scrape ---\n{text}",
+        show(&out)
+    );
     let lint = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -135,7 +143,10 @@ fn a_live_scrape_passes_promtool_check_metrics() {
     assert_eq!(m["sync_process_consecutive_failures"], "0");
     for part in ["upload", "download_meters", "download_tenants"] {
         assert_eq!(m[&format!("sync_process_part_failures_total{{part=\"{part}\"}}")], "0");
-        assert_eq!(m[&format!("sync_process_cycle_duration_seconds_count{{part=\"{part}\"}}")], "1");
+        assert_eq!(
+            m[&format!("sync_process_cycle_duration_seconds_count{{part=\"{part}\"}}")],
+            "1"
+        );
         assert_eq!(
             m[&format!("sync_process_cycle_duration_seconds_bucket{{part=\"{part}\",le=\"+Inf\"}}")],
             "1"
@@ -145,7 +156,10 @@ fn a_live_scrape_passes_promtool_check_metrics() {
     assert!(rss > 1024 * 1024, "a daemon holds more than 1 MiB: {rss}");
     let started: f64 = m["process_start_time_seconds"].parse().expect("start time");
     let now = sync_process::status::unix_now() as f64;
-    assert!(started > now - 600.0 && started <= now + 1.0, "started {started}, now {now}");
+    assert!(
+        started > now - 600.0 && started <= now + 1.0,
+        "started {started}, now {now}"
+    );
     assert!(m["process_cpu_seconds_total"].parse::<f64>().is_ok());
     d.signal("TERM");
     assert_eq!(d.wait_timeout(PATIENCE).and_then(|s| s.code()), Some(0));
