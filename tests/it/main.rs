@@ -15,3 +15,4 @@ mod packaging;
 mod security;
 mod service;
 mod upload;
+mod webhooks;
