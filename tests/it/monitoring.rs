@@ -164,3 +164,207 @@ fn a_live_scrape_passes_promtool_check_metrics() {
     d.signal("TERM");
     assert_eq!(d.wait_timeout(PATIENCE).and_then(|s| s.code()), Some(0));
 }
+
+// The shipped rules load (`promtool check rules`) and behave as their unit tests say (`promtool test rules`:
+// input series for two boxes, each alert just before and just after its `for`, with labels and annotations).
+#[test]
+fn shipped_rules_pass_promtool_check_and_unit_tests() {
+    let dir = monitoring_dir();
+    let rules = dir.join("sync-process.rules.yml");
+    let out = promtool(&["check", "rules", rules.to_str().expect("path")], None);
+    assert!(out.status.success(), "promtool check rules:\n{}", show(&out));
+    let found = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(found.contains("SUCCESS: 6 rules found"), "{found}");
+    let tests = dir.join("sync-process.rules.test.yml");
+    let out = promtool(&["test", "rules", tests.to_str().expect("path")], None);
+    assert!(out.status.success(), "promtool test rules:\n{}", show(&out));
+    let tested = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    let text = std::fs::read_to_string(&tests).expect("the rules' test file");
+    for alert in rule_alert_names(&std::fs::read_to_string(&rules).expect("the rules")) {
+        assert!(
+            text.contains(&format!("alertname: {alert}\n")),
+            "the rule {alert} has no unit test in {}",
+            tests.display()
+        );
+    }
+}
+
+// Every metric the Grafana dashboard and the alerting rules query exists in a live scrape (so neither breaks
+// silently when a metric is renamed), and the dashboard shows what a fleet needs: queue, throughput,
+// failures, oldest pending age, memory.
+#[test]
+fn dashboard_and_rules_query_only_metrics_a_live_daemon_exports() {
+    let dir = monitoring_dir();
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sync-process-dashboard.json")).expect("the dashboard"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "the dashboard's queries: {exprs:?}");
+    let dashboard_names: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    for needed in [
+        "sync_process_queued_readings",
+        "sync_process_readings_uploaded_total",
+        "sync_process_part_failures_total",
+        "sync_process_oldest_pending_reading_age_seconds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            dashboard_names.contains(needed),
+            "the dashboard lacks {needed}: {dashboard_names:?}"
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("sync-process.rules.yml")).expect("the rules");
+    let rule_exprs: Vec<String> = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_prefix("expr:").map(|e| e.trim().to_string()))
+        .collect();
+    assert_eq!(rule_exprs.len(), 6, "{rule_exprs:?}");
+    let rule_names: BTreeSet<String> = rule_exprs.iter().flat_map(|e| metric_names(e)).collect();
+
+    let (_env, mut d, text) = live_scrape();
+    let live = sample_names(&text);
+    for (what, names) in [("the dashboard", &dashboard_names), ("the rules", &rule_names)] {
+        for name in names {
+            // `up` is the series Prometheus itself writes for every scrape target.
+            assert!(
+                name == "up" || live.contains(name),
+                "{what} queries {name}, which a live /metrics does not have:\n{text}"
+            );
+        }
+    }
+    d.signal("TERM");
+    assert_eq!(d.wait_timeout(PATIENCE).and_then(|s| s.code()), Some(0));
+}
+
+/// Every `"expr"` string of a Grafana dashboard (panels, nested rows, targets).
+fn collect_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `- alert: Name` names of a rules file (comments skipped).
+fn rule_alert_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_prefix("- alert:").map(|n| n.trim().to_string()))
+        .collect()
+}
+
+/// PromQL words that are not metric names: aggregations, keywords, modifiers.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+];
+
+/// The metric names a PromQL expression selects: identifiers outside strings, label matchers `{...}` and
+/// ranges `[...]`, that are not functions (followed by `(`), PromQL words, nor the label lists of
+/// `by (...)` / `without (...)` / `on (...)` / `ignoring (...)` / `group_left (...)` / `group_right (...)`.
+fn metric_names(expr: &str) -> Vec<String> {
+    // Blank out strings, matchers and ranges first.
+    let mut plain = String::new();
+    let (mut depth_brace, mut depth_bracket, mut quote) = (0usize, 0usize, None::<char>);
+    for c in expr.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'' | '`') => quote = Some(c),
+            (None, '{') => depth_brace += 1,
+            (None, '}') => depth_brace = depth_brace.saturating_sub(1),
+            (None, '[') => depth_bracket += 1,
+            (None, ']') => depth_bracket = depth_bracket.saturating_sub(1),
+            (None, c) if depth_brace == 0 && depth_bracket == 0 => {
+                plain.push(c);
+                continue;
+            }
+            _ => {}
+        }
+        plain.push(' ');
+    }
+    let chars: Vec<char> = plain.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let starts = c.is_ascii_alphabetic() || c == '_' || c == ':';
+        let after_number = i > 0 && (chars[i - 1].is_ascii_digit() || chars[i - 1] == '.');
+        if !starts || after_number {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let mut j = i;
+        while j < chars.len() && chars[j].is_whitespace() {
+            j += 1;
+        }
+        let next = chars.get(j).copied();
+        let label_list = ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&word.as_str());
+        if label_list && next == Some('(') {
+            // Skip the label list.
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            continue;
+        }
+        if next == Some('(') || PROMQL_WORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        names.push(word);
+    }
+    names
+}
+
+#[test]
+fn metric_names_of_promql() {
+    let e = r#"histogram_quantile(0.95, sum by (instance, part, le) (rate(sync_process_cycle_duration_seconds_bucket{job="sync-process", instance=~"$instance"}[$__rate_interval])))"#;
+    assert_eq!(metric_names(e), ["sync_process_cycle_duration_seconds_bucket"]);
+    assert_eq!(
+        metric_names("time() - process_start_time_seconds{job=\"a\"} > 14 * 86400 and on (instance) up == 1"),
+        ["process_start_time_seconds", "up"]
+    );
+    assert_eq!(
+        metric_names("sum without(part) (increase(x_total[1h])) / ignoring(le) y"),
+        ["x_total", "y"]
+    );
+    assert_eq!(metric_names("1e3 + 2h"), Vec::<String>::new());
+}
