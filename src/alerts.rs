@@ -5,9 +5,15 @@
 //! state machine ([`AlertMachine`]: one observation per cycle in, transitions out, each alert raised once per
 //! incident and cleared once at recovery); the stable log lines (`ALERT raised: <name>: ...`,
 //! `ALERT cleared: <name>: ...`, both at error level so that whatever watches error lines sees the recovery
-//! too); and the optional webhook ([`Webhook`]): a JSON POST from one background thread fed through a bounded
+//! too); and the optional webhook ([`Webhook`]): a POST from one background thread fed through a bounded
 //! channel, so a failing or hanging receiver never delays a cycle (a full queue drops the alert with a
-//! warning). Does not own: measuring (the scheduler observes the databases and hands the result in).
+//! warning), its body in the ALERT_WEBHOOK_FORMAT that `formats.rs` builds (json, slack, pagerduty). Does not
+//! own: measuring (the scheduler observes the databases and hands the result in). Never logged: the webhook
+//! URL's user info and query, the bodies, the PagerDuty routing key.
+
+mod formats;
+
+pub use formats::{body as webhook_body, dedup_key};
 
 use std::fmt;
 use std::thread;
@@ -16,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Sender, TrySendError};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Secret, WebhookFormat};
 
 /// Alerts waiting for the webhook thread; beyond this they are dropped (with a warning).
 const WEBHOOK_QUEUE: usize = 32;
@@ -229,7 +235,7 @@ impl AlertMachine {
     }
 }
 
-/// The JSON body of a webhook POST.
+/// An alert as the webhook reports it; with ALERT_WEBHOOK_FORMAT=json, the body of the POST as is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WebhookPayload {
     pub alert: String,
@@ -259,8 +265,9 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts the sender thread for `url`. The thread ends when the `Webhook` is dropped and the queue is empty.
-    pub fn start(url: &str) -> std::io::Result<Webhook> {
+    /// Starts the sender thread for `url`, posting bodies in `format` (`routing_key`: pagerduty's). The thread
+    /// ends when the `Webhook` is dropped and the queue is empty.
+    pub fn start(url: &str, format: WebhookFormat, routing_key: Option<Secret>) -> std::io::Result<Webhook> {
         let (tx, rx) = crossbeam_channel::bounded::<WebhookPayload>(WEBHOOK_QUEUE);
         let shown = redact_url(url);
         let agent = ureq::AgentBuilder::new().timeout(WEBHOOK_TIMEOUT).redirects(0).build();
@@ -268,7 +275,7 @@ impl Webhook {
         let thread_shown = shown.clone();
         thread::Builder::new().name("alert-webhook".into()).spawn(move || {
             for payload in rx {
-                let body = match serde_json::to_string(&payload) {
+                let body = match serde_json::to_string(&webhook_body(format, &payload, routing_key.as_ref())) {
                     Ok(b) => b,
                     Err(e) => {
                         log::warn!("alert webhook: cannot encode the alert: {e}");
@@ -362,10 +369,8 @@ pub struct Alerts {
 impl Alerts {
     /// Starts the webhook thread when ALERT_WEBHOOK_URL is set (a failure to start it is logged, not fatal).
     pub fn new(cfg: &Config) -> Alerts {
-        let webhook = cfg
-            .alert_webhook_url
-            .as_deref()
-            .and_then(|url| match Webhook::start(url) {
+        let webhook = cfg.alert_webhook_url.as_deref().and_then(|url| {
+            match Webhook::start(url, cfg.alert_webhook_format, cfg.alert_webhook_routing_key.clone()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     log::error!(
@@ -374,7 +379,8 @@ impl Alerts {
                     );
                     None
                 }
-            });
+            }
+        });
         Alerts {
             machine: AlertMachine::new(Thresholds::from_config(cfg)),
             webhook,

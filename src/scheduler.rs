@@ -211,6 +211,7 @@ impl Service {
         let snapshot = Snapshot {
             started_unix: status::unix_now(),
             interval_secs: cfg.sync_interval.as_secs(),
+            source_id: cfg.source_id.clone(),
             ..Default::default()
         };
         Ok(Service {
@@ -259,7 +260,7 @@ impl Service {
                 let why = format!("the cycle lock could not be taken: {e}");
                 log::error!("sync cycle {} not run ({} error): {why}", self.cycles, e.kind());
                 let result = not_run(&why, timestamp, started.elapsed());
-                self.after_cycle(&result, started.elapsed());
+                self.after_cycle(&result, started.elapsed(), false);
                 return CycleOutcome::Ran {
                     result,
                     backlog_remains: false,
@@ -273,7 +274,7 @@ impl Service {
         self.write_sync_logs(&result);
         self.prune_if_due();
         drop(lock);
-        self.after_cycle(&result, started.elapsed());
+        self.after_cycle(&result, started.elapsed(), true);
         drop(guard);
         CycleOutcome::Ran {
             result,
@@ -411,8 +412,9 @@ impl Service {
         }
     }
 
-    /// Measures, updates the status snapshot and feeds the alerts (daemon only).
-    fn after_cycle(&mut self, result: &SyncCycleResult, took: Duration) {
+    /// Measures, updates the status snapshot and feeds the alerts (daemon only). `ran`: the parts ran (their
+    /// durations are observed), rather than the cycle failing before them.
+    fn after_cycle(&mut self, result: &SyncCycleResult, took: Duration, ran: bool) {
         let Some(alerts) = self.alerts.as_mut() else {
             return;
         };
@@ -447,6 +449,12 @@ impl Service {
         }
         snap.records_quarantined_total += result.upload_result.records_quarantined;
         snap.last_cycle_duration_ms = Some(duration_ms(took));
+        for (stats, part) in snap.parts.iter_mut().zip(part_summaries(result)) {
+            stats.failures_total += u64::from(!part.success);
+            if ran {
+                stats.observe_run(part.duration_ms);
+            }
+        }
         let st = &mut snap.status;
         st.cycle_in_progress = false;
         st.last_sync_time = Some(result.timestamp.clone());

@@ -86,6 +86,43 @@ impl FromStr for SslMode {
     }
 }
 
+/// ALERT_WEBHOOK_FORMAT: the body of an alert webhook POST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The project's own JSON: `{alert, state, message, source_id, timestamp}`.
+    Json,
+    /// A Slack incoming-webhook message: `text` plus blocks.
+    Slack,
+    /// A PagerDuty Events API v2 event: trigger on raise, resolve on clear, one dedup_key per alert and site.
+    PagerDuty,
+}
+
+impl WebhookFormat {
+    pub const ACCEPTED: &'static str = "json|slack|pagerduty";
+    /// Where PagerDuty format posts when ALERT_WEBHOOK_URL is not set.
+    pub const PAGERDUTY_EVENTS_URL: &'static str = "https://events.pagerduty.com/v2/enqueue";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+            WebhookFormat::PagerDuty => "pagerduty",
+        }
+    }
+}
+
+impl FromStr for WebhookFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<WebhookFormat, ()> {
+        Ok(match s {
+            "json" => WebhookFormat::Json,
+            "slack" => WebhookFormat::Slack,
+            "pagerduty" => WebhookFormat::PagerDuty,
+            _ => return Err(()),
+        })
+    }
+}
+
 /// One database's connection settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DbConfig {
@@ -126,7 +163,11 @@ pub struct Config {
     pub sync_log_retention_days: u32,
     pub queue_alert_threshold: u64,
     pub alert_after_failures: u32,
+    /// The webhook's URL: ALERT_WEBHOOK_URL, or for pagerduty its default. None: no webhook.
     pub alert_webhook_url: Option<String>,
+    pub alert_webhook_format: WebhookFormat,
+    /// ALERT_WEBHOOK_ROUTING_KEY (always Some for pagerduty).
+    pub alert_webhook_routing_key: Option<Secret>,
     pub upload_max_rows_per_second: u32,
     /// Batches uploading at once (each on its own remote connection); 1 = one at a time.
     pub upload_batches_in_flight: u32,
@@ -199,6 +240,8 @@ impl Config {
             queue_alert_threshold: status.queue_alert_threshold,
             alert_after_failures: status.alert_after_failures,
             alert_webhook_url: status.alert_webhook_url,
+            alert_webhook_format: status.alert_webhook_format,
+            alert_webhook_routing_key: status.alert_webhook_routing_key,
             upload_max_rows_per_second: upload.upload_max_rows_per_second,
             upload_batches_in_flight: upload.upload_batches_in_flight,
             download_max_delete_ratio,
@@ -271,10 +314,17 @@ impl Config {
             "alerts: after_failures={} queue_threshold={} webhook={}\n",
             self.alert_after_failures,
             self.queue_alert_threshold,
-            if self.alert_webhook_url.is_some() {
-                "set"
-            } else {
-                "(none)"
+            match &self.alert_webhook_url {
+                None => "(none)".to_string(),
+                Some(_) => format!(
+                    "set format={}{}",
+                    self.alert_webhook_format.as_str(),
+                    if self.alert_webhook_routing_key.is_some() {
+                        " routing_key=[redacted]"
+                    } else {
+                        ""
+                    }
+                ),
             }
         ));
         s.push_str(&format!(
@@ -323,6 +373,78 @@ mod tests {
         m.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), "9".into());
         let e = Config::from_map(&m).expect_err("out of range").to_string();
         assert!(e.contains("UPLOAD_BATCHES_IN_FLIGHT") && e.contains("1..=8"), "{e}");
+    }
+
+    #[test]
+    fn webhook_formats_and_the_routing_key() {
+        let mut m = valid_map();
+        let c = Config::from_map(&m).expect("valid");
+        assert_eq!(
+            (c.alert_webhook_format, c.alert_webhook_url),
+            (WebhookFormat::Json, None)
+        );
+
+        m.insert("ALERT_WEBHOOK_FORMAT".into(), "teams".into());
+        let e = Config::from_map(&m).expect_err("unknown format").to_string();
+        assert!(
+            e.contains("ALERT_WEBHOOK_FORMAT: \"teams\" is not a webhook format (json|slack|pagerduty)"),
+            "{e}"
+        );
+
+        m.insert("ALERT_WEBHOOK_FORMAT".into(), "slack".into());
+        let e = Config::from_map(&m).expect_err("slack without a URL").to_string();
+        assert!(
+            e.contains("ALERT_WEBHOOK_URL: not set (ALERT_WEBHOOK_FORMAT=slack"),
+            "{e}"
+        );
+        m.insert(
+            "ALERT_WEBHOOK_URL".into(),
+            "https://hooks.slack.com/services/T0/B0/x".into(),
+        );
+        assert_eq!(
+            Config::from_map(&m).expect("slack").alert_webhook_format,
+            WebhookFormat::Slack
+        );
+
+        m.remove("ALERT_WEBHOOK_URL");
+        m.insert("ALERT_WEBHOOK_FORMAT".into(), "pagerduty".into());
+        let e = Config::from_map(&m).expect_err("pagerduty without a key").to_string();
+        assert!(
+            e.contains("ALERT_WEBHOOK_ROUTING_KEY: not set (ALERT_WEBHOOK_FORMAT=pagerduty needs"),
+            "{e}"
+        );
+        let bad = "short-key-that-is-SECRET";
+        m.insert("ALERT_WEBHOOK_ROUTING_KEY".into(), bad.into());
+        let e = Config::from_map(&m).expect_err("malformed key").to_string();
+        assert!(
+            e.contains("ALERT_WEBHOOK_ROUTING_KEY: is 24 characters long and holds"),
+            "{e}"
+        );
+        assert!(e.contains("32 letters and digits"), "{e}");
+        assert!(!e.contains("SECRET"), "a routing key is never shown: {e}");
+
+        let key = "R0123456789abcdefABCDEF012345678";
+        m.insert("ALERT_WEBHOOK_ROUTING_KEY".into(), key.into());
+        let c = Config::from_map(&m).expect("pagerduty");
+        assert_eq!(c.alert_webhook_format, WebhookFormat::PagerDuty);
+        assert_eq!(
+            c.alert_webhook_url.as_deref(),
+            Some("https://events.pagerduty.com/v2/enqueue"),
+            "the Events API v2 endpoint by default"
+        );
+        assert_eq!(c.alert_webhook_routing_key.as_ref().map(Secret::expose), Some(key));
+        for text in [format!("{c:?}"), c.summary()] {
+            assert!(!text.contains(key), "the routing key leaks: {text}");
+        }
+        assert!(
+            c.summary()
+                .contains("webhook=set format=pagerduty routing_key=[redacted]"),
+            "{}",
+            c.summary()
+        );
+        m.insert("ALERT_WEBHOOK_URL".into(), "http://127.0.0.1:9/enqueue".into());
+        let c = Config::from_map(&m).expect("pagerduty at a given URL");
+        assert_eq!(c.alert_webhook_url.as_deref(), Some("http://127.0.0.1:9/enqueue"));
     }
 
     #[test]

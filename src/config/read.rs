@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::variables::{contract_index, default_of};
-use super::{ConfigError, ConfigErrors, DbConfig, Secret, SslMode};
+use super::{ConfigError, ConfigErrors, DbConfig, Secret, SslMode, WebhookFormat};
 
 /// Collects errors while reading typed values out of the map. On a bad value a reader records the error and
 /// returns a placeholder that is never used: `Config::from_map` then returns the errors, not a `Config`.
@@ -231,6 +231,8 @@ pub(super) struct StatusAndAlerts {
     pub queue_alert_threshold: u64,
     pub alert_after_failures: u32,
     pub alert_webhook_url: Option<String>,
+    pub alert_webhook_format: WebhookFormat,
+    pub alert_webhook_routing_key: Option<Secret>,
 }
 
 pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
@@ -261,13 +263,72 @@ pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
             None
         }
     };
+    let (alert_webhook_url, alert_webhook_format, alert_webhook_routing_key) = webhook(r, alert_webhook_url);
     StatusAndAlerts {
         status_bind,
         sync_log_retention_days,
         queue_alert_threshold,
         alert_after_failures,
         alert_webhook_url,
+        alert_webhook_format,
+        alert_webhook_routing_key,
     }
+}
+
+/// ALERT_WEBHOOK_FORMAT and ALERT_WEBHOOK_ROUTING_KEY, with the URL as read: pagerduty needs a routing key
+/// and has a default URL; slack needs a URL. The routing key is a secret: no message shows it.
+fn webhook(r: &mut Reader<'_>, url: Option<String>) -> (Option<String>, WebhookFormat, Option<Secret>) {
+    let v = r.or_default("ALERT_WEBHOOK_FORMAT");
+    let format = match v.to_ascii_lowercase().parse::<WebhookFormat>() {
+        Ok(f) => f,
+        Err(()) => {
+            let msg = format!("{:?} is not a webhook format ({})", shorten(v), WebhookFormat::ACCEPTED);
+            r.err("ALERT_WEBHOOK_FORMAT", msg);
+            WebhookFormat::Json
+        }
+    };
+    let key = r.raw("ALERT_WEBHOOK_ROUTING_KEY").map(|k| {
+        if !(k.len() == 32 && k.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            let msg = format!(
+                "is {} characters long{}; a PagerDuty Events API v2 routing key (the integration key of an \
+                 \"Events API v2\" integration) is 32 letters and digits (the value is not shown: it is a secret)",
+                k.chars().count(),
+                if k.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    ""
+                } else {
+                    " and holds characters other than letters and digits"
+                }
+            );
+            r.err("ALERT_WEBHOOK_ROUTING_KEY", msg);
+        }
+        Secret::new(k)
+    });
+    let url = match format {
+        WebhookFormat::PagerDuty => {
+            if key.is_none() {
+                r.err(
+                    "ALERT_WEBHOOK_ROUTING_KEY",
+                    "not set (ALERT_WEBHOOK_FORMAT=pagerduty needs the routing key of the PagerDuty service's \
+                     Events API v2 integration)"
+                        .to_string(),
+                );
+            }
+            url.or_else(|| Some(WebhookFormat::PAGERDUTY_EVENTS_URL.to_string()))
+        }
+        WebhookFormat::Slack => {
+            if url.is_none() && !r.has_error("ALERT_WEBHOOK_URL") {
+                r.err(
+                    "ALERT_WEBHOOK_URL",
+                    "not set (ALERT_WEBHOOK_FORMAT=slack posts to a Slack incoming-webhook URL, \
+                     https://hooks.slack.com/services/...)"
+                        .to_string(),
+                );
+            }
+            url
+        }
+        WebhookFormat::Json => url,
+    };
+    (url, format, key)
 }
 
 /// DOWNLOAD_MAX_DELETE_RATIO and MIGRATE_ON_START.

@@ -105,7 +105,17 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
     (
         "ALERT_WEBHOOK_URL",
         None,
-        "http(s) URL that receives alerts as JSON POSTs",
+        "http(s) URL that receives alerts as POSTs (pagerduty: default https://events.pagerduty.com/v2/enqueue)",
+    ),
+    (
+        "ALERT_WEBHOOK_FORMAT",
+        Some("json"),
+        "json|slack|pagerduty: the webhook body (pagerduty = Events API v2)",
+    ),
+    (
+        "ALERT_WEBHOOK_ROUTING_KEY",
+        None,
+        "PagerDuty Events API v2 routing (integration) key; required for pagerduty; a secret",
     ),
     ("UPLOAD_MAX_ROWS_PER_SECOND", Some("0"), "upload pacing; 0 = unlimited"),
     (

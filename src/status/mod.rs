@@ -10,6 +10,7 @@
 
 mod command;
 mod metrics;
+mod process;
 mod server;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +21,8 @@ use serde::Serialize;
 use crate::report::SyncCycleResult;
 
 pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
-pub use metrics::render_metrics;
+pub use metrics::{render_metrics, render_metrics_with, PartStats, DURATION_BUCKETS_MS};
+pub use process::ProcessStats;
 pub use server::{route, Reply, StatusServer};
 
 /// The status JSON (GET /status). Times are RFC 3339 UTC; `oldestPendingAge` is in seconds (null: empty queue).
@@ -64,6 +66,10 @@ pub struct Snapshot {
     pub started_unix: u64,
     /// SYNC_INTERVAL_SECONDS.
     pub interval_secs: u64,
+    // For /metrics (metrics.rs): the site's SYNC_SOURCE_ID, and per part, in `report::SYNC_TYPES` order
+    // (upload, download_meters, download_tenants), its failures and durations.
+    pub source_id: String,
+    pub parts: [PartStats; 3],
 }
 
 /// The snapshot shared by the sync loop (writer) and the status server (reader).

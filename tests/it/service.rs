@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use sync_process::logging::RotatingFile;
 use sync_process::scheduler::{self, CycleSlot};
-use sync_process::status::{self, Snapshot, SyncStatus};
+use sync_process::status::{self, PartStats, Snapshot, SyncStatus, DURATION_BUCKETS_MS};
 
 use crate::support::contract::{METER_KEYS, RESULT_KEYS, TENANT_KEYS, UPLOAD_KEYS};
 use crate::support::daemon::{run_command, Daemon};
@@ -719,6 +719,17 @@ impl Arbitrary for ArbSnapshot {
             },
             started_unix: started,
             interval_secs: interval,
+            source_id: ["site-1", "a \"quoted\" \\ site\nid", ""][usize::from(u8::arbitrary(g) % 3)].to_string(),
+            parts: std::array::from_fn(|_| {
+                let mut p = PartStats {
+                    failures_total: n(g),
+                    ..Default::default()
+                };
+                for _ in 0..u8::arbitrary(g) % 8 {
+                    p.observe_run(n(g) % 400_000);
+                }
+                p
+            }),
         };
         let now = started + n(g) % 5000;
         ArbSnapshot(snap, now)
@@ -750,53 +761,127 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
     let text = metrics_reply.body;
     let m = parse_metrics(&text);
     let names = [
-        ("sync_cycles_total", "counter"),
-        ("sync_cycle_failures_total", "counter"),
-        ("sync_records_uploaded_total", "counter"),
-        ("sync_records_quarantined_total", "counter"),
-        ("sync_last_cycle_duration_seconds", "gauge"),
-        ("sync_queue_size", "gauge"),
-        ("sync_oldest_pending_age_seconds", "gauge"),
-        ("sync_quarantined_readings", "gauge"),
-        ("sync_last_success_timestamp_seconds", "gauge"),
-        ("sync_database_up", "gauge"),
+        ("sync_process_cycles_total", "counter"),
+        ("sync_process_cycle_failures_total", "counter"),
+        ("sync_process_readings_uploaded_total", "counter"),
+        ("sync_process_readings_quarantined_total", "counter"),
+        ("sync_process_last_cycle_duration_seconds", "gauge"),
+        ("sync_process_queued_readings", "gauge"),
+        ("sync_process_oldest_pending_reading_age_seconds", "gauge"),
+        ("sync_process_quarantined_readings", "gauge"),
+        ("sync_process_last_success_timestamp_seconds", "gauge"),
+        ("sync_process_database_up", "gauge"),
+        ("sync_process_build_info", "gauge"),
+        ("sync_process_part_failures_total", "counter"),
+        ("sync_process_consecutive_failures", "gauge"),
+        ("sync_process_cycle_duration_seconds", "histogram"),
+        ("sync_process_meters", "gauge"),
+        ("sync_process_tenants", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
     ];
     let described = names.iter().all(|(name, kind)| {
         text.contains(&format!("# HELP {name} ")) && text.contains(&format!("# TYPE {name} {kind}\n"))
     });
     let dur = s.last_cycle_duration_ms.unwrap_or(0);
     let values = [
-        ("sync_cycles_total", s.cycles_total.to_string()),
-        ("sync_cycle_failures_total", s.cycle_failures_total.to_string()),
-        ("sync_records_uploaded_total", st.total_records_synced.to_string()),
+        ("sync_process_cycles_total", s.cycles_total.to_string()),
+        ("sync_process_cycle_failures_total", s.cycle_failures_total.to_string()),
         (
-            "sync_records_quarantined_total",
+            "sync_process_readings_uploaded_total",
+            st.total_records_synced.to_string(),
+        ),
+        (
+            "sync_process_readings_quarantined_total",
             s.records_quarantined_total.to_string(),
         ),
         (
-            "sync_last_cycle_duration_seconds",
+            "sync_process_last_cycle_duration_seconds",
             format!("{}.{:03}", dur / 1000, dur % 1000),
         ),
-        ("sync_queue_size", st.queue_size.to_string()),
+        ("sync_process_queued_readings", st.queue_size.to_string()),
         (
-            "sync_oldest_pending_age_seconds",
+            "sync_process_oldest_pending_reading_age_seconds",
             st.oldest_pending_age.unwrap_or(0).to_string(),
         ),
-        ("sync_quarantined_readings", st.quarantined_count.to_string()),
+        ("sync_process_quarantined_readings", st.quarantined_count.to_string()),
         (
-            "sync_last_success_timestamp_seconds",
+            "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),
         ),
         (
-            "sync_database_up{database=\"local\"}",
+            "sync_process_database_up{database=\"local\"}",
             u8::from(st.local_db_connected).to_string(),
         ),
         (
-            "sync_database_up{database=\"remote\"}",
+            "sync_process_database_up{database=\"remote\"}",
             u8::from(st.remote_db_connected).to_string(),
         ),
     ];
-    let values_ok = values.iter().all(|(k, v)| m.get(*k) == Some(v)) && m.len() == values.len();
+    let escaped = s
+        .source_id
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let mut values: Vec<(String, String)> = values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    values.push((
+        format!(
+            "sync_process_build_info{{version=\"{}\",source_id=\"{escaped}\"}}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "1".into(),
+    ));
+    values.push((
+        "sync_process_consecutive_failures".into(),
+        st.consecutive_failures.to_string(),
+    ));
+    for (side, meters, tenants) in [
+        ("local", st.local_meter_count, st.local_tenant_count),
+        ("remote", st.remote_meter_count, st.remote_tenant_count),
+    ] {
+        values.push((
+            format!("sync_process_meters{{database=\"{side}\"}}"),
+            meters.to_string(),
+        ));
+        values.push((
+            format!("sync_process_tenants{{database=\"{side}\"}}"),
+            tenants.to_string(),
+        ));
+    }
+    for (part, p) in ["upload", "download_meters", "download_tenants"].iter().zip(&s.parts) {
+        let h = "sync_process_cycle_duration_seconds";
+        values.push((
+            format!("sync_process_part_failures_total{{part=\"{part}\"}}"),
+            p.failures_total.to_string(),
+        ));
+        for (count, ms) in p.buckets.iter().zip(DURATION_BUCKETS_MS) {
+            let le = format!("{}", ms as f64 / 1000.0);
+            values.push((format!("{h}_bucket{{part=\"{part}\",le=\"{le}\"}}"), count.to_string()));
+        }
+        values.push((format!("{h}_bucket{{part=\"{part}\",le=\"+Inf\"}}"), p.runs.to_string()));
+        values.push((format!("{h}_count{{part=\"{part}\"}}"), p.runs.to_string()));
+        let sum = p.duration_sum_ms;
+        values.push((
+            format!("{h}_sum{{part=\"{part}\"}}"),
+            format!("{}.{:03}", sum / 1000, sum % 1000),
+        ));
+    }
+    // Ours are exactly these; the three process_* ones come from /proc and are only checked to be numbers.
+    let ours = m.iter().filter(|(k, _)| !k.starts_with("process_")).count();
+    let process_ok = [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ]
+    .iter()
+    .all(|k| {
+        m.get(*k).is_some_and(|v| {
+            v.parse::<f64>()
+                .is_ok_and(|x| x > 0.0 || *k == "process_cpu_seconds_total")
+        })
+    });
+    let values_ok = values.iter().all(|(k, v)| m.get(k.as_str()) == Some(v)) && ours == values.len() && process_ok;
     let healthy = (s.cycles_total > 0 && st.last_sync_success)
         || now.saturating_sub(s.last_success_unix.unwrap_or(s.started_unix)) < 3 * s.interval_secs;
     let health_code = status::route("GET", "/healthz", &s, now).code;
@@ -883,13 +968,18 @@ fn status_and_metrics_match_the_databases() {
     let (code, text) = http_get(addr, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200);
     let m = parse_metrics(&text);
-    assert_eq!(m["sync_cycles_total"], "1");
-    assert_eq!(m["sync_cycle_failures_total"], "0");
-    assert_eq!(m["sync_records_uploaded_total"], "250");
-    assert_eq!(m["sync_queue_size"], v["queueSize"].to_string());
-    assert_eq!(m["sync_database_up{database=\"local\"}"], "1");
-    assert_eq!(m["sync_database_up{database=\"remote\"}"], "1");
-    assert!(m["sync_last_success_timestamp_seconds"].parse::<u64>().expect("number") > 1_600_000_000);
+    assert_eq!(m["sync_process_cycles_total"], "1");
+    assert_eq!(m["sync_process_cycle_failures_total"], "0");
+    assert_eq!(m["sync_process_readings_uploaded_total"], "250");
+    assert_eq!(m["sync_process_queued_readings"], v["queueSize"].to_string());
+    assert_eq!(m["sync_process_database_up{database=\"local\"}"], "1");
+    assert_eq!(m["sync_process_database_up{database=\"remote\"}"], "1");
+    assert!(
+        m["sync_process_last_success_timestamp_seconds"]
+            .parse::<u64>()
+            .expect("number")
+            > 1_600_000_000
+    );
     assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(addr, "/nothing-here").map(|r| r.0), Some(404));
 
@@ -943,9 +1033,9 @@ fn status_and_metrics_match_the_databases() {
     assert!(v["oldestPendingAge"].is_u64(), "a queued reading has an age: {v}");
     assert_eq!(v["consecutiveFailures"], 1);
     let m = parse_metrics(&http_get(addr, "/metrics").expect("metrics").1);
-    assert_eq!(m["sync_database_up{database=\"remote\"}"], "0");
-    assert_eq!(m["sync_cycle_failures_total"], "1");
-    assert_eq!(m["sync_queue_size"], "40");
+    assert_eq!(m["sync_process_database_up{database=\"remote\"}"], "0");
+    assert_eq!(m["sync_process_cycle_failures_total"], "1");
+    assert_eq!(m["sync_process_queued_readings"], "40");
     d.signal("TERM");
     assert_eq!(d.wait_timeout(PATIENCE).and_then(|s| s.code()), Some(0));
 }
