@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod download;
+pub mod jitter;
 pub mod error;
 pub mod logging;
 pub mod mcp;
