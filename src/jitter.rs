@@ -62,7 +62,11 @@ mod tests {
         assert_eq!(spread_by(w, 100, 0.0), w);
         assert_eq!(spread_by(w, 100, 0.5), Duration::from_secs(4));
         assert!(spread_by(w, 100, 0.999_999) < Duration::from_millis(1));
-        assert_eq!(spread_by(w, 250, 0.5), Duration::from_secs(4), "above 100 % counts as 100 %");
+        assert_eq!(
+            spread_by(w, 250, 0.5),
+            Duration::from_secs(4),
+            "above 100 % counts as 100 %"
+        );
     }
 
     #[test]
@@ -73,7 +77,10 @@ mod tests {
         assert!(lo.is_some_and(|d| d < Duration::from_secs(91)), "lowest {lo:?}");
         assert!(hi.is_some_and(|d| d > Duration::from_secs(99)), "highest {hi:?}");
         let below_half = draws.iter().filter(|d| **d < Duration::from_secs(95)).count();
-        assert!((800..1200).contains(&below_half), "{below_half} of 2000 below the midpoint");
+        assert!(
+            (800..1200).contains(&below_half),
+            "{below_half} of 2000 below the midpoint"
+        );
     }
 
     // A spread wait is never longer than the wait, never shorter than (100 - percent) % of it.
