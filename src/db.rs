@@ -110,8 +110,13 @@ pub struct BoundedManager {
 }
 
 /// How one database is connected to: in the clear (sslmode=disable: OpenSSL is never initialised, which saves
-/// start time and memory; BENCHMARKS.md), or with the TLS connector.
-enum Connector {
+/// start time and memory; BENCHMARKS.md), or with the TLS connector; then the side's session set-up.
+struct Connector {
+    transport: Transport,
+    side: Side,
+}
+
+enum Transport {
     Plain(PostgresConnectionManager<postgres::NoTls>),
     Tls(PostgresConnectionManager<MakeTlsConnector>),
 }
@@ -119,12 +124,25 @@ enum Connector {
 impl Connector {
     fn connect(&self) -> std::result::Result<postgres::Client, postgres::Error> {
         use r2d2::ManageConnection;
-        match self {
-            Connector::Plain(m) => m.connect(),
-            Connector::Tls(m) => m.connect(),
+        let mut client = match &self.transport {
+            Transport::Plain(m) => m.connect()?,
+            Transport::Tls(m) => m.connect()?,
+        };
+        if self.side == Side::Remote {
+            client.batch_execute(REMOTE_SESSION_SETUP)?;
         }
+        Ok(client)
     }
 }
+
+/// The remote session's one setting. The remote may sit behind a pooler (PgBouncer in transaction pooling),
+/// which refuses `options` in the startup packet (1.18) and hands each transaction to any server connection,
+/// so a session SET is kept only for the parameters the pooler tracks and replays per client: DateStyle is
+/// one of them (client_encoding, DateStyle, TimeZone, standard_conforming_strings, application_name). It keeps
+/// the download's `timestamp::text` verbatim on a central whose default DateStyle is not ISO. Nothing else is
+/// set on the remote: its statements are unnamed (no plan mode to choose), and its time bounds are kept on
+/// this side (`call_bounded`, the uplink's waits), since statement_timeout is not a tracked parameter.
+pub const REMOTE_SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'";
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -211,14 +229,15 @@ pub struct Database {
 impl Database {
     /// Builds the pool without connecting.
     pub fn new(side: Side, db: &DbConfig, cfg: &Config) -> Result<Database> {
-        let pg = pg_config(db, cfg);
+        let pg = pg_config(side, db, cfg);
         // As libpq, `prefer` over a Unix socket is plain (there is no TLS on a socket).
         let plain = db.sslmode == SslMode::Disable || (db.sslmode == SslMode::Prefer && db.host.starts_with('/'));
-        let connector = if plain {
-            Connector::Plain(PostgresConnectionManager::new(pg, postgres::NoTls))
+        let transport = if plain {
+            Transport::Plain(PostgresConnectionManager::new(pg, postgres::NoTls))
         } else {
-            Connector::Tls(PostgresConnectionManager::new(pg, tls_connector(side, db)?))
+            Transport::Tls(PostgresConnectionManager::new(pg, tls_connector(side, db)?))
         };
+        let connector = Connector { transport, side };
         let manager = BoundedManager {
             inner: Arc::new(connector),
             timeout: cfg.connection_timeout,
@@ -330,7 +349,7 @@ impl r2d2::HandleError<ConnectFailure> for QuietErrors {
 }
 
 /// The postgres settings of one session. The password goes to the driver and nowhere else.
-fn pg_config(db: &DbConfig, cfg: &Config) -> postgres::Config {
+fn pg_config(side: Side, db: &DbConfig, cfg: &Config) -> postgres::Config {
     let mut pg = postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
@@ -350,13 +369,17 @@ fn pg_config(db: &DbConfig, cfg: &Config) -> postgres::Config {
             SslMode::Prefer => postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => postgres::config::SslMode::Require,
         })
-        .options(&session_options(cfg.statement_timeout))
         // Server notices ("... already exists, skipping" during migrations) are for debugging, not operators.
         .notice_callback(|n| log::debug!("server notice: {}: {}", n.severity(), n.message()));
+    // The startup packet carries only user, database and application_name to the remote (see
+    // REMOTE_SESSION_SETUP); the local database, on the box itself, gets the full session settings.
+    if side == Side::Local {
+        pg.options(&session_options(cfg.statement_timeout));
+    }
     pg
 }
 
-/// Server settings for every session (the startup packet's `options`). `plan_cache_mode`: the drain's
+/// Server settings for every local session (the startup packet's `options`). `plan_cache_mode`: the drain's
 /// prepared statements are planned once per connection instead of once per batch (BENCHMARKS.md).
 pub fn session_options(statement_timeout: Duration) -> String {
     format!(

@@ -11,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod download;
 pub mod error;
+pub mod jitter;
 pub mod logging;
 pub mod mcp;
 pub mod migrate;

@@ -2,12 +2,13 @@
 //!
 //! Owns: the list of migrations (embedded in the binary from sql/), the `sync_schema_migrations` table on each
 //! side, and [`migrate`]. Each pending file runs in its own transaction with its version recorded in the same
-//! transaction, under a session advisory lock ([`LockKey::Migrate`], an RAII [`AdvisoryLock`]: released also
-//! when a panic unwinds) so two processes cannot migrate one database at once.
+//! transaction, under the migration lock ([`LockKey::Migrate`]) taken as a transaction-level advisory lock in
+//! that same transaction, so two processes cannot migrate one database at once, the lock ends with the
+//! transaction whatever happens, and it holds through a pooler in transaction mode (PgBouncer).
 //! Files only add (IF NOT EXISTS), so a database that already holds the seed tables keeps every row.
 //! Does not own: connections (db.rs).
 
-use crate::db::{AdvisoryLock, Database, LockKey, Side};
+use crate::db::{Database, LockKey, Side};
 use crate::error::Result;
 
 /// One migration file.
@@ -70,47 +71,70 @@ pub fn migrate(db: &Database, dry_run: bool) -> Result<Vec<&'static str>> {
 /// use it to stop or fail in between.
 pub fn migrate_with(db: &Database, dry_run: bool, after_each: &mut dyn FnMut(&Migration)) -> Result<Vec<&'static str>> {
     let side = db.side();
-    let mut conn = AdvisoryLock::acquire(db.try_get()?, LockKey::Migrate, db.name())?;
-    let applied: Vec<i32> = if dry_run {
+    let mut conn = db.try_get()?;
+    if dry_run {
         let exists: bool = conn
             .query_one("SELECT to_regclass('sync_schema_migrations') IS NOT NULL", &[])
             .map_err(|e| db.err("reading applied migrations", e))?
             .get(0);
-        if exists {
-            versions(&mut conn, db)?
-        } else {
-            Vec::new()
+        let applied = if exists { versions(&mut *conn, db)? } else { Vec::new() };
+        let pending: Vec<&'static str> = migrations(side)
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| m.name)
+            .collect();
+        for name in &pending {
+            log::info!("migrate --dry-run: {side} {} would apply {name}", db.target());
         }
-    } else {
-        conn.batch_execute(CREATE_TABLE)
-            .map_err(|e| db.err("creating sync_schema_migrations", e))?;
-        versions(&mut conn, db)?
-    };
+        return Ok(pending);
+    }
+    // The table of applied versions, created under the lock (two concurrent CREATE TABLE IF NOT EXISTS can
+    // collide).
+    let mut tx = locked_transaction(&mut conn, db, "creating sync_schema_migrations")?;
+    tx.batch_execute(CREATE_TABLE)
+        .map_err(|e| db.err("creating sync_schema_migrations", e))?;
+    let applied = versions(&mut tx, db)?;
+    tx.commit()
+        .map_err(|e| db.err("committing sync_schema_migrations", e))?;
     let mut done = Vec::new();
     for m in migrations(side).iter().filter(|m| !applied.contains(&m.version)) {
-        if dry_run {
-            log::info!("migrate --dry-run: {side} {} would apply {}", db.target(), m.name);
-        } else {
-            let mut tx = conn
-                .transaction()
-                .map_err(|e| db.err(format!("beginning {}", m.name), e))?;
-            tx.batch_execute(m.sql)
-                .map_err(|e| db.err(format!("applying {}", m.name), e))?;
-            tx.execute(
-                "INSERT INTO sync_schema_migrations (version, name) VALUES ($1, $2)",
-                &[&m.version, &m.name],
-            )
-            .map_err(|e| db.err(format!("recording {}", m.name), e))?;
-            tx.commit().map_err(|e| db.err(format!("committing {}", m.name), e))?;
-            log::info!("migrate: {side} {} applied {}", db.target(), m.name);
+        let mut tx = locked_transaction(&mut conn, db, &format!("beginning {}", m.name))?;
+        // Another process may have applied it while this one waited for the lock.
+        if versions(&mut tx, db)?.contains(&m.version) {
+            continue;
         }
+        tx.batch_execute(m.sql)
+            .map_err(|e| db.err(format!("applying {}", m.name), e))?;
+        tx.execute(
+            "INSERT INTO sync_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .map_err(|e| db.err(format!("recording {}", m.name), e))?;
+        tx.commit().map_err(|e| db.err(format!("committing {}", m.name), e))?;
+        log::info!("migrate: {side} {} applied {}", db.target(), m.name);
         after_each(m);
         done.push(m.name);
     }
     Ok(done)
 }
 
-fn versions(conn: &mut postgres::Client, db: &Database) -> Result<Vec<i32>> {
+/// A transaction holding the migration lock as a transaction-level advisory lock: it ends with the
+/// transaction (commit, rollback, a dropped connection, a panic that drops the transaction), so it also holds
+/// through a pooler in transaction mode, where a session lock would stay on a server connection that another
+/// client gets next. Waits while another process migrates.
+fn locked_transaction<'c>(
+    conn: &'c mut postgres::Client,
+    db: &Database,
+    context: &str,
+) -> Result<postgres::Transaction<'c>> {
+    let mut tx = conn.transaction().map_err(|e| db.err(context, e))?;
+    let (class, id) = LockKey::Migrate.pair();
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &id])
+        .map_err(|e| db.err(format!("{context}: taking the migration lock"), e))?;
+    Ok(tx)
+}
+
+fn versions(conn: &mut impl postgres::GenericClient, db: &Database) -> Result<Vec<i32>> {
     Ok(conn
         .query("SELECT version FROM sync_schema_migrations", &[])
         .map_err(|e| db.err("reading applied migrations", e))?

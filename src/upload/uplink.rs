@@ -1,7 +1,8 @@
 //! The remote side of a drain: the upload connections on their own threads, and the other remote statements.
 //!
-//! Owns: [`Uplink`] (UPLOAD_BATCHES_IN_FLIGHT remote connections, each on a thread with its prepared upload
-//! statements), [`Order`] (plain, chain head, or after the batch before), the jobs and their bounded waits,
+//! Owns: [`Uplink`] (UPLOAD_BATCHES_IN_FLIGHT remote connections, each on a thread, sending the upload
+//! statements unnamed: nothing is kept on the server between statements, so a pooler in transaction mode
+//! may hand each to another server connection), [`Order`] (plain, chain head, or after the batch before), the jobs and their bounded waits,
 //! the upload statement itself ([`upload`]: readings and ledger row, one round trip), and the one-shot remote
 //! statements of recovery and pruning (ledger lookup, prune). Does not own: the statement texts (sql.rs),
 //! when to send what (drain.rs), bounding a wait in time (db.rs: `await_bounded`).
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, Statement};
+use postgres::Client;
 
 use super::batch::{ClaimedBatch, Columns, UploadOutcome};
 use super::sql;
@@ -21,8 +22,7 @@ use crate::error::{Error, Result};
 
 /// The drain's remote connections (UPLOAD_BATCHES_IN_FLIGHT of them, one by default), each kept on its own
 /// thread, so that uploads run while the drain works on the local database. Batches are sent to the
-/// connections in turn; one connection runs its uploads serially. The upload statements are prepared once per
-/// connection. Every wait is bounded like [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past
+/// connections in turn; one connection runs its uploads serially. Every wait is bounded like [`ConnectionManager::call_bounded`]: a silent remote, a shutdown past
 /// its grace, or a broken connection abandons that thread (it ends with the link) and the next send on it
 /// starts a fresh one.
 pub(super) struct Uplink<'a> {
@@ -142,31 +142,18 @@ impl<'a> Uplink<'a> {
         r
     }
 
-    /// Takes a remote connection and starts its thread, which prepares the upload statements before anything
-    /// is sent: a batch sent on a fresh connection must not reach the server later than one sent after it on a
+    /// Takes a remote connection and starts its thread. The connection is made here, before anything is
+    /// sent: a batch sent on a fresh connection must not reach the server later than one sent after it on a
     /// connection that is ready (with several in flight that would break the chain).
-    fn start(&self, what: &str) -> Result<crossbeam_channel::Sender<Job>> {
+    fn start(&self, _what: &str) -> Result<crossbeam_channel::Sender<Job>> {
         let mut conn = self.conns.get(Side::Remote)?;
         let (tx, jobs) = crossbeam_channel::unbounded::<Job>();
-        let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let (target, source_id) = (Arc::clone(&self.target), Arc::clone(&self.source_id));
-        let chained = self.width() > 1;
-        let context = format!("{what}: preparing the upload statements");
         std::thread::Builder::new()
             .name("upload-remote".into())
             .spawn(move || {
-                let mut statements = match Statements::prepare(&mut conn, &target, &context, chained) {
-                    Ok(st) => {
-                        let _ = ready_tx.send(Ok(()));
-                        st
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
                 for job in jobs {
-                    let r = upload(&mut conn, &mut statements, &target, &source_id, &job.batch, &job.order);
+                    let r = upload(&mut conn, &target, &source_id, &job.batch, &job.order);
                     let _ = job.reply.send(r);
                     if conn.is_closed() {
                         break;
@@ -174,73 +161,18 @@ impl<'a> Uplink<'a> {
                 }
             })
             .map_err(|e| Error::io("starting the upload thread", e))?;
-        self.conns.await_bounded(Side::Remote, what, &ready, Instant::now())?;
         Ok(tx)
     }
 }
 
-/// The upload statements of one connection: prepared when the connection starts (the plain one, or the two
-/// chained ones with several in flight), any other on first use.
-#[derive(Default)]
-struct Statements {
-    serial: Option<Statement>,
-    lead: Option<Statement>,
-    after: Option<Statement>,
-}
-
-impl Statements {
-    fn prepare(c: &mut Client, db: &Target, context: &str, chained: bool) -> Result<Statements> {
-        let prepare = |c: &mut Client, text: &str, types: &[Type]| {
-            c.prepare_typed(text, types).map(Some).map_err(|e| db.err(context, e))
-        };
-        Ok(if chained {
-            Statements {
-                lead: prepare(c, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8])?,
-                after: prepare(c, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..])?,
-                ..Statements::default()
-            }
-        } else {
-            Statements {
-                serial: prepare(c, sql::UPLOAD, &UPLOAD_TYPES[..8])?,
-                ..Statements::default()
-            }
-        })
-    }
-}
-
-/// The parameter types of the upload statements: eight for [`sql::UPLOAD`] and [`sql::UPLOAD_LEAD`], a ninth
-/// (the batch before) for [`sql::UPLOAD_AFTER`].
-const UPLOAD_TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT,
-];
-
 /// The upload statement for `order`, one round trip: the readings and the ledger row (and with several in
 /// flight, the move of the chain head), all or nothing.
-fn upload(
-    c: &mut Client,
-    statements: &mut Statements,
-    db: &Target,
-    source_id: &str,
-    batch: &ClaimedBatch,
-    order: &Order,
-) -> Result<UploadOutcome> {
+fn upload(c: &mut Client, db: &Target, source_id: &str, batch: &ClaimedBatch, order: &Order) -> Result<UploadOutcome> {
     let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
-    let (slot, text, types): (_, _, &[Type]) = match order {
-        Order::Serial => (&mut statements.serial, sql::UPLOAD, &UPLOAD_TYPES[..8]),
-        Order::Lead => (&mut statements.lead, sql::UPLOAD_LEAD, &UPLOAD_TYPES[..8]),
-        Order::After(_) => (&mut statements.after, sql::UPLOAD_AFTER, &UPLOAD_TYPES[..]),
-    };
-    let st = match slot {
-        Some(st) => st,
-        None => slot.insert(c.prepare_typed(text, types).map_err(|e| db.err(context(), e))?),
+    let (text, n_params) = match order {
+        Order::Serial => (sql::UPLOAD, 8),
+        Order::Lead => (sql::UPLOAD_LEAD, 8),
+        Order::After(_) => (sql::UPLOAD_AFTER, 9),
     };
     let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
     let cols = Columns::of(&batch.readings);
@@ -248,18 +180,20 @@ fn upload(
         Order::After(id) => id.as_str(),
         Order::Serial | Order::Lead => "",
     };
-    let params: [&(dyn ToSql + Sync); 9] = [
-        &source_id,
-        &batch.batch_id,
-        &n,
-        &cols.meter,
-        &cols.ts,
-        &cols.value,
-        &cols.unit,
-        &cols.metadata,
-        &before,
+    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+        (&source_id, Type::TEXT),
+        (&batch.batch_id, Type::TEXT),
+        (&n, Type::INT4),
+        (&cols.meter, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TEXT_ARRAY),
+        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.unit, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::TEXT_ARRAY),
+        (&before, Type::TEXT),
     ];
-    match c.execute(st, &params[..types.len()]) {
+    // Unnamed (parse, bind, execute in one round trip): nothing is kept on the server between statements, so
+    // a pooler in transaction mode may hand each statement to another server connection.
+    match c.execute_typed(text, &params[..n_params]) {
         Ok(rows) => Ok(UploadOutcome::of(batch, rows)),
         Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
         Err(e) => Err(db.err(context(), e)),

@@ -12,6 +12,7 @@ mod mcp;
 mod migrate;
 mod monitoring;
 mod packaging;
+mod pooler;
 mod security;
 mod service;
 mod upload;

@@ -16,6 +16,7 @@ pub mod contract;
 pub mod daemon;
 pub mod env;
 pub mod pg;
+pub mod pgbouncer;
 pub mod proxy;
 
 use std::path::PathBuf;

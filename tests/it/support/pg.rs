@@ -228,17 +228,23 @@ pub fn env_map(pair: &DbPair) -> BTreeMap<String, String> {
 
 /// Like [`env_map`], with the remote reached through `host:port` (e.g. a proxy).
 pub fn env_map_with_remote(pair: &DbPair, host: &str, port: u16) -> BTreeMap<String, String> {
-    let local_port = pair.local.port().to_string();
+    env_map_for(&pair.local, pair.remote.name(), host, port)
+}
+
+/// The daemon's configuration for local database `local` and the remote database named `remote_db` reached
+/// through `host:port` (several sites may share one remote database).
+pub fn env_map_for(local: &TestDb, remote_db: &str, host: &str, port: u16) -> BTreeMap<String, String> {
+    let local_port = local.port().to_string();
     let remote_port = port.to_string();
     [
         ("POSTGRES_SYNC_HOST", HOST),
         ("POSTGRES_SYNC_PORT", &local_port),
-        ("POSTGRES_SYNC_DB", pair.local.name()),
+        ("POSTGRES_SYNC_DB", local.name()),
         ("POSTGRES_SYNC_USER", USER),
         ("POSTGRES_SYNC_PASSWORD", PASSWORD),
         ("POSTGRES_CLIENT_HOST", host),
         ("POSTGRES_CLIENT_PORT", &remote_port),
-        ("POSTGRES_CLIENT_DB", pair.remote.name()),
+        ("POSTGRES_CLIENT_DB", remote_db),
         ("POSTGRES_CLIENT_USER", USER),
         ("POSTGRES_CLIENT_PASSWORD", PASSWORD),
         ("RETRY_BASE_DELAY_MS", "10"),

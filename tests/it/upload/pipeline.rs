@@ -264,7 +264,14 @@ fn connection_errors_are_never_data_errors() {
         t.join().expect("upload thread")
     })
     .expect_err("a terminated session fails the statement");
-    // 3. The statement times out (57014).
+    // 3. The statement times out (57014). The daemon sets nothing on remote sessions (a pooler would drop it):
+    // a server-side statement timeout on the central is the operator's, per role or database.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET statement_timeout = '1s'",
+            env.pair.remote.name()
+        ))
+        .expect("statement timeout on the central");
     admin.batch_execute("CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$").expect("slower");
     let b3 = m.claim_batch(b2.cursor().as_ref()).expect("claim").expect("batch");
     // (A pooled connection that the termination above killed may answer first with "connection closed".)
