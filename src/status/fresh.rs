@@ -217,15 +217,37 @@ fn measuring_thread(inner: &Inner, db: &Database) {
     }
 }
 
-/// One statement on the status connection.
+/// One statement on the status connection; once more on a fresh connection when the pooled one turns out
+/// closed (the server restarted since the last request).
 fn measure(db: &Database) -> std::result::Result<Measured, Failure> {
-    let mut conn = db.try_get().map_err(|e| Failure {
-        answered: false,
-        message: e.to_string(),
+    match measure_once(db) {
+        Err((_, true)) => measure_once(db).map_err(|(f, _)| f),
+        other => other.map_err(|(f, _)| f),
+    }
+}
+
+/// The measurement, or why not and whether the connection was found closed.
+fn measure_once(db: &Database) -> std::result::Result<Measured, (Failure, bool)> {
+    let mut conn = db.try_get().map_err(|e| {
+        (
+            Failure {
+                answered: false,
+                message: e.to_string(),
+            },
+            false,
+        )
     })?;
-    let row = conn.query_typed_one(FRESH_SQL, &[]).map_err(|e| Failure {
-        answered: e.as_db_error().is_some(),
-        message: db.err("measuring the queue for the status", e).to_string(),
+    let row = conn.query_typed_one(FRESH_SQL, &[]).map_err(|e| {
+        // Classes 08 (connection) and 57 (operator intervention: shutting down, cannot connect now) mean the
+        // server is not there for us; any other answer (e.g. a missing table before the migrations) means it is.
+        let answered = e
+            .code()
+            .is_some_and(|c| !c.code().starts_with("08") && !c.code().starts_with("57"));
+        let failure = Failure {
+            answered,
+            message: db.err("measuring the queue for the status", e).to_string(),
+        };
+        (failure, conn.is_closed())
     })?;
     let count = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
     let age: Option<f64> = row.get(1);

@@ -14,5 +14,6 @@ mod monitoring;
 mod packaging;
 mod security;
 mod service;
+mod status;
 mod upload;
 mod webhooks;
