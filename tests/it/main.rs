@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod dashboard;
 mod db;
 mod download;
 mod harness;
