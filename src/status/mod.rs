@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::report::SyncCycleResult;
 
 pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
-pub use fresh::{Fresh, Measured, FRESH_DEADLINE};
+pub use fresh::{Fresh, Measured, FRESH_DEADLINE, FRESH_SQL};
 pub use history::{lock_history, unix_ms_of, CycleEntry, History, SharedHistory, HISTORY_LEN};
 pub use metrics::{render_metrics, render_metrics_with, PartStats, DURATION_BUCKETS_MS};
 pub use process::ProcessStats;
