@@ -139,9 +139,14 @@ fn readings_inserted_after_the_last_cycle_show_at_once() {
     assert_eq!(cli["stale"], false);
 
     let m = get(addr, "/metrics").expect("GET /metrics");
-    assert_eq!(metric(&m.body, "sync_queue_size").as_deref(), Some("137"), "{}", m.body);
     assert_eq!(
-        metric(&m.body, "sync_database_up{database=\"local\"}").as_deref(),
+        metric(&m.body, "sync_process_queued_readings").as_deref(),
+        Some("137"),
+        "{}",
+        m.body
+    );
+    assert_eq!(
+        metric(&m.body, "sync_process_database_up{database=\"local\"}").as_deref(),
         Some("1")
     );
     let quarantined = count(&mut env.local, "SELECT count(*) FROM sync_quarantine");
@@ -175,12 +180,12 @@ fn a_local_database_stopped_between_cycles_answers_stale() {
     let m = get(addr, "/metrics").expect("GET /metrics answers");
     assert_eq!(m.code, 200);
     assert_eq!(
-        metric(&m.body, "sync_database_up{database=\"local\"}").as_deref(),
+        metric(&m.body, "sync_process_database_up{database=\"local\"}").as_deref(),
         Some("0"),
         "{}",
         m.body
     );
-    assert_eq!(metric(&m.body, "sync_queue_size").as_deref(), Some("5"));
+    assert_eq!(metric(&m.body, "sync_process_queued_readings").as_deref(), Some("5"));
 
     // Back up: fresh again without a cycle.
     local_server.start_again();
@@ -372,7 +377,7 @@ fn the_status_server_refuses_what_it_must_and_outlasts_slow_clients() {
     for _ in 0..5 {
         let a = get(addr, "/metrics").expect("GET /metrics answers while slow clients hold workers");
         assert_eq!(a.code, 200);
-        assert!(a.body.contains("sync_queue_size"));
+        assert!(a.body.contains("sync_process_queued_readings"));
     }
     stop.store(true, Ordering::SeqCst);
     drop(idle);
