@@ -166,10 +166,11 @@ fn print_banner(local: &PgTemp, remote: &PgTemp, status_port: u16) {
         )
     };
     say(&format!(
-        "\nsync-process demo is running\n\
+        "\nDashboard: http://{HOST}:{status_port}/   (open it in a browser; over ssh: ssh -L {status_port}:{HOST}:{status_port} <box>)\n\
+         sync-process demo is running\n\
          {}\n{}\n\
          Connect (no password needed):\n      {}\n      {}\n\
-         Status: http://{HOST}:{status_port}/status   (also /metrics and /healthz)\n\
+         Status: http://{HOST}:{status_port}/status   (also /history, /metrics and /healthz)\n\
          The remote holds {METERS} meters and {TENANTS} tenants; about {} readings per second go into the local\n\
          queue; the daemon syncs every 2 s (its log is on stderr). Ctrl-C stops it and removes both servers.\n",
         server("local  (edge box, POSTGRES_SYNC_*):     ", local, LOCAL_DB),

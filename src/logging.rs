@@ -37,15 +37,7 @@ pub const FILE_MODE: u32 = 0o640;
 const UNCOMPRESSED_ROTATED: usize = 1;
 
 /// Crates whose debug lines are noise for an operator; capped at info unless LOG_LEVEL=trace.
-const NOISY: &[&str] = &[
-    "tokio_postgres",
-    "postgres",
-    "r2d2",
-    "native_tls",
-    "ureq",
-    "tiny_http",
-    "rustls",
-];
+const NOISY: &[&str] = &["tokio_postgres", "postgres", "r2d2", "native_tls", "ureq", "rustls"];
 
 pub fn is_initialized() -> bool {
     INITIALIZED.load(Ordering::SeqCst)

@@ -29,7 +29,7 @@ use crate::report::{
 };
 use crate::shutdown::Shutdown;
 use crate::signals::SignalThread;
-use crate::status::{self, SharedSnapshot, Snapshot, StatusServer};
+use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusServer};
 use crate::systemd::{release_free_memory, sd_notify, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
 
@@ -192,6 +192,8 @@ pub struct Service {
     lock_db: Database,
     slot: Arc<CycleSlot>,
     snapshot: SharedSnapshot,
+    /// The recent cycles (GET /history).
+    history: SharedHistory,
     /// None for `once`: no measuring, no alerts.
     alerts: Option<Alerts>,
     unmigrated: Vec<Side>,
@@ -219,6 +221,7 @@ impl Service {
             lock_db,
             slot: CycleSlot::new(),
             snapshot: Arc::new(std::sync::Mutex::new(snapshot)),
+            history: History::shared(),
             alerts: daemon.then(|| Alerts::new(cfg)),
             unmigrated: if cfg.migrate_on_start {
                 vec![Side::Local, Side::Remote]
@@ -233,6 +236,10 @@ impl Service {
 
     pub fn snapshot(&self) -> SharedSnapshot {
         self.snapshot.clone()
+    }
+
+    pub fn history(&self) -> SharedHistory {
+        self.history.clone()
     }
 
     pub fn set_running(&self, running: bool) {
@@ -419,6 +426,7 @@ impl Service {
             return;
         };
         let (conns, cfg) = (&self.conns, &self.cfg);
+        let mut transitions = Vec::new();
         let m = if conns.shutdown.is_requested() {
             // Exiting: no measuring (a down database would delay the exit) and no alerts; the counters below
             // still count the cycle, and the last measured values stay.
@@ -430,7 +438,7 @@ impl Service {
             }
         } else {
             let m = run_isolated("measuring the status", || measure(conns, cfg)).unwrap_or_default();
-            alerts.observe(&Observation {
+            transitions = alerts.observe(&Observation {
                 cycle_success: result.success,
                 last_error: first_error(result),
                 local_up: m.local_up,
@@ -469,6 +477,13 @@ impl Service {
                 *slot = v;
             }
         };
+        for t in transitions {
+            st.active_alerts.retain(|a| a != t.name.as_str());
+            if t.state == crate::alerts::AlertState::Raised {
+                st.active_alerts.push(t.name.as_str().to_string());
+            }
+        }
+        st.active_alerts.sort();
         keep(&mut st.queue_size, m.queue_size);
         keep(&mut st.quarantined_count, m.quarantined);
         keep(&mut st.local_meter_count, m.local_meters);
@@ -479,6 +494,18 @@ impl Service {
             st.oldest_pending_age = age.map(|d| d.as_secs());
         }
         st.last_cycle_result = Some(result.clone());
+        let queue_after = st.queue_size;
+        if m.queue_size.is_some() {
+            snap.queue_measured_at = Some(Instant::now());
+        }
+        drop(snap);
+        status::lock_history(&self.history).push(CycleEntry {
+            started_unix_ms: status::unix_ms_of(&result.timestamp),
+            records_uploaded: result.upload_result.records_uploaded,
+            queue_size: queue_after,
+            duration_ms: duration_ms(took),
+            success: result.success,
+        });
     }
 }
 
@@ -559,7 +586,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     let mut service = Service::new(cfg, shutdown.clone(), true)?;
     service.set_running(true);
     let status_server = match cfg.status_bind {
-        Some(bind) => match StatusServer::start(bind, service.snapshot()) {
+        Some(bind) => match StatusServer::start(bind, service.snapshot(), service.history(), Some(cfg)) {
             Ok(s) => Some(s),
             Err(e) => {
                 log::error!("{e}; running without the status server");

@@ -160,6 +160,9 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub source_id: String,
     pub status_bind: Option<SocketAddr>,
+    /// STATUS_ALLOWED_HOSTS, lower case: Host header values the status server answers besides its own address
+    /// and the loopback names.
+    pub status_allowed_hosts: Vec<String>,
     pub sync_log_retention_days: u32,
     pub queue_alert_threshold: u64,
     pub alert_after_failures: u32,
@@ -236,6 +239,7 @@ impl Config {
             log_file,
             source_id: upload.source_id,
             status_bind: status.status_bind,
+            status_allowed_hosts: status.status_allowed_hosts,
             sync_log_retention_days: status.sync_log_retention_days,
             queue_alert_threshold: status.queue_alert_threshold,
             alert_after_failures: status.alert_after_failures,
@@ -305,10 +309,15 @@ impl Config {
                 .unwrap_or_else(|| "(stderr only)".into())
         ));
         s.push_str(&format!(
-            "status: {}\n",
+            "status: {}{}\n",
             self.status_bind
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| "(off)".into())
+                .unwrap_or_else(|| "(off)".into()),
+            if self.status_allowed_hosts.is_empty() {
+                String::new()
+            } else {
+                format!(" allowed_hosts={}", self.status_allowed_hosts.join(","))
+            }
         ));
         s.push_str(&format!(
             "alerts: after_failures={} queue_threshold={} webhook={}\n",
@@ -548,6 +557,28 @@ mod tests {
         let c = Config::from_map(&m).expect("valid");
         assert_eq!(c.log_file, None);
         assert_eq!(c.status_bind, None);
+    }
+
+    #[test]
+    fn status_allowed_hosts_are_read_in_lower_case_and_checked() {
+        let mut m = valid_map();
+        let c = Config::from_map(&m).expect("valid");
+        assert!(c.status_allowed_hosts.is_empty());
+        m.insert(
+            "STATUS_ALLOWED_HOSTS".into(),
+            " Box-17.Example , 10.0.0.5:9187,[FD00::5]:80,".into(),
+        );
+        let c = Config::from_map(&m).expect("valid");
+        assert_eq!(
+            c.status_allowed_hosts,
+            ["box-17.example", "10.0.0.5:9187", "[fd00::5]:80"]
+        );
+        for bad in ["http://box", "box:port", "a b", "[nope]", "box:99999"] {
+            m.insert("STATUS_ALLOWED_HOSTS".into(), bad.into());
+            let errs = Config::from_map(&m).expect_err(bad);
+            let text = errs.to_string();
+            assert!(text.contains("STATUS_ALLOWED_HOSTS") && text.contains(bad), "{text}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! [`databases`] (POSTGRES_SYNC_* and POSTGRES_CLIENT_*, passwords and password files), [`cycle`] (interval,
 //! batch size, retries), [`pool`] (DB_*), [`logging`] (LOG_*), [`upload`] (SYNC_SOURCE_ID, UPLOAD_*, and the
 //! one rule across variables: a remote connection per batch in flight, plus one), [`status_and_alerts`]
-//! (STATUS_BIND, SYNC_LOG_RETENTION_DAYS, QUEUE_/ALERT_*) and [`download_and_migrations`]. Does not own: the
+//! (STATUS_BIND, STATUS_ALLOWED_HOSTS, SYNC_LOG_RETENTION_DAYS, QUEUE_/ALERT_*) and [`download_and_migrations`]. Does not own: the
 //! list of variables and their defaults (variables.rs), assembling the `Config` (mod.rs).
 
 use std::collections::BTreeMap;
@@ -224,9 +224,11 @@ pub(super) fn upload(r: &mut Reader<'_>, pool_max: u32) -> Upload {
     }
 }
 
-/// STATUS_BIND (set to empty: off), SYNC_LOG_RETENTION_DAYS, QUEUE_ALERT_THRESHOLD and the ALERT_* variables.
+/// STATUS_BIND (set to empty: off), STATUS_ALLOWED_HOSTS, SYNC_LOG_RETENTION_DAYS, QUEUE_ALERT_THRESHOLD and
+/// the ALERT_* variables.
 pub(super) struct StatusAndAlerts {
     pub status_bind: Option<SocketAddr>,
+    pub status_allowed_hosts: Vec<String>,
     pub sync_log_retention_days: u32,
     pub queue_alert_threshold: u64,
     pub alert_after_failures: u32,
@@ -249,6 +251,7 @@ pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
                 None
             }
         });
+    let status_allowed_hosts = allowed_hosts(r);
     let sync_log_retention_days = r.int::<u32>("SYNC_LOG_RETENTION_DAYS", 1, 36_500);
     let queue_alert_threshold = r.int::<u64>("QUEUE_ALERT_THRESHOLD", 1, u64::MAX / 2);
     let alert_after_failures = r.int::<u32>("ALERT_AFTER_FAILURES", 1, 1_000_000);
@@ -266,6 +269,7 @@ pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
     let (alert_webhook_url, alert_webhook_format, alert_webhook_routing_key) = webhook(r, alert_webhook_url);
     StatusAndAlerts {
         status_bind,
+        status_allowed_hosts,
         sync_log_retention_days,
         queue_alert_threshold,
         alert_after_failures,
@@ -329,6 +333,46 @@ fn webhook(r: &mut Reader<'_>, url: Option<String>) -> (Option<String>, WebhookF
         WebhookFormat::Json => url,
     };
     (url, format, key)
+}
+
+/// STATUS_ALLOWED_HOSTS: comma-separated host names or IP addresses (IPv6 in brackets), each optionally with
+/// `:port`; kept in lower case.
+fn allowed_hosts(r: &mut Reader<'_>) -> Vec<String> {
+    let Some(v) = r.raw("STATUS_ALLOWED_HOSTS") else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let e = entry.to_ascii_lowercase();
+        let (name, port) = match e.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((ip, port)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => (ip, port),
+                _ => ("", ""),
+            },
+            None => match e.split_once(':') {
+                Some((n, _)) => (n, &e[n.len()..]),
+                None => (e.as_str(), ""),
+            },
+        };
+        let name_ok = !name.is_empty()
+            && (e.starts_with('[')
+                || name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'));
+        let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok());
+        if name_ok && port_ok {
+            hosts.push(e);
+        } else {
+            r.err(
+                "STATUS_ALLOWED_HOSTS",
+                format!(
+                    "{:?} is not a host name or IP address with an optional :port (e.g. box-17.example,10.0.0.5:9187,[fd00::5])",
+                    shorten(entry)
+                ),
+            );
+        }
+    }
+    hosts
 }
 
 /// DOWNLOAD_MAX_DELETE_RATIO and MIGRATE_ON_START.

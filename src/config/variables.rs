@@ -88,6 +88,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "status HTTP address; empty = off",
     ),
     (
+        "STATUS_ALLOWED_HOSTS",
+        None,
+        "more Host names the status server answers (comma-separated; DNS-rebinding guard)",
+    ),
+    (
         "SYNC_LOG_RETENTION_DAYS",
         Some("90"),
         "sync_logs rows older than this are pruned",

@@ -130,7 +130,12 @@ pub fn human(v: &serde_json::Value, addr: SocketAddr) -> String {
         ),
         None => String::new(),
     };
-    let _ = writeln!(out, "  queue:              {} readings{oldest}", n("queueSize"));
+    let stale = if b("stale") {
+        " (STALE: the local database did not answer now; last measured values)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "  queue:              {} readings{oldest}{stale}", n("queueSize"));
     let _ = writeln!(out, "  quarantined:        {} readings", n("quarantinedCount"));
     let _ = writeln!(
         out,
@@ -149,6 +154,14 @@ pub fn human(v: &serde_json::Value, addr: SocketAddr) -> String {
         n("localTenantCount"),
         n("remoteTenantCount")
     );
+    let alerts: Vec<&str> = v
+        .get("activeAlerts")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !alerts.is_empty() {
+        let _ = writeln!(out, "  active alerts:      {}", alerts.join(", "));
+    }
     let _ = writeln!(out, "  local database:     {}", up(b("localDbConnected")));
     let _ = writeln!(out, "  remote database:    {}", up(b("remoteDbConnected")));
     out

@@ -1,29 +1,39 @@
 //! Status: the daemon's state as others see it, and the small HTTP server that shows it.
 //!
 //! Owns: [`SyncStatus`] (the design's SyncStatus, JSON in camelCase, plus oldestPendingAge, quarantinedCount,
-//! consecutiveFailures, cycleInProgress and lastCycleResult), [`Snapshot`] (the status plus the counters behind
-//! /metrics) and [`health`]. The parts: `metrics.rs` (GET /metrics), `server.rs` ([`StatusServer`]: tiny_http,
-//! requests handled on ONE thread, reading only the shared snapshot — never a database — so it can neither block
-//! nor be blocked by the sync loop), `command.rs` (the `sync-process status` client: [`print_status`],
-//! [`StatusOutcome`]).
-//! Does not own: measuring (the scheduler writes the snapshot after each cycle, from the databases).
+//! consecutiveFailures, cycleInProgress, activeAlerts, stale and lastCycleResult), [`Snapshot`] (the status plus
+//! the counters behind /metrics) and [`health`]. The parts: `fresh.rs` ([`Fresh`]: queueSize, oldestPendingAge,
+//! quarantinedCount and localDbConnected measured at request time on the server's own one-connection local pool,
+//! waited for at most [`FRESH_DEADLINE`]), `history.rs` ([`History`]: the bounded ring behind GET /history),
+//! `metrics.rs` (GET /metrics), `http.rs` (reading one request within size and time bounds), `server.rs`
+//! ([`StatusServer`]: an accept thread and a few workers, the Host check, [`route`]), `dashboard.rs` (GET /
+//! and its script and style), `command.rs` (the `sync-process status` client: [`print_status`],
+//! [`StatusOutcome`]). The server never takes a lock the sync loop holds for longer than a copy, and never uses
+//! the loop's pools, so it can neither block nor be blocked by the sync loop.
+//! Does not own: measuring after a cycle (the scheduler writes the snapshot and pushes the history).
 
 mod command;
+mod dashboard;
+mod fresh;
+mod history;
+mod http;
 mod metrics;
 mod process;
 mod server;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::report::SyncCycleResult;
 
 pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
+pub use fresh::{Fresh, Measured, FRESH_DEADLINE, FRESH_SQL};
+pub use history::{lock_history, unix_ms_of, CycleEntry, History, SharedHistory, HISTORY_LEN};
 pub use metrics::{render_metrics, render_metrics_with, PartStats, DURATION_BUCKETS_MS};
 pub use process::ProcessStats;
-pub use server::{route, Reply, StatusServer};
+pub use server::{host_allowed, route, Reply, StatusServer, QUEUED, WORKERS};
 
 /// The status JSON (GET /status). Times are RFC 3339 UTC; `oldestPendingAge` is in seconds (null: empty queue).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -48,6 +58,11 @@ pub struct SyncStatus {
     pub oldest_pending_age: Option<u64>,
     pub quarantined_count: u64,
     pub consecutive_failures: u32,
+    /// The alerts raised and not cleared (names as in the log lines and webhooks), in name order.
+    pub active_alerts: Vec<String>,
+    /// True when queueSize, oldestPendingAge and quarantinedCount are the last measured values, not values
+    /// measured for this request (the local database did not answer in time, or failed).
+    pub stale: bool,
     pub last_cycle_result: Option<SyncCycleResult>,
 }
 
@@ -66,6 +81,9 @@ pub struct Snapshot {
     pub started_unix: u64,
     /// SYNC_INTERVAL_SECONDS.
     pub interval_secs: u64,
+    /// When queueSize, oldestPendingAge and quarantinedCount were last measured after a cycle (the status
+    /// server serves the newer of these and its own measurement when it has to answer stale).
+    pub queue_measured_at: Option<Instant>,
     // For /metrics (metrics.rs): the site's SYNC_SOURCE_ID, and per part, in `report::SYNC_TYPES` order
     // (upload, download_meters, download_tenants), its failures and durations.
     pub source_id: String,

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod dashboard;
 mod db;
 mod download;
 mod harness;
@@ -15,5 +16,6 @@ mod packaging;
 mod pooler;
 mod security;
 mod service;
+mod status;
 mod upload;
 mod webhooks;

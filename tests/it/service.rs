@@ -700,6 +700,12 @@ impl Arbitrary for ArbSnapshot {
             },
             quarantined_count: n(g),
             consecutive_failures: u32::arbitrary(g) % 100,
+            active_alerts: if bool::arbitrary(g) {
+                vec!["sync_failures".into()]
+            } else {
+                Vec::new()
+            },
+            stale: bool::arbitrary(g),
             last_cycle_result: None,
         };
         let started = 1_700_000_000 + n(g) % 1000;
@@ -730,6 +736,7 @@ impl Arbitrary for ArbSnapshot {
                 }
                 p
             }),
+            ..Default::default()
         };
         let now = started + n(g) % 5000;
         ArbSnapshot(snap, now)
@@ -755,7 +762,7 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         "remoteTenantCount": st.remote_tenant_count, "localDbConnected": st.local_db_connected,
         "remoteDbConnected": st.remote_db_connected, "oldestPendingAge": st.oldest_pending_age,
         "quarantinedCount": st.quarantined_count, "consecutiveFailures": st.consecutive_failures,
-        "lastCycleResult": null,
+        "activeAlerts": st.active_alerts, "stale": st.stale, "lastCycleResult": null,
     });
     let metrics_reply = status::route("GET", "/metrics", &s, now);
     let text = metrics_reply.body;
