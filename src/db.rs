@@ -107,6 +107,8 @@ pub struct BoundedManager {
     inner: Arc<Connector>,
     timeout: Duration,
     hung: Arc<AtomicUsize>,
+    /// While set, every connection handed back is closed instead of kept ([`Database::close_idle`]).
+    retire: Arc<AtomicBool>,
 }
 
 /// How one database is connected to: in the clear (sslmode=disable: OpenSSL is never initialised, which saves
@@ -210,7 +212,7 @@ impl r2d2::ManageConnection for BoundedManager {
     }
 
     fn has_broken(&self, conn: &mut postgres::Client) -> bool {
-        conn.is_closed()
+        conn.is_closed() || self.retire.load(Ordering::SeqCst)
     }
 }
 
@@ -224,6 +226,8 @@ pub struct Database {
     /// Set when connection retries ran out; further uses in the same cycle try once instead of backing off
     /// again (see [`ConnectionManager::begin_cycle`]).
     unreachable: AtomicBool,
+    /// Shared with the pool's manager: see [`Database::close_idle`].
+    retire: Arc<AtomicBool>,
 }
 
 impl Database {
@@ -238,10 +242,12 @@ impl Database {
             Transport::Tls(PostgresConnectionManager::new(pg, tls_connector(side, db)?))
         };
         let connector = Connector { transport, side };
+        let retire = Arc::new(AtomicBool::new(false));
         let manager = BoundedManager {
             inner: Arc::new(connector),
             timeout: cfg.connection_timeout,
             hung: Arc::new(AtomicUsize::new(0)),
+            retire: Arc::clone(&retire),
         };
         let pool = Pool::builder()
             .max_size(cfg.pool_max)
@@ -269,6 +275,7 @@ impl Database {
             probe,
             timeout,
             unreachable: AtomicBool::new(false),
+            retire,
         })
     }
 
@@ -310,6 +317,19 @@ impl Database {
     /// Wraps a `postgres::Error` of this database with what we were doing.
     pub fn err(&self, context: impl Into<String>, source: postgres::Error) -> Error {
         self.target.err(context, source)
+    }
+
+    /// Closes every idle connection of the pool now (r2d2 would keep them until DB_POOL_IDLE_TIMEOUT_MS and its
+    /// 30 s reaper). Used on the remote after a cycle that leaves no backlog, so that a fleet of daemons holds
+    /// no connection to the central between cycles. A connection handed back meanwhile by another thread is
+    /// closed too, which is harmless. Returns how many were closed.
+    pub fn close_idle(&self) -> usize {
+        self.retire.store(true, Ordering::SeqCst);
+        let idle: Vec<Conn> = std::iter::from_fn(|| self.pool.try_get()).collect();
+        let n = idle.len();
+        drop(idle);
+        self.retire.store(false, Ordering::SeqCst);
+        n
     }
 
     /// Connections currently open (idle or in use), for status.
@@ -452,10 +472,12 @@ impl ConnectionManager {
             connection_retry: RetryPolicy {
                 base: cfg.retry_base_delay,
                 max_retries: cfg.max_connection_retries,
+                jitter_percent: cfg.jitter_percent,
             },
             query_retry: RetryPolicy {
                 base: cfg.retry_base_delay,
                 max_retries: cfg.max_query_retries,
+                jitter_percent: cfg.jitter_percent,
             },
             shutdown,
             call_deadline: cfg.statement_timeout + cfg.connection_timeout,

@@ -15,6 +15,8 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Retries after the first attempt (0: one attempt only).
     pub max_retries: u32,
+    /// SYNC_JITTER_PERCENT: each wait is shortened by a random share of up to this (jitter.rs).
+    pub jitter_percent: u8,
 }
 
 impl RetryPolicy {
@@ -51,7 +53,7 @@ pub fn retry_if<T>(
             Ok(v) => return Ok(v),
             Err(e) if should_retry(&e) && attempt < policy.max_retries => {
                 attempt += 1;
-                let wait = policy.delay(attempt);
+                let wait = crate::jitter::spread(policy.delay(attempt), policy.jitter_percent);
                 log::warn!(
                     "{what} failed ({kind} error, attempt {attempt} of {total}): {e}; retrying in {wait:?}",
                     kind = e.kind(),
@@ -82,12 +84,14 @@ mod tests {
         let p = RetryPolicy {
             base: Duration::from_secs(2),
             max_retries: 5,
+            jitter_percent: 0,
         };
         let secs: Vec<u64> = p.delays().iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![2, 4, 8, 16, 32]);
         let q = RetryPolicy {
             base: Duration::from_secs(2),
             max_retries: 3,
+            jitter_percent: 0,
         };
         assert_eq!(
             q.delays().iter().map(Duration::as_secs).collect::<Vec<_>>(),
@@ -104,6 +108,7 @@ mod tests {
         let d = RetryPolicy {
             base,
             max_retries: retries,
+            jitter_percent: 0,
         }
         .delays();
         let doubles = d.windows(2).all(|w| w[1] == w[0] * 2);
@@ -133,6 +138,7 @@ mod tests {
         let policy = RetryPolicy {
             base: Duration::from_micros(1),
             max_retries: limit,
+            jitter_percent: ((limit * 37) % 101) as u8,
         };
         let r = retry("test op", policy, &Shutdown::new(), || {
             calls.set(calls.get() + 1);
@@ -158,6 +164,7 @@ mod tests {
         let policy = RetryPolicy {
             base: Duration::from_micros(1),
             max_retries: 5,
+            jitter_percent: 0,
         };
         let r: Result<()> = retry("op", policy, &Shutdown::new(), || {
             calls.set(calls.get() + 1);
@@ -174,6 +181,7 @@ mod tests {
         let policy = RetryPolicy {
             base: Duration::from_secs(3600),
             max_retries: 5,
+            jitter_percent: 0,
         };
         let started = std::time::Instant::now();
         let r: Result<()> = retry("op", policy, &s, || Err(transient()));

@@ -282,6 +282,12 @@ impl Service {
         self.prune_if_due();
         drop(lock);
         self.after_cycle(&result, started.elapsed(), true);
+        if !backlog_remains {
+            // Nothing held on the central between cycles (a fleet's thousands of idle sessions would count
+            // against its max_connections or its pooler's pool); the local pools stay warm.
+            let closed = self.conns.remote.close_idle();
+            log::trace!("closed {closed} idle remote connection(s) until the next cycle");
+        }
         drop(guard);
         CycleOutcome::Ran {
             result,
@@ -573,6 +579,53 @@ fn next_event(
     }
 }
 
+/// The cycle clock: ticks on a grid of SYNC_INTERVAL_SECONDS, each one earlier than its grid point by a random
+/// share of up to SYNC_JITTER_PERCENT (never later, so the interval stays a promise, and the average rate is
+/// the interval's). The first tick, at start, comes after such a random share (of at most a minute) too: a
+/// fleet restarted together spreads out from its first cycle. A cycle that overran its grid points is followed by a tick at once, and
+/// the grid restarts from then (missed ticks are not made up).
+struct Ticker {
+    interval: Duration,
+    percent: u8,
+    /// The grid point of the next tick.
+    nominal: Instant,
+    /// When the next tick fires.
+    due: Instant,
+}
+
+impl Ticker {
+    fn new(interval: Duration, percent: u8) -> Ticker {
+        let now = Instant::now();
+        // At most a minute's share: a long interval must not postpone the first cycle by minutes.
+        let first = interval.min(Duration::from_secs(60));
+        let lead = first.saturating_sub(crate::jitter::spread(first, percent));
+        Ticker {
+            interval,
+            percent,
+            nominal: now + lead,
+            due: now + lead,
+        }
+    }
+
+    /// A channel that delivers the next tick.
+    fn channel(&self) -> Receiver<Instant> {
+        crossbeam_channel::at(self.due)
+    }
+
+    /// After a tick fired (and its cycle ran): the next grid point and its jittered time.
+    fn advance(&mut self) {
+        let now = Instant::now();
+        self.nominal += self.interval;
+        if self.nominal < now {
+            self.nominal = now;
+        }
+        let early = self
+            .interval
+            .saturating_sub(crate::jitter::spread(self.interval, self.percent));
+        self.due = self.nominal.checked_sub(early).unwrap_or(self.nominal).max(now);
+    }
+}
+
 /// `sync-process run`: cycles every SYNC_INTERVAL_SECONDS until SIGTERM/SIGINT. Returns Ok after a signal;
 /// a database being down is never a reason to return.
 pub fn run_daemon(cfg: &Config) -> Result<()> {
@@ -595,7 +648,8 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
         },
         None => None,
     };
-    let tick = crossbeam_channel::tick(cfg.sync_interval);
+    let mut ticker = Ticker::new(cfg.sync_interval, cfg.jitter_percent);
+    let mut tick = ticker.channel();
     let watchdog = watchdog_period()
         .map(crossbeam_channel::tick)
         .unwrap_or_else(crossbeam_channel::never);
@@ -606,11 +660,15 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
         "sync-process running: a cycle every {}s; SIGTERM or SIGINT stops it",
         cfg.sync_interval.as_secs()
     );
-    let mut run_now = true;
+    let mut run_now = false;
     loop {
         match next_event(&shutdown, run_now, &events, &tick, &watchdog) {
             Event::Shutdown => break,
             Event::Tick => {
+                if !run_now {
+                    ticker.advance();
+                    tick = ticker.channel();
+                }
                 run_now = match service.cycle(budget) {
                     CycleOutcome::Ran { backlog_remains, .. } => backlog_remains,
                     CycleOutcome::Skipped(_) => false,
@@ -649,6 +707,27 @@ pub fn run_once(cfg: &Config) -> Result<SyncCycleResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_keep_to_the_grid_never_later_and_at_most_the_jitter_earlier() {
+        let interval = Duration::from_millis(200);
+        let mut t = Ticker::new(interval, 30);
+        let start = t.nominal;
+        assert!(t.due <= start && t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= start);
+        for _ in 0..50 {
+            let before = t.nominal;
+            t.advance();
+            assert!(t.nominal >= before + interval || t.nominal >= Instant::now() - Duration::from_millis(5));
+            assert!(t.due <= t.nominal, "a tick never comes after its grid point");
+            assert!(
+                t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= t.nominal,
+                "at most 30 % early"
+            );
+        }
+        let mut none = Ticker::new(interval, 0);
+        none.advance();
+        assert_eq!(none.due, none.nominal, "0 % is the grid itself");
+    }
 
     #[test]
     fn guard_is_exclusive_and_released_on_drop() {

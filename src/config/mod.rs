@@ -152,6 +152,8 @@ pub struct Config {
     pub max_connection_retries: u32,
     pub max_query_retries: u32,
     pub retry_base_delay: Duration,
+    /// SYNC_JITTER_PERCENT: ticks and retry waits are shortened by a random share of up to this (jitter.rs).
+    pub jitter_percent: u8,
     pub pool_max: u32,
     pub pool_idle_timeout: Duration,
     pub connection_timeout: Duration,
@@ -231,6 +233,7 @@ impl Config {
             max_connection_retries: cycle.max_connection_retries,
             max_query_retries: cycle.max_query_retries,
             retry_base_delay: cycle.retry_base_delay,
+            jitter_percent: cycle.jitter_percent,
             pool_max: pool.pool_max,
             pool_idle_timeout: pool.pool_idle_timeout,
             connection_timeout: pool.connection_timeout,
@@ -288,10 +291,11 @@ impl Config {
             }
         ));
         s.push_str(&format!(
-            "retries: connection={} query={} base_delay={}ms\n",
+            "retries: connection={} query={} base_delay={}ms jitter={}%\n",
             self.max_connection_retries,
             self.max_query_retries,
-            self.retry_base_delay.as_millis()
+            self.retry_base_delay.as_millis(),
+            self.jitter_percent
         ));
         s.push_str(&format!(
             "pool: max={} idle_timeout={}ms connection_timeout={}ms statement_timeout={}ms\n",
@@ -614,6 +618,7 @@ mod tests {
         ("DB_POOL_MAX", 1, 100),
         ("DB_CONNECTION_TIMEOUT_MS", 1, 86_400_000),
         ("UPLOAD_BATCHES_IN_FLIGHT", 1, 8),
+        ("SYNC_JITTER_PERCENT", 0, 100),
     ];
 
     impl Arbitrary for Vars {

@@ -138,6 +138,7 @@ pub(super) struct Cycle {
     pub max_connection_retries: u32,
     pub max_query_retries: u32,
     pub retry_base_delay: Duration,
+    pub jitter_percent: u8,
 }
 
 pub(super) fn cycle(r: &mut Reader<'_>) -> Cycle {
@@ -147,6 +148,7 @@ pub(super) fn cycle(r: &mut Reader<'_>) -> Cycle {
         max_connection_retries: r.int::<u32>("MAX_CONNECTION_RETRIES", 0, 20),
         max_query_retries: r.int::<u32>("MAX_QUERY_RETRIES", 0, 20),
         retry_base_delay: Duration::from_millis(r.int::<u64>("RETRY_BASE_DELAY_MS", 1, 600_000)),
+        jitter_percent: r.int::<u8>("SYNC_JITTER_PERCENT", 0, 100),
     }
 }
 

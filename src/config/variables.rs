@@ -55,6 +55,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         Some("2000"),
         "first backoff delay; doubles each retry",
     ),
+    (
+        "SYNC_JITTER_PERCENT",
+        Some("10"),
+        "each tick and retry wait is shortened by a random share of up to this",
+    ),
     ("DB_POOL_MAX", Some("10"), "connections per pool"),
     (
         "DB_POOL_IDLE_TIMEOUT_MS",

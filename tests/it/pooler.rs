@@ -2,7 +2,8 @@
 //! with real server rotation (`server_round_robin = 1`, two server connections kept open) and session pooling,
 //! no `ignore_startup_parameters`, no setting on the daemon's side. Migrate, a full drain with `kill -9` in the
 //! middle, recovery and the download all work, exactly once; several sites through one PgBouncer into one
-//! central never use more server connections than the pool has.
+//! central never use more server connections than the pool has. Also fleet hygiene: no remote connection held
+//! between cycles, jittered ticks.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -12,12 +13,9 @@ use std::time::Duration;
 use postgres::Client;
 
 use crate::support::daemon::{run_command, Daemon};
+use crate::support::env::count;
 use crate::support::pg::{env_map_for, DbPair, PgServer, TestDb, HOST};
 use crate::support::pgbouncer::{BouncerOptions, PgBouncer, PoolMode};
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
 
 /// `n` readings of site `site`: meter ids `<site>-<k>`, distinct `seq` in the metadata.
 fn insert_readings(c: &mut Client, site: &str, n: i64) {
@@ -244,4 +242,68 @@ fn five_sites_through_one_pgbouncer_into_one_central() {
         "the central served {peak} connections, more than PgBouncer's pool of {}",
         bouncer.options.pool_size
     );
+}
+
+/// Fleet hygiene: a daemon holds no connection to the central between cycles, and at most one plus its
+/// batches in flight during one (the upload connections, and one for the ledger lookups, the downloads and
+/// the checks). Ticks are jittered here (SYNC_JITTER_PERCENT=50), which must not stop the cycles.
+#[test]
+fn no_remote_connection_is_held_between_cycles() {
+    const IN_FLIGHT: i64 = 3;
+    let pair = DbPair::new();
+    let env = site_env_direct(
+        &pair,
+        &[
+            ("BATCH_SIZE", "50"),
+            ("UPLOAD_BATCHES_IN_FLIGHT", "3"),
+            ("SYNC_INTERVAL_SECONDS", "2"),
+            ("SYNC_JITTER_PERCENT", "50"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    assert_ok("migrate", &run_command(&["migrate"], &env));
+    let (mut local, mut central) = (pair.local.client(), pair.remote.client());
+    insert_readings(&mut local, "site-a", 8000);
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'sync-process'",
+        pair.remote.name()
+    );
+    let daemon = Daemon::spawn(&["run"], &env);
+    let mut peak = 0;
+    let drained = crate::support::wait_until(Duration::from_secs(90), || {
+        peak = peak.max(count(&mut central, &sql));
+        count(&mut local, "SELECT count(*) FROM meter_readings") == 0
+    });
+    assert!(drained, "the daemon did not drain 8000 readings within 90 s");
+    // Two more cycles, then sample the connections for one interval.
+    let cycles = |c: &mut Client| count(c, "SELECT count(*) FROM sync_logs WHERE sync_type = 'upload'");
+    let after = cycles(&mut local);
+    assert!(
+        crate::support::wait_until(Duration::from_secs(30), || cycles(&mut local) >= after + 2),
+        "jittered ticks stopped the cycles"
+    );
+    let samples: Vec<i64> = (0..40)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(50));
+            count(&mut central, &sql)
+        })
+        .collect();
+    let idle = samples.iter().filter(|n| **n == 0).count();
+    eprintln!("peak remote connections {peak}; between cycles {idle}/40 samples with none: {samples:?}");
+    assert!(
+        peak <= 1 + IN_FLIGHT,
+        "peak of {peak} remote connections, more than 1 + {IN_FLIGHT} in flight"
+    );
+    assert!(idle >= 30, "remote connections held between cycles: {samples:?}");
+    drop(daemon);
+    assert_site_exactly_once(&mut central, &mut local, "site-a", 8000);
+}
+
+/// The daemon's variables for `pair`, the remote reached directly.
+fn site_env_direct(pair: &DbPair, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut env = crate::support::pg::env_map(pair);
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    env
 }

@@ -256,6 +256,7 @@ pub fn env_map_for(local: &TestDb, remote_db: &str, host: &str, port: u16) -> BT
         ("LOG_LEVEL", "debug"),
         ("SYNC_SOURCE_ID", "test-site"),
         ("DB_CONNECTION_TIMEOUT_MS", "2000"),
+        ("SYNC_JITTER_PERCENT", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
