@@ -26,7 +26,7 @@ use sync_process::upload::UploadSyncManager;
 use crate::support::daemon::{run_command, Daemon};
 use crate::support::pg::{self, bin_dir, DbPair, TestDb, HOST, USER};
 use crate::support::proxy::FaultProxy;
-use crate::support::readings::{assert_exactly_once, count, insert_readings, snapshot};
+use crate::support::readings::{assert_exactly_once, count, insert_readings, snapshot, snapshot_of};
 use crate::support::wait_until;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -316,7 +316,7 @@ enum CentralFault {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Queue readings in month 1..=4.
+    /// Queue readings at the end of month 1..=3 (some spill into the next month).
     Insert(u8, u8),
     Break(CentralFault),
     Fix(CentralFault),
@@ -337,7 +337,7 @@ impl Arbitrary for CentralFault {
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Op {
         match u8::arbitrary(g) % 8 {
-            0 | 1 => Op::Insert(1 + u8::arbitrary(g) % 4, 1 + u8::arbitrary(g) % 12),
+            0 | 1 => Op::Insert(1 + u8::arbitrary(g) % 3, 1 + u8::arbitrary(g) % 12),
             2 | 3 => Op::Break(CentralFault::arbitrary(g)),
             4 => Op::Fix(CentralFault::arbitrary(g)),
             _ => Op::Sync,
@@ -418,7 +418,7 @@ impl World {
                 m + 1
             ),
             (CentralFault::Sequence, true) => "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE meter_readings_id_seq MAXVALUE %s',
-                   (SELECT last_value FROM meter_readings_id_seq)); END $$"
+                   (SELECT greatest(last_value, 2) FROM meter_readings_id_seq)); END $$"
                 .to_string(),
             (CentralFault::Sequence, false) => "ALTER SEQUENCE meter_readings_id_seq NO MAXVALUE".to_string(),
             (CentralFault::Grant, true) => format!("REVOKE INSERT ON meter_readings FROM {}", self.role),
@@ -433,7 +433,9 @@ impl World {
                 return;
             }
         };
-        self.remote().batch_execute(&sql).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        self.remote()
+            .batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{op:?}: {}", sync_process::error::describe_pg_error(&e)));
     }
 
     fn fix_all(&self) {
@@ -456,7 +458,11 @@ impl World {
         self.pair
             .local
             .client()
-            .batch_execute("TRUNCATE meter_readings, sync_upload_batches, sync_quarantine")
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS qc_expected AS SELECT meter_id, timestamp, value, unit, metadata
+                   FROM meter_readings WITH NO DATA;
+                 TRUNCATE meter_readings, sync_upload_batches, sync_quarantine, qc_expected",
+            )
             .expect("truncating local");
         self.remote()
             .batch_execute("TRUNCATE meter_readings, sync_upload_ledger")
@@ -489,9 +495,17 @@ fn prop_central_faults_are_never_poison(ops: Vec<Op>) -> TestResult {
         for op in &ops {
             match op {
                 Op::Insert(month, n) => {
-                    let start = format!("2024-0{month}-0{} 00:00:{:02}", 1 + inserted % 9, inserted % 60);
-                    insert_readings(&mut l, i64::from(*n), &start, "1 second");
+                    // Just before the end of the month, five seconds apart: a batch often straddles two partitions.
+                    let last_day = [31, 29, 31][usize::from(*month) - 1];
+                    let start = format!("2024-0{month}-{last_day} 23:59:{:02}", 10 + inserted % 40);
+                    insert_readings(&mut l, i64::from(*n), &start, "5 seconds");
                     inserted += i64::from(*n);
+                    // What must arrive: a copy of every reading queued, kept aside locally.
+                    l.batch_execute(&format!(
+                        "INSERT INTO qc_expected SELECT meter_id, timestamp, value, unit, metadata FROM meter_readings
+                         ORDER BY id DESC LIMIT {n}"
+                    ))
+                    .expect("keeping the expected readings");
                 }
                 Op::Break(_) => w.apply(op, true),
                 Op::Fix(_) => w.apply(op, false),
@@ -503,7 +517,7 @@ fn prop_central_faults_are_never_poison(ops: Vec<Op>) -> TestResult {
                 }
             }
         }
-        let original = snapshot(&mut l);
+        let original = snapshot_of(&mut l, "qc_expected");
         w.fix_all();
         for _ in 0..20 {
             let r = w.sync();
@@ -528,13 +542,23 @@ fn prop_central_faults_are_never_poison(ops: Vec<Op>) -> TestResult {
     })
 }
 
+/// Drops the property's world when the test ends, also when it fails: a client dropped later, with the
+/// thread's other locals, would abort the whole test binary.
+struct ReleaseWorld;
+
+impl Drop for ReleaseWorld {
+    fn drop(&mut self) {
+        WORLD.with(|w| drop(w.borrow_mut().take()));
+    }
+}
+
 #[test]
 fn property_16_central_faults_are_never_poison() {
     WORLD.with(|w| *w.borrow_mut() = Some(World::new()));
+    let _release = ReleaseWorld;
     QuickCheck::new()
         .tests(100)
         .max_tests(1000)
         .rng(Gen::new(10))
         .quickcheck(prop_central_faults_are_never_poison as fn(Vec<Op>) -> TestResult);
-    WORLD.with(|w| w.borrow_mut().take());
 }

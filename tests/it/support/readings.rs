@@ -12,7 +12,7 @@ use postgres::Client;
 pub fn insert_readings(c: &mut Client, n: i64, start: &str, step: &str) {
     c.execute(
         "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-         SELECT 'meter-' || (g % 50), $2::timestamp + (g - 1) * $3::interval,
+         SELECT 'meter-' || (g % 50), $2::text::timestamp + (g - 1) * $3::text::interval,
                 ((g % 1000)::numeric / 100)::numeric(12,3), CASE WHEN g % 7 = 0 THEN 'm³' ELSE 'kWh' END,
                 CASE g % 4 WHEN 0 THEN NULL WHEN 1 THEN 'null'::jsonb
                            ELSE jsonb_build_object('seq', g, 'nested', jsonb_build_object('x', NULL)) END
@@ -25,13 +25,19 @@ pub fn insert_readings(c: &mut Client, n: i64, start: &str, step: &str) {
 /// Every reading of `meter_readings` as the text of the row of its uploaded columns (SQL NULL and JSON null
 /// differ), sorted: a multiset.
 pub fn snapshot(c: &mut Client) -> Vec<String> {
+    snapshot_of(c, "meter_readings")
+}
+
+/// [`snapshot`] of another table with the same columns.
+pub fn snapshot_of(c: &mut Client, table: &str) -> Vec<String> {
     let mut v: Vec<String> = c
         .query(
-            "SELECT ROW(meter_id::text, timestamp::text, value::text, unit::text, metadata::text)::text \
-             FROM meter_readings",
+            &format!(
+                "SELECT ROW(meter_id::text, timestamp::text, value::text, unit::text, metadata::text)::text FROM {table}"
+            ),
             &[],
         )
-        .unwrap_or_else(|e| panic!("reading meter_readings: {e}"))
+        .unwrap_or_else(|e| panic!("reading {table}: {e}"))
         .iter()
         .map(|r| r.get(0))
         .collect();
