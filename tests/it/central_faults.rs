@@ -8,7 +8,6 @@
 //! `check-config` and /status when the remote id is int4 and its sequence is past half.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -24,9 +23,9 @@ use sync_process::shutdown::Shutdown;
 use sync_process::upload::UploadSyncManager;
 
 use crate::support::daemon::{run_command, Daemon};
-use crate::support::pg::{self, bin_dir, DbPair, TestDb, HOST, USER};
-use crate::support::proxy::FaultProxy;
-use crate::support::readings::{assert_exactly_once, count, insert_readings, snapshot, snapshot_of};
+use crate::support::env::{self, count, Env, Migrate};
+use crate::support::pg::{bin_dir, TestDb, HOST, USER};
+use crate::support::readings::{assert_exactly_once, insert_readings, snapshot, snapshot_of};
 use crate::support::wait_until;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -45,13 +44,28 @@ CREATE TABLE meter_readings_2024_12 PARTITION OF meter_readings FOR VALUES FROM 
 /// `<prefix>_<pid>_<n>`: roles are global to the shared server.
 fn unique_role() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    format!("sync_cf_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "sync_cf_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs sql/least-privilege-remote-role.sql against `db` as the superuser, creating `role`.
 fn least_privilege_role(db: &TestDb, role: &str) {
     let out = Command::new(bin_dir().join("psql"))
-        .args(["-X", "-q", "-h", HOST, "-U", USER, "-p", &db.port().to_string(), "-d", db.name()])
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            HOST,
+            "-U",
+            USER,
+            "-p",
+            &db.port().to_string(),
+            "-d",
+            db.name(),
+        ])
         .args(["-v", &format!("role={role}"), "-v", "password=not-checked-here"])
         .args(["-f", LEAST_PRIVILEGE_SQL])
         .output()
@@ -64,28 +78,34 @@ fn least_privilege_role(db: &TestDb, role: &str) {
     );
 }
 
-/// A migrated pair whose remote was prepared by `before_migrate` (e.g. a partitioned table, which the seed's
-/// IF NOT EXISTS then keeps), and the daemon's variables with the remote reached as a least-privilege role
-/// (through `via`, a proxy port, when given).
-fn setup(before_migrate: &str, via: Option<u16>) -> (DbPair, BTreeMap<String, String>, String) {
-    let pair = DbPair::new();
-    pair.remote.client().batch_execute(before_migrate).expect("preparing the central");
-    let direct = Config::from_map(&pg::env_map(&pair)).expect("direct configuration");
-    let conns = ConnectionManager::new(&direct, Shutdown::new()).expect("connection manager");
-    sync_process::migrate::migrate(&conns.local, false).expect("local migration");
-    sync_process::migrate::migrate(&conns.remote, false).expect("remote migration");
+/// An [`Env`] whose remote was prepared by `before_migrate` (e.g. a partitioned table, which the seed's IF NOT
+/// EXISTS then keeps), then migrated; its variables log the daemon in as a fresh least-privilege role
+/// (returned), with batches of 100. `conns` and `cfg` stay the superuser's.
+fn setup(before_migrate: &str, proxy: bool) -> (Env, String) {
+    let before = before_migrate.to_string();
+    let mut builder = Env::builder().migrate(Migrate::Nothing).edit(move |pair, _| {
+        pair.remote
+            .client()
+            .batch_execute(&before)
+            .expect("preparing the central");
+    });
+    if proxy {
+        builder = builder.remote_via_proxy();
+    }
+    let mut env = builder.build();
+    env::migrate(&env.pair, Migrate::Both);
     let role = unique_role();
-    least_privilege_role(&pair.remote, &role);
-    let mut map = match via {
-        Some(port) => pg::env_map_with_remote(&pair, HOST, port),
-        None => pg::env_map(&pair),
-    };
-    map.insert("POSTGRES_CLIENT_USER".into(), role.clone());
-    map.insert("BATCH_SIZE".into(), "100".into());
-    // Only the central-fault alert is looked at here.
-    map.insert("ALERT_AFTER_FAILURES".into(), "1000".into());
-    map.insert("LOG_LEVEL".into(), "info".into());
-    (pair, map, role)
+    least_privilege_role(&env.pair.remote, &role);
+    for (k, v) in [
+        ("POSTGRES_CLIENT_USER", role.as_str()),
+        ("BATCH_SIZE", "100"),
+        // Only the central-fault alert is looked at here.
+        ("ALERT_AFTER_FAILURES", "1000"),
+        ("LOG_LEVEL", "info"),
+    ] {
+        env.map.insert(k.into(), v.into());
+    }
+    (env, role)
 }
 
 /// Lines of `text` containing `needle`.
@@ -116,9 +136,13 @@ struct Fault {
 }
 
 fn held_alerted_and_up_after_the_fix(f: Fault) {
-    let (pair, map, role) = setup(f.before_migrate, None);
+    let (env, role) = setup(f.before_migrate, false);
+    let (pair, map) = (&env.pair, &env.map);
     let sub = |s: &str| s.replace("{role}", &role);
-    pair.remote.client().batch_execute(&sub(f.breaks)).expect("breaking the central");
+    pair.remote
+        .client()
+        .batch_execute(&sub(f.breaks))
+        .expect("breaking the central");
     let mut l = pair.local.client();
     let (n, start, step) = f.readings;
     insert_readings(&mut l, n, start, step);
@@ -126,7 +150,7 @@ fn held_alerted_and_up_after_the_fix(f: Fault) {
     let words: Vec<String> = f.words.iter().map(|w| sub(w)).collect();
 
     // The first cycle: the part fails naming the cause; nothing is quarantined.
-    let out = run_command(&["once"], &map);
+    let out = run_command(&["once"], map);
     assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("once JSON");
     let u = &v["uploadResult"];
@@ -138,7 +162,7 @@ fn held_alerted_and_up_after_the_fix(f: Fault) {
         assert!(error.contains(w.as_str()), "the upload error names {w:?}: {error}");
     }
     // The daemon: the alert is raised once, naming the cause, over several failing cycles.
-    let mut d = Daemon::spawn(&["run"], &map);
+    let mut d = Daemon::spawn(&["run"], map);
     assert!(
         d.wait_for_stderr("ALERT raised: central_fault: ", PATIENCE),
         "the central_fault alert is raised"
@@ -156,12 +180,23 @@ fn held_alerted_and_up_after_the_fix(f: Fault) {
     for w in &words {
         assert!(raised[0].contains(w.as_str()), "the alert names {w:?}: {}", raised[0]);
     }
-    assert_eq!(count(&mut l, "SELECT count(*) FROM sync_quarantine"), 0, "nothing quarantined");
-    assert_eq!(count(&mut l, "SELECT count(*) FROM meter_readings"), n - f.before_fault, "the rest stays queued");
+    assert_eq!(
+        count(&mut l, "SELECT count(*) FROM sync_quarantine"),
+        0,
+        "nothing quarantined"
+    );
+    assert_eq!(
+        count(&mut l, "SELECT count(*) FROM meter_readings"),
+        n - f.before_fault,
+        "the rest stays queued"
+    );
 
     // Fixed: the first cycle after the fix takes every reading up, once.
-    pair.remote.client().batch_execute(&sub(f.fix)).expect("fixing the central");
-    let out = run_command(&["once"], &map);
+    pair.remote
+        .client()
+        .batch_execute(&sub(f.fix))
+        .expect("fixing the central");
+    let out = run_command(&["once"], map);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("once JSON");
     assert_eq!(v["uploadResult"]["recordsUploaded"], n - f.before_fault, "{v}");
@@ -253,7 +288,8 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 
 #[test]
 fn check_config_and_status_warn_when_the_int4_id_sequence_is_past_half() {
-    let (pair, mut map, _) = setup("", None);
+    let (env, _) = setup("", false);
+    let (pair, mut map) = (&env.pair, env.map.clone());
     let warning = "meter_readings_id_seq";
     // At 40 %: no warning.
     pair.remote
@@ -262,16 +298,29 @@ fn check_config_and_status_warn_when_the_int4_id_sequence_is_past_half() {
         .expect("setval");
     let out = run_command(&["check-config"], &map);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert!(!format!("{}{}", out.stdout, out.stderr).contains(warning), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !format!("{}{}", out.stdout, out.stderr).contains(warning),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     // At 70 %: check-config warns, naming the sequence, how full it is and what to do.
     pair.remote
         .client()
         .batch_execute("SELECT setval('meter_readings_id_seq', 1503238553)")
         .expect("setval");
     let out = run_command(&["check-config"], &map);
-    assert!(out.status.success(), "a warning is not a failure: {}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.status.success(),
+        "a warning is not a failure: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
     let text = format!("{}{}", out.stdout, out.stderr);
-    let line = text.lines().find(|l| l.contains(warning)).unwrap_or_else(|| panic!("no warning: {text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
     for w in ["integer", "70 %", "bigint"] {
         assert!(line.contains(w), "the warning names {w:?}: {line}");
     }
@@ -289,9 +338,10 @@ fn check_config_and_status_warn_when_the_int4_id_sequence_is_past_half() {
         if let Some(v) = http_get(addr, "/status").and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok()) {
             last = v;
         }
-        last["warnings"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|x| x.as_str().is_some_and(|s| s.contains(warning) && s.contains("70 %"))))
+        last["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|x| x.as_str().is_some_and(|s| s.contains(warning) && s.contains("70 %")))
+        })
     });
     assert!(found, "/status warns: {last}");
     d.signal("TERM");
@@ -345,14 +395,14 @@ impl Arbitrary for Op {
     }
 }
 
-/// The property's world: one pair, reused for every case (truncated between cases), the remote partitioned
-/// by month (January to April 2024) and reached through a proxy as a least-privilege role.
+/// The property's world: one [`Env`], reused for every case (truncated between cases), the remote partitioned
+/// by month (January to April 2024) and reached through its proxy as a least-privilege role. Field order: the
+/// role's pools close before the Env.
 struct World {
     conns: ConnectionManager,
     cfg: Config,
     role: String,
-    proxy: FaultProxy,
-    pair: DbPair,
+    env: Env,
 }
 
 const MONTHS_PARTITIONED: &str = "
@@ -368,19 +418,9 @@ CREATE TABLE mr_4 PARTITION OF meter_readings FOR VALUES FROM ('2024-04-01') TO 
 
 impl World {
     fn new() -> World {
-        let pair = DbPair::new();
-        let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-        // `setup` needs the pair it makes; rebuild the same steps on this one.
-        pair.remote.client().batch_execute(MONTHS_PARTITIONED).expect("partitioned central");
-        let direct = Config::from_map(&pg::env_map(&pair)).expect("direct configuration");
-        let direct_conns = ConnectionManager::new(&direct, Shutdown::new()).expect("connection manager");
-        sync_process::migrate::migrate(&direct_conns.local, false).expect("local migration");
-        sync_process::migrate::migrate(&direct_conns.remote, false).expect("remote migration");
-        let role = unique_role();
-        least_privilege_role(&pair.remote, &role);
-        let mut map = pg::env_map_with_remote(&pair, HOST, proxy.port());
+        let (env, role) = setup(MONTHS_PARTITIONED, true);
+        let mut map = env.map.clone();
         for (k, v) in [
-            ("POSTGRES_CLIENT_USER", role.as_str()),
             ("BATCH_SIZE", "5"),
             ("MAX_CONNECTION_RETRIES", "0"),
             ("MAX_QUERY_RETRIES", "0"),
@@ -391,17 +431,11 @@ impl World {
         }
         let cfg = Config::from_map(&map).expect("test configuration");
         let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
-        World {
-            conns,
-            cfg,
-            role,
-            proxy,
-            pair,
-        }
+        World { conns, cfg, role, env }
     }
 
     fn remote(&self) -> Client {
-        self.pair.remote.client()
+        self.env.pair.remote.client()
     }
 
     fn apply(&self, op: &Op, on: bool) {
@@ -417,19 +451,21 @@ impl World {
                    FOR VALUES FROM ('2024-0{m}-01') TO ('2024-0{}-01'); END IF; END $$",
                 m + 1
             ),
-            (CentralFault::Sequence, true) => "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE meter_readings_id_seq MAXVALUE %s',
+            (CentralFault::Sequence, true) => {
+                "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE meter_readings_id_seq MAXVALUE %s',
                    (SELECT greatest(last_value, 2) FROM meter_readings_id_seq)); END $$"
-                .to_string(),
+                    .to_string()
+            }
             (CentralFault::Sequence, false) => "ALTER SEQUENCE meter_readings_id_seq NO MAXVALUE".to_string(),
             (CentralFault::Grant, true) => format!("REVOKE INSERT ON meter_readings FROM {}", self.role),
             (CentralFault::Grant, false) => format!("GRANT INSERT ON meter_readings TO {}", self.role),
             (CentralFault::Cut, true) => {
-                self.proxy.set_refuse(true);
-                self.proxy.cut_all();
+                self.env.proxy().set_refuse(true);
+                self.env.proxy().cut_all();
                 return;
             }
             (CentralFault::Cut, false) => {
-                self.proxy.set_refuse(false);
+                self.env.proxy().set_refuse(false);
                 return;
             }
         };
@@ -455,7 +491,8 @@ impl World {
     /// Empties both sides between cases (with every fault fixed).
     fn reset(&self) {
         self.fix_all();
-        self.pair
+        self.env
+            .pair
             .local
             .client()
             .batch_execute(
@@ -490,7 +527,7 @@ fn prop_central_faults_are_never_poison(ops: Vec<Op>) -> TestResult {
         let w = w.borrow();
         let w = w.as_ref().expect("the property's world");
         w.reset();
-        let mut l = w.pair.local.client();
+        let mut l = w.env.pair.local.client();
         let mut inserted = 0i64;
         for op in &ops {
             match op {

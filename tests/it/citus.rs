@@ -5,69 +5,55 @@
 //! worker (XX000) quarantined by probing, and a duplicate ledger key reported against a shard's constraint
 //! recognised as "already in". Exactly-once is checked as multisets of the text of every uploaded column.
 
-use std::collections::BTreeMap;
 use std::thread;
 use std::time::Duration;
 
 use postgres::Client;
 use quickcheck::{Arbitrary, Gen};
 
-use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
 use sync_process::quarantine;
-use sync_process::shutdown::Shutdown;
 use sync_process::upload::{UploadOutcome, UploadSyncManager};
 
-use crate::support::citus::{apply_layout, table_kinds, CitusPair, Layout, SITE_COLUMN};
+use crate::support::citus::{apply_layout, citus_pair, table_kinds, CitusWorkers, Layout, SITE_COLUMN};
 use crate::support::daemon::{run_command, Daemon};
-use crate::support::pg;
-use crate::support::readings::{assert_exactly_once, count, insert_readings, remote_order_inversions, snapshot};
+use crate::support::env::{count, Env};
+use crate::support::readings::{assert_exactly_once, insert_readings, remote_order_inversions, snapshot};
 
-/// A migrated and distributed Citus central with a local database, the daemon's configuration and a
-/// connection manager. Field order: the pools close before the databases are dropped.
-struct Env {
-    conns: ConnectionManager,
-    cfg: Config,
-    map: BTreeMap<String, String>,
+/// The harness's [`Env`] on a Citus central, migrated (on the coordinator) and distributed as `layout`.
+/// Field order: the Env (pools, clients, databases) goes before the workers' copies.
+struct CitusEnv {
+    env: Env,
     layout: Layout,
-    cp: CitusPair,
+    _workers: CitusWorkers,
 }
 
-impl Env {
-    fn new(layout: Layout, vars: &[(&str, &str)]) -> Env {
-        let cp = CitusPair::new();
-        let mut map = pg::env_map(&cp.pair);
-        map.insert("BATCH_SIZE".into(), "50".into());
+impl CitusEnv {
+    fn new(layout: Layout, vars: &[(&str, &str)]) -> CitusEnv {
+        let (pair, workers) = citus_pair();
+        let mut all = vec![("BATCH_SIZE", "50")];
         if layout == Layout::BySite {
-            map.insert("UPLOAD_SOURCE_COLUMN".into(), SITE_COLUMN.into());
+            all.push(("UPLOAD_SOURCE_COLUMN", SITE_COLUMN));
         }
-        for (k, v) in vars {
-            map.insert(k.to_string(), v.to_string());
-        }
-        let cfg = Config::from_map(&map).expect("test configuration");
-        let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
-        sync_process::migrate::migrate(&conns.local, false).expect("local migration");
-        sync_process::migrate::migrate(&conns.remote, false).expect("remote migration (on the coordinator)");
-        apply_layout(&mut cp.pair.remote.client(), layout);
-        Env {
-            conns,
-            cfg,
-            map,
+        all.extend_from_slice(vars);
+        let mut env = Env::builder().on(pair).vars(&all).build();
+        apply_layout(&mut env.remote, layout);
+        CitusEnv {
+            env,
             layout,
-            cp,
+            _workers: workers,
         }
     }
 
     fn manager(&self) -> UploadSyncManager<'_> {
-        UploadSyncManager::new(&self.conns, &self.cfg)
+        UploadSyncManager::new(&self.env.conns, &self.env.cfg)
     }
 
     fn local(&self) -> Client {
-        self.cp.pair.local.client()
+        self.env.pair.local.client()
     }
 
     fn remote(&self) -> Client {
-        self.cp.pair.remote.client()
+        self.env.pair.remote.client()
     }
 
     /// With layout (b): every remote reading carries this site's id in the site column.
@@ -83,8 +69,8 @@ impl Env {
 }
 
 /// Runs `once` to completion and asserts it exited 0.
-fn once_ok(env: &Env) -> serde_json::Value {
-    let out = run_command(&["once"], &env.map);
+fn once_ok(env: &CitusEnv) -> serde_json::Value {
+    let out = run_command(&["once"], &env.env.map);
     assert!(out.status.success(), "once: {}\n{}", out.stdout, out.stderr);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("once printed no JSON ({e}): {}", out.stdout))
 }
@@ -94,7 +80,7 @@ fn once_ok(env: &Env) -> serde_json::Value {
 /// 3,000 readings in batches of 50; `once` killed (-9) three times at random moments mid-drain, then one
 /// `once` recovers and finishes: exactly once, in claim order.
 fn killed_mid_drain_then_recovered(layout: Layout, in_flight: &str) {
-    let env = Env::new(layout, &[("UPLOAD_BATCHES_IN_FLIGHT", in_flight)]);
+    let env = CitusEnv::new(layout, &[("UPLOAD_BATCHES_IN_FLIGHT", in_flight)]);
     let kinds = table_kinds(&mut env.remote());
     assert!(
         kinds.contains(&("meter_readings".into(), "distributed".into())),
@@ -106,7 +92,7 @@ fn killed_mid_drain_then_recovered(layout: Layout, in_flight: &str) {
     let mut g = Gen::new(1000);
     for round in 0..3 {
         let before = count(&mut l, "SELECT count(*) FROM meter_readings");
-        let mut daemon = Daemon::spawn(&["once"], &env.map);
+        let mut daemon = Daemon::spawn(&["once"], &env.env.map);
         crate::support::wait_until(Duration::from_secs(60), || {
             count(&mut l, "SELECT count(*) FROM meter_readings") < before || !daemon.is_running()
         });
@@ -118,7 +104,11 @@ fn killed_mid_drain_then_recovered(layout: Layout, in_flight: &str) {
     let v = once_ok(&env);
     assert_eq!(v["uploadResult"]["recordsQuarantined"], 0, "{v}");
     assert_exactly_once(&mut l, &mut env.remote(), &original);
-    assert_eq!(remote_order_inversions(&mut env.remote()), 0, "readings out of claim order");
+    assert_eq!(
+        remote_order_inversions(&mut env.remote()),
+        0,
+        "readings out of claim order"
+    );
     env.assert_site_column();
     let prepared = count(&mut env.remote(), "SELECT count(*) FROM pg_prepared_xacts");
     assert_eq!(prepared, 0, "prepared transactions left on the coordinator");
@@ -161,7 +151,7 @@ const METERS: &str = "SELECT ROW(meter_id, name, location_id, meter_type, unit, 
 const TENANTS: &str = "SELECT ROW(tenant_id, name, configuration, metadata)::text FROM tenant";
 
 fn download_of_reference_tables(layout: Layout) {
-    let env = Env::new(layout, &[]);
+    let env = CitusEnv::new(layout, &[]);
     let mut r = env.remote();
     r.batch_execute(
         "INSERT INTO meters (meter_id, name, location_id, meter_type, unit, configuration)
@@ -194,7 +184,15 @@ fn download_of_reference_tables(layout: Layout) {
     .expect("changing meters and tenants");
     let v = once_ok(&env);
     let m = &v["meterDownloadResult"];
-    assert_eq!((m["newMeters"].as_u64(), m["updatedMeters"].as_u64(), m["deletedMeters"].as_u64()), (Some(2), Some(5), Some(3)), "{v}");
+    assert_eq!(
+        (
+            m["newMeters"].as_u64(),
+            m["updatedMeters"].as_u64(),
+            m["deletedMeters"].as_u64()
+        ),
+        (Some(2), Some(5), Some(3)),
+        "{v}"
+    );
     assert_eq!(v["tenantDownloadResult"]["updatedTenants"], 1, "{v}");
     assert_eq!(rows(&mut l, METERS), rows(&mut r, METERS));
     assert_eq!(rows(&mut l, TENANTS), rows(&mut r, TENANTS));
@@ -218,7 +216,7 @@ fn by_site_download_of_reference_meters_and_tenants() {
 /// XX000 (its COPY path drops the SQLSTATE). Probing proves the two readings at fault: they are quarantined
 /// with the worker's message, the other 298 arrive.
 fn poison_rejected_by_a_worker(layout: Layout) {
-    let env = Env::new(layout, &[("BATCH_SIZE", "100")]);
+    let env = CitusEnv::new(layout, &[("BATCH_SIZE", "100")]);
     env.remote()
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_thirteen CHECK (value <> 13)")
         .expect("constraint");
@@ -241,7 +239,7 @@ fn poison_rejected_by_a_worker(layout: Layout) {
     let r = env.manager().sync_readings(Duration::from_secs(3600));
     assert!(r.success, "{r:?}");
     assert_eq!((r.records_uploaded, r.records_quarantined), (298, 2), "{r:?}");
-    let q = quarantine::list(&env.conns.local).expect("list");
+    let q = quarantine::list(&env.env.conns.local).expect("list");
     assert_eq!(q.iter().map(|x| x.id).collect::<Vec<_>>(), poison_ids);
     for x in &q {
         assert!(x.error.contains("no_thirteen"), "{x:?}");
@@ -252,7 +250,7 @@ fn poison_rejected_by_a_worker(layout: Layout) {
     env.remote()
         .batch_execute("ALTER TABLE meter_readings DROP CONSTRAINT no_thirteen")
         .expect("drop");
-    assert_eq!(quarantine::retry(&env.conns.local, &[]).expect("retry"), 2);
+    assert_eq!(quarantine::retry(&env.env.conns.local, &[]).expect("retry"), 2);
     let r = env.manager().sync_readings(Duration::from_secs(3600));
     assert!(r.success && r.records_uploaded == 2, "{r:?}");
     assert_exactly_once(&mut l, &mut env.remote(), &original);
@@ -275,13 +273,16 @@ fn by_site_poison_rejected_by_a_worker_is_quarantined() {
 /// constraint (`sync_upload_ledger_pkey_<shardid>`, no table field). It is "already in": nothing inserted
 /// twice. Then the ledger prune works on the distributed or reference ledger.
 fn shard_named_ledger_conflict(layout: Layout) {
-    let env = Env::new(layout, &[]);
+    let env = CitusEnv::new(layout, &[]);
     let mut l = env.local();
     insert_readings(&mut l, 120, "2024-05-01 00:00:00", "1 second");
     let original = snapshot(&mut l);
     let m = env.manager();
     let batch = m.claim_batch(None).expect("claim").expect("a batch");
-    assert_eq!(m.upload_batch(&batch).expect("first upload"), UploadOutcome::Uploaded(50));
+    assert_eq!(
+        m.upload_batch(&batch).expect("first upload"),
+        UploadOutcome::Uploaded(50)
+    );
     let again = m.upload_batch(&batch);
     assert!(
         matches!(again, Ok(UploadOutcome::AlreadyPresent)),

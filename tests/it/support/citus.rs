@@ -2,8 +2,8 @@
 //! PostgreSQL 15 from `sync_process::pgtemp` with `shared_preload_libraries = 'citus'`.
 //!
 //! Owns: starting the cluster once per test binary ([`CitusCluster::shared`]); a fresh database on all three
-//! nodes with the citus extension and the nodes registered ([`CitusPair::new`], paired with a local
-//! database on [`PgServer::shared`]); and the two central layouts of the README's "At fleet scale" section
+//! nodes with the citus extension and the nodes registered (paired with a local
+//! database on [`PgServer::shared`], [`citus_pair`]); and the two central layouts of the README's "At fleet scale" section
 //! ([`Layout`], [`apply_layout`]), applied after `migrate` as an operator would. Does not own: the daemon,
 //! readings (readings.rs). Citus itself is built by `../shared/vendor/citus/build.sh` (run by `.ci/run`); a
 //! missing build fails the test with one line saying so.
@@ -74,17 +74,15 @@ impl CitusCluster {
     }
 }
 
-/// A database pair whose remote is a fresh Citus database (same name on the three nodes, extension created,
-/// coordinator and workers registered), its local on [`PgServer::shared`]. Field order: the pair's databases
-/// are dropped before the workers' copies.
-pub struct CitusPair {
-    pub pair: DbPair,
+/// The workers' copies of a Citus database, dropped on drop (drop it after the pair's [`DbPair`]).
+pub struct CitusWorkers {
     workers: Vec<(u16, String)>,
 }
 
-impl CitusPair {
-    /// A fresh pair on [`CitusCluster::shared`].
-    pub fn new() -> CitusPair {
+/// A database pair whose remote is a fresh Citus database (same name on the three nodes, extension created,
+/// coordinator and workers registered), its local on [`PgServer::shared`], and the workers' copies.
+pub fn citus_pair() -> (DbPair, CitusWorkers) {
+    {
         let cluster = CitusCluster::shared();
         let remote = TestDb::create(&cluster.coordinator);
         let name = remote.name().to_string();
@@ -111,14 +109,11 @@ impl CitusPair {
                 .unwrap_or_else(|e| panic!("citus_add_node({HOST}, {}): {e}", w.port()));
         }
         let local = TestDb::create(PgServer::shared());
-        CitusPair {
-            pair: DbPair { local, remote },
-            workers,
-        }
+        (DbPair { local, remote }, CitusWorkers { workers })
     }
 }
 
-impl Drop for CitusPair {
+impl Drop for CitusWorkers {
     fn drop(&mut self) {
         for (port, name) in &self.workers {
             let mut config = sync_process::pgtemp::client_config(HOST, *port, "postgres");

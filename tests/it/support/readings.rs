@@ -1,10 +1,12 @@
 //! Readings as the central-side tests (citus.rs, central_faults.rs) write, count and compare them.
 //!
 //! Owns: server-side generation of varied readings on the local database ([`insert_readings`]), the multiset
-//! of every uploaded column as text ([`snapshot`]), counting, and the exactly-once check
+//! of every uploaded column as text ([`snapshot`]), and the exactly-once check
 //! ([`assert_exactly_once`]). Does not own: databases or servers (pg.rs, citus.rs).
 
 use postgres::Client;
+
+use super::env::count;
 
 /// Inserts `n` readings into the local queue, server-side: 50 meters, timestamps one `step` apart from
 /// `start` (a timestamp literal) in time order, NUMERIC values with their scale (`12.340`), SQL NULL, JSON
@@ -43,11 +45,6 @@ pub fn snapshot_of(c: &mut Client, table: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// The single bigint of `sql`.
-pub fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
 /// Exactly once: the remote holds exactly `original` (as a multiset), the local queue, its batches and the
