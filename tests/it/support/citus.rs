@@ -16,7 +16,8 @@ use postgres::{Client, NoTls};
 use super::pg::{DbPair, PgServer, ServerOptions, TestDb, HOST};
 
 /// The column of the remote meter_readings that receives SYNC_SOURCE_ID in [`Layout::BySite`]
-/// (UPLOAD_SOURCE_COLUMN). Deliberately not the ledger's `source_id`, so the daemon must use the setting.
+/// (UPLOAD_SOURCE_COLUMN), as sql/citus/by-site.sql names it: not the ledger's `source_id`, so the daemon
+/// must use the setting.
 pub const SITE_COLUMN: &str = "site_id";
 
 /// How the central's tables are spread over the cluster.
@@ -131,35 +132,19 @@ fn connect(port: u16, db: &str) -> Client {
         .unwrap_or_else(|e| panic!("connecting to {db} on Citus node port {port}: {e}"))
 }
 
-/// Distributes a migrated central database (superuser connection to the coordinator) as `layout`, the way
-/// the README tells an operator to: widen the seed's `id SERIAL` to bigint while the table is still local
-/// (Citus refuses it afterwards), make the primary key include the distribution column, distribute, and set
-/// `citus.multi_shard_modify_mode = 'sequential'` for the connecting role (here: for every role, in this
-/// database only).
+/// The operator's scripts for the two layouts (README.md, "At fleet scale").
+pub const BY_METER_SQL: &str = include_str!("../../../sql/citus/by-meter.sql");
+pub const BY_SITE_SQL: &str = include_str!("../../../sql/citus/by-site.sql");
+
+/// Distributes a migrated central database (superuser connection to the coordinator) as `layout` with the
+/// operator's script (sql/citus/), and sets `citus.multi_shard_modify_mode = 'sequential'` as the README
+/// tells operators to (here for the whole database rather than the daemon's role).
 pub fn apply_layout(c: &mut Client, layout: Layout) {
-    let common = "
-        ALTER TABLE meter_readings ALTER COLUMN id TYPE bigint;
-        ALTER SEQUENCE meter_readings_id_seq AS bigint;
-        ALTER TABLE meter_readings DROP CONSTRAINT meter_readings_pkey;
-        SELECT create_reference_table('meters');
-        SELECT create_reference_table('tenant');";
-    let specific = match layout {
-        Layout::ByMeter => "
-            ALTER TABLE meter_readings ADD PRIMARY KEY (meter_id, id);
-            SELECT create_distributed_table('meter_readings', 'meter_id');
-            SELECT create_reference_table('sync_upload_ledger');
-            SELECT create_reference_table('sync_upload_chain');"
-            .to_string(),
-        Layout::BySite => format!(
-            "
-            ALTER TABLE meter_readings ADD COLUMN {SITE_COLUMN} TEXT NOT NULL;
-            ALTER TABLE meter_readings ADD PRIMARY KEY ({SITE_COLUMN}, id);
-            SELECT create_distributed_table('sync_upload_ledger', 'source_id');
-            SELECT create_distributed_table('sync_upload_chain', 'source_id', colocate_with => 'sync_upload_ledger');
-            SELECT create_distributed_table('meter_readings', '{SITE_COLUMN}', colocate_with => 'sync_upload_ledger');"
-        ),
+    let script = match layout {
+        Layout::ByMeter => BY_METER_SQL,
+        Layout::BySite => BY_SITE_SQL,
     };
-    c.batch_execute(&format!("{common}{specific}"))
+    c.batch_execute(script)
         .unwrap_or_else(|e| panic!("distributing the central as {layout:?}: {e}"));
     let db: String = c
         .query_one("SELECT current_database()", &[])
