@@ -444,6 +444,11 @@ impl Service {
                 local_up: m.local_up,
                 remote_up: m.remote_up,
                 queue_size: m.queue_size,
+                central_fault: if result.upload_result.success {
+                    Some(None)
+                } else {
+                    result.upload_result.central_fault.clone().map(Some)
+                },
             });
             m
         };
