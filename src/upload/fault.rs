@@ -221,12 +221,16 @@ pub fn verdict(e: &crate::error::Error) -> Verdict {
     }
 }
 
-/// A duplicate key on the upload ledger: the batch is already in. Plain PostgreSQL names the table; Citus
-/// reports a shard's constraint (`sync_upload_ledger_pkey_102040`) and no table.
+/// A duplicate key on the upload ledger: the batch is already in. Plain PostgreSQL names the table and the
+/// constraint; Citus relays a worker's error with neither, and its message names the shard's constraint
+/// (`duplicate key value violates unique constraint "sync_upload_ledger_pkey_102040"`).
 pub fn is_ledger_conflict(e: &postgres::Error) -> bool {
     e.as_db_error().is_some_and(|d| {
         *d.code() == SqlState::UNIQUE_VIOLATION
-            && (d.table() == Some("sync_upload_ledger") || d.constraint().is_some_and(is_ledger_key_name))
+            && (d.table() == Some("sync_upload_ledger")
+                || d.constraint()
+                    .or_else(|| quoted(d.message()))
+                    .is_some_and(is_ledger_key_name))
     })
 }
 

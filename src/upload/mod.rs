@@ -244,6 +244,17 @@ impl<'a> UploadSyncManager<'a> {
             })
     }
 
+    /// The warning when the central's meter_readings id is int4 and its sequence is past half (capacity.rs);
+    /// None when it is not. One bounded remote query.
+    pub fn id_capacity_warning(&self) -> Result<Option<String>> {
+        let target = self.conns.remote.name().clone();
+        self.conns
+            .call_bounded(Side::Remote, "reading the central id's type and sequence", move |c| {
+                capacity::id_capacity_warning(c)
+                    .map_err(|e| target.err("reading the central id's type and sequence", e))
+            })
+    }
+
     /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).
     fn pace(&self, started: Instant, rows: u64) {
         let rate = self.cfg.upload_max_rows_per_second;
