@@ -373,6 +373,27 @@ mod tests {
     }
 
     #[test]
+    fn the_source_column_is_an_sql_identifier_or_none() {
+        let mut m = valid_map();
+        assert_eq!(Config::from_map(&m).expect("valid").upload_source_column, None);
+        m.insert("UPLOAD_SOURCE_COLUMN".into(), String::new());
+        assert_eq!(Config::from_map(&m).expect("empty = none").upload_source_column, None);
+        m.insert("UPLOAD_SOURCE_COLUMN".into(), "Site_Id2".into());
+        assert_eq!(
+            Config::from_map(&m).expect("valid").upload_source_column.as_deref(),
+            Some("Site_Id2")
+        );
+        for bad in ["site id", "2site", "site\"; DROP TABLE x; --", "sité", &"x".repeat(64)] {
+            m.insert("UPLOAD_SOURCE_COLUMN".into(), bad.to_string());
+            let e = Config::from_map(&m).expect_err(bad).to_string();
+            assert!(
+                e.contains("UPLOAD_SOURCE_COLUMN") && e.contains("not a column name"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn batches_in_flight_need_a_remote_connection_each_plus_one() {
         let mut m = valid_map();
         assert_eq!(Config::from_map(&m).expect("valid").upload_batches_in_flight, 1);
