@@ -1,7 +1,9 @@
 //! Alerts: when to raise and clear an alert, and telling someone about it.
 //!
 //! Owns: the alert conditions of the design's "Monitoring and Alerts" — ALERT_AFTER_FAILURES consecutive failed
-//! cycles, a database unreachable (one alert per side), the queue above QUEUE_ALERT_THRESHOLD — as a pure
+//! cycles, a database unreachable (one alert per side), the queue above QUEUE_ALERT_THRESHOLD, and the central
+//! database refusing readings for a reason of its own (a missing partition, a sequence at its maximum, a grant,
+//! an unsupported feature: raised at the first such upload failure, cleared by the next upload that succeeds) — as a pure
 //! state machine ([`AlertMachine`]: one observation per cycle in, transitions out, each alert raised once per
 //! incident and cleared once at recovery); the stable log lines (`ALERT raised: <name>: ...`,
 //! `ALERT cleared: <name>: ...`, both at error level so that whatever watches error lines sees the recovery
@@ -40,14 +42,17 @@ pub enum AlertName {
     RemoteDbUnreachable,
     /// More than QUEUE_ALERT_THRESHOLD readings wait locally.
     QueueAboveThreshold,
+    /// The central cannot take readings for a reason of its own (the upload part's error names it).
+    CentralFault,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 4] = [
+    pub const ALL: [AlertName; 5] = [
         AlertName::SyncFailures,
         AlertName::LocalDbUnreachable,
         AlertName::RemoteDbUnreachable,
         AlertName::QueueAboveThreshold,
+        AlertName::CentralFault,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +61,7 @@ impl AlertName {
             AlertName::LocalDbUnreachable => "local_db_unreachable",
             AlertName::RemoteDbUnreachable => "remote_db_unreachable",
             AlertName::QueueAboveThreshold => "queue_above_threshold",
+            AlertName::CentralFault => "central_fault",
         }
     }
 
@@ -65,6 +71,7 @@ impl AlertName {
             AlertName::LocalDbUnreachable => 1,
             AlertName::RemoteDbUnreachable => 2,
             AlertName::QueueAboveThreshold => 3,
+            AlertName::CentralFault => 4,
         }
     }
 }
@@ -115,6 +122,9 @@ pub struct Observation {
     pub remote_up: bool,
     /// Readings queued locally; None when it could not be counted (the alert keeps its state).
     pub queue_size: Option<u64>,
+    /// The upload part: Some(Some(cause)) failed for a fault of the central's own, Some(None) succeeded, None
+    /// neither (another failure, or it did not run: the central-fault alert keeps its state).
+    pub central_fault: Option<Option<String>>,
 }
 
 /// The limits, from ALERT_AFTER_FAILURES and QUEUE_ALERT_THRESHOLD, and how to name the databases.
@@ -142,7 +152,7 @@ impl Thresholds {
 pub struct AlertMachine {
     thresholds: Thresholds,
     consecutive_failures: u32,
-    active: [bool; 4],
+    active: [bool; 5],
 }
 
 impl AlertMachine {
@@ -150,7 +160,7 @@ impl AlertMachine {
         AlertMachine {
             thresholds,
             consecutive_failures: 0,
-            active: [false; 4],
+            active: [false; 5],
         }
     }
 
@@ -173,7 +183,7 @@ impl AlertMachine {
         };
         let last_error = obs.last_error.as_deref().unwrap_or("unknown error");
         // For each alert: Some(true/false) = condition now holds / does not; None = unknown, keep the state.
-        let conditions: [(AlertName, Option<bool>, String, String); 4] = [
+        let conditions: [(AlertName, Option<bool>, String, String); 5] = [
             (
                 AlertName::SyncFailures,
                 Some(failures >= th.after_failures),
@@ -208,6 +218,16 @@ impl AlertMachine {
                     obs.queue_size.unwrap_or(0),
                     th.queue
                 ),
+            ),
+            (
+                AlertName::CentralFault,
+                obs.central_fault.as_ref().map(Option::is_some),
+                format!(
+                    "the central database {} cannot take readings: {}",
+                    th.remote_target,
+                    obs.central_fault.clone().flatten().unwrap_or_default()
+                ),
+                format!("the central database {} takes readings again", th.remote_target),
             ),
         ];
         self.consecutive_failures = failures;
@@ -436,6 +456,11 @@ mod tests {
                     1 => Some(5),
                     _ => Some(u64::from(u8::arbitrary(g)) * 2),
                 },
+                central_fault: match u8::arbitrary(g) % 3 {
+                    0 => None,
+                    1 => Some(None),
+                    _ => Some(Some("no partition".into())),
+                },
             })
         }
     }
@@ -446,16 +471,17 @@ mod tests {
     fn prop_alerts_once_per_incident(after: u8, seq: Vec<Obs>) -> bool {
         let after = u32::from(after % 5) + 1;
         let mut m = AlertMachine::new(thresholds(after, 100));
-        let mut active = [false; 4];
+        let mut active = [false; 5];
         let mut run = 0u32;
         for Obs(o) in &seq {
             run = if o.cycle_success { 0 } else { run + 1 };
             let ts = m.observe(o);
-            let want: [Option<bool>; 4] = [
+            let want: [Option<bool>; 5] = [
                 Some(run >= after),
                 Some(!o.local_up),
                 Some(!o.remote_up),
                 o.queue_size.map(|q| q > 100),
+                o.central_fault.as_ref().map(Option::is_some),
             ];
             for name in AlertName::ALL {
                 let i = name.index();
@@ -522,6 +548,46 @@ mod tests {
                 "ALERT cleared: remote_db_unreachable: the remote database r:2/b answers again".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_central_fault_is_raised_once_and_cleared_by_the_next_upload_that_succeeds() {
+        let mut m = AlertMachine::new(thresholds(100, 10));
+        let fault = |cause: &str| Observation {
+            local_up: true,
+            remote_up: true,
+            central_fault: Some(Some(cause.to_string())),
+            ..Default::default()
+        };
+        let lines: Vec<String> = m
+            .observe(&fault("no partition for 2025-01-01"))
+            .iter()
+            .map(Transition::log_line)
+            .collect();
+        assert_eq!(
+            lines,
+            vec!["ALERT raised: central_fault: the central database r:2/b cannot take readings: no partition for 2025-01-01"]
+        );
+        // Still failing, for the same or another cause of the central's: no second alert.
+        assert!(m.observe(&fault("no partition for 2025-01-01")).is_empty());
+        assert!(m.observe(&fault("permission denied")).is_empty());
+        // An upload that neither succeeded nor met a central fault (the link is down) says nothing new.
+        let unknown = Observation {
+            central_fault: None,
+            ..fault("")
+        };
+        assert!(m.observe(&unknown).is_empty());
+        assert!(m.is_active(AlertName::CentralFault));
+        let ok = Observation {
+            central_fault: Some(None),
+            ..fault("")
+        };
+        let lines: Vec<String> = m.observe(&ok).iter().map(Transition::log_line).collect();
+        assert_eq!(
+            lines,
+            vec!["ALERT cleared: central_fault: the central database r:2/b takes readings again"]
+        );
+        assert!(m.observe(&ok).is_empty());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! each database.
 //!
 //! Owns: [`command`] (prints the summary with passwords redacted, then `connected` or `UNREACHABLE` with the
-//! reason for each side) and its [`Outcome`]. Does not own: checking the variables (config.rs: an invalid
+//! reason for each side, and the warning when the central's int4 id is past half of its range) and its [`Outcome`]. Does not own: checking the variables (config.rs: an invalid
 //! configuration never gets here), connecting and the test query (db.rs), exit codes (main.rs).
 
 use crate::config::Config;
 use crate::db::ConnectionManager;
 use crate::error::{Result, Side};
 use crate::shutdown::Shutdown;
+use crate::upload::UploadSyncManager;
 
 /// What `check-config` found once the configuration was valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +27,16 @@ pub fn command(cfg: &Config) -> Result<Outcome> {
     let mut outcome = Outcome::BothConnected;
     for side in [Side::Local, Side::Remote] {
         match conns.test(side) {
-            Ok(()) => println!("{side} database {}: connected", conns.db(side).target()),
+            Ok(()) => {
+                println!("{side} database {}: connected", conns.db(side).target());
+                if side == Side::Remote {
+                    match UploadSyncManager::new(&conns, cfg).id_capacity_warning() {
+                        Ok(Some(warning)) => println!("{warning}"),
+                        Ok(None) => {}
+                        Err(e) => println!("warning: the central id's capacity could not be checked: {e}"),
+                    }
+                }
+            }
             Err(e) => {
                 println!("{side} database: UNREACHABLE: {e}");
                 outcome = Outcome::Unreachable;

@@ -67,6 +67,17 @@ pub enum Error {
         controls: usize,
         first_error: String,
     },
+    /// The central database refuses readings for a reason of its own — no partition for their timestamps, a
+    /// sequence at its maximum, a missing grant or column, a feature it does not support — recognised by its
+    /// cause, not its SQLSTATE class: the readings are not at fault, nothing is quarantined, the batch stays
+    /// queued. `cause` names what is wrong and what to do (upload/fault.rs).
+    CentralFault {
+        target: Target,
+        /// What we were doing: `uploading batch <id> (<n> readings)`.
+        context: String,
+        cause: String,
+        sqlstate: String,
+    },
     /// Anything else, already worded for a person.
     Other(String),
 }
@@ -123,9 +134,10 @@ impl Error {
             | Error::Connect { side, .. }
             | Error::Stalled { side, .. }
             | Error::Tls { side, .. } => Some(*side),
-            Error::Busy { target, .. } | Error::WorkerLost { target, .. } | Error::RejectsEverything { target, .. } => {
-                Some(target.side())
-            }
+            Error::Busy { target, .. }
+            | Error::WorkerLost { target, .. }
+            | Error::RejectsEverything { target, .. }
+            | Error::CentralFault { target, .. } => Some(target.side()),
             Error::Config(_)
             | Error::Usage(_)
             | Error::Io { .. }
@@ -147,6 +159,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Tls { .. } => "tls",
             Error::Shutdown => "shutdown",
+            Error::CentralFault { .. } => "central",
             // Kept as they were named before these had variants of their own (log lines and metrics labels).
             Error::Busy { .. }
             | Error::WorkerLost { .. }
@@ -161,7 +174,7 @@ impl Error {
 /// (connection exception), 53 (insufficient resources), 57 (operator intervention: shutdown, statement
 /// timeout), 58 (system error), 40 (serialization failure, deadlock).
 pub fn pg_error_is_transient(e: &postgres::Error) -> bool {
-    if e.is_closed() {
+    if e.is_closed() || e.as_db_error().is_some_and(is_citus_connection_failure) {
         return true;
     }
     match e.code() {
@@ -169,6 +182,16 @@ pub fn pg_error_is_transient(e: &postgres::Error) -> bool {
         // No SQLSTATE: the error came from the client side (I/O, protocol, timeout), not from the server.
         None => e.as_db_error().is_none(),
     }
+}
+
+/// Citus's errors for a worker it cannot reach or lost. They come as XX000 ("internal error"), but are about
+/// the link between the coordinator and a worker: transient, never a reading's fault.
+pub fn is_citus_connection_failure(db: &postgres::error::DbError) -> bool {
+    let m = db.message();
+    db.code().code() == "XX000"
+        && (m.contains("connection to the remote node")
+            || m.contains("failure on connection marked as essential")
+            || m.contains("could not establish any connections to the node"))
 }
 
 /// Classifies a `postgres::Error` as a data error: SQLSTATE class 22 or 23.
@@ -229,6 +252,9 @@ impl fmt::Display for Error {
                  and {controls} other queued reading(s) too (a schema change such as a new NOT NULL column?); \
                  nothing quarantined, the batch stays claimed; first error: {first_error}"
             ),
+            Error::CentralFault {
+                target, context, cause, ..
+            } => write!(f, "{target}: {context}: {cause}"),
             Error::Other(msg) => f.write_str(msg),
         }
     }

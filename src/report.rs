@@ -258,6 +258,7 @@ mod tests {
                 error: upload_error,
                 duration: small(g),
                 backlog_remains: bool::arbitrary(g),
+                central_fault: None,
             };
             let meter_error = arb_error(g);
             let meters = MeterSyncResult {

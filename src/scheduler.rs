@@ -172,6 +172,8 @@ struct Measurement {
     remote_meters: Option<u64>,
     local_tenants: Option<u64>,
     remote_tenants: Option<u64>,
+    /// None when the remote did not answer (the last warnings stay).
+    warnings: Option<Vec<String>>,
 }
 
 fn measured_count(r: Result<i64>, what: &str) -> Option<u64> {
@@ -450,6 +452,11 @@ impl Service {
                 local_up: m.local_up,
                 remote_up: m.remote_up,
                 queue_size: m.queue_size,
+                central_fault: if result.upload_result.success {
+                    Some(None)
+                } else {
+                    result.upload_result.central_fault.clone().map(Some)
+                },
             });
             m
         };
@@ -496,6 +503,9 @@ impl Service {
         keep(&mut st.remote_meter_count, m.remote_meters);
         keep(&mut st.local_tenant_count, m.local_tenants);
         keep(&mut st.remote_tenant_count, m.remote_tenants);
+        if let Some(w) = m.warnings {
+            st.warnings = w;
+        }
         if let Some(age) = m.oldest_pending_age {
             st.oldest_pending_age = age.map(|d| d.as_secs());
         }
@@ -548,6 +558,13 @@ fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
     if remote_up {
         m.remote_meters = measured_count(download.remote_meter_count(), "remote meters");
         m.remote_tenants = measured_count(download.remote_tenant_count(), "remote tenants");
+        m.warnings = match upload.id_capacity_warning() {
+            Ok(w) => Some(w.into_iter().collect()),
+            Err(e) => {
+                log::debug!("status: checking the central id's capacity failed: {e}");
+                None
+            }
+        };
     }
     m
 }

@@ -87,6 +87,7 @@ fn pagerduty(p: &WebhookPayload, routing_key: Option<&Secret>) -> Value {
         Some(AlertName::LocalDbUnreachable) => ("critical", "local database"),
         Some(AlertName::RemoteDbUnreachable) => ("error", "remote database"),
         Some(AlertName::SyncFailures) => ("error", "sync cycle"),
+        Some(AlertName::CentralFault) => ("error", "central database"),
         Some(AlertName::QueueAboveThreshold) | None => ("warning", "upload queue"),
     };
     json!({

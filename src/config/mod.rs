@@ -176,6 +176,9 @@ pub struct Config {
     pub upload_max_rows_per_second: u32,
     /// Batches uploading at once (each on its own remote connection); 1 = one at a time.
     pub upload_batches_in_flight: u32,
+    /// UPLOAD_SOURCE_COLUMN: a column of the remote meter_readings that receives `source_id` (None = none).
+    /// A checked identifier; quote it where it is used.
+    pub upload_source_column: Option<String>,
     /// A ratio of row counts (not a reading), in 0..=1.
     pub download_max_delete_ratio: f64,
     pub migrate_on_start: bool,
@@ -251,6 +254,7 @@ impl Config {
             alert_webhook_routing_key: status.alert_webhook_routing_key,
             upload_max_rows_per_second: upload.upload_max_rows_per_second,
             upload_batches_in_flight: upload.upload_batches_in_flight,
+            upload_source_column: upload.upload_source_column,
             download_max_delete_ratio,
             migrate_on_start,
         })
@@ -279,11 +283,13 @@ impl Config {
         s.push_str(&format!("local (sync server):    {}\n", db(&self.local)));
         s.push_str(&format!("remote (client server): {}\n", db(&self.remote)));
         s.push_str(&format!(
-            "sync: interval={}s batch_size={} batches_in_flight={} source_id={} max_rows_per_second={}\n",
+            "sync: interval={}s batch_size={} batches_in_flight={} source_id={} source_column={} \
+             max_rows_per_second={}\n",
             self.sync_interval.as_secs(),
             self.batch_size,
             self.upload_batches_in_flight,
             self.source_id,
+            self.upload_source_column.as_deref().unwrap_or("(none)"),
             if self.upload_max_rows_per_second == 0 {
                 "unlimited".to_string()
             } else {
@@ -368,6 +374,27 @@ mod tests {
             m.insert(k.to_string(), v.to_string());
         }
         m
+    }
+
+    #[test]
+    fn the_source_column_is_an_sql_identifier_or_none() {
+        let mut m = valid_map();
+        assert_eq!(Config::from_map(&m).expect("valid").upload_source_column, None);
+        m.insert("UPLOAD_SOURCE_COLUMN".into(), String::new());
+        assert_eq!(Config::from_map(&m).expect("empty = none").upload_source_column, None);
+        m.insert("UPLOAD_SOURCE_COLUMN".into(), "Site_Id2".into());
+        assert_eq!(
+            Config::from_map(&m).expect("valid").upload_source_column.as_deref(),
+            Some("Site_Id2")
+        );
+        for bad in ["site id", "2site", "site\"; DROP TABLE x; --", "sité", &"x".repeat(64)] {
+            m.insert("UPLOAD_SOURCE_COLUMN".into(), bad.to_string());
+            let e = Config::from_map(&m).expect_err(bad).to_string();
+            assert!(
+                e.contains("UPLOAD_SOURCE_COLUMN") && e.contains("not a column name"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

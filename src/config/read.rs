@@ -186,11 +186,12 @@ pub(super) fn logging(r: &mut Reader<'_>) -> (log::LevelFilter, Option<PathBuf>)
     (level, r.off_when_empty("LOG_FILE").map(PathBuf::from))
 }
 
-/// SYNC_SOURCE_ID (default: the host name) and the UPLOAD_* pacing and concurrency.
+/// SYNC_SOURCE_ID (default: the host name), the UPLOAD_* pacing and concurrency, and UPLOAD_SOURCE_COLUMN.
 pub(super) struct Upload {
     pub source_id: String,
     pub upload_max_rows_per_second: u32,
     pub upload_batches_in_flight: u32,
+    pub upload_source_column: Option<String>,
 }
 
 /// `pool_max`: DB_POOL_MAX as read (the remote pool must hold a connection per batch in flight, plus one).
@@ -219,11 +220,36 @@ pub(super) fn upload(r: &mut Reader<'_>, pool_max: u32) -> Upload {
             ),
         );
     }
+    let upload_source_column = r.off_when_empty("UPLOAD_SOURCE_COLUMN").and_then(|v| {
+        if is_sql_identifier(v) {
+            Some(v.to_string())
+        } else {
+            r.err(
+                "UPLOAD_SOURCE_COLUMN",
+                format!(
+                    "{:?} is not a column name: letters, digits and _ only, not starting with a digit, at most 63 \
+                     bytes (empty = none)",
+                    shorten(v)
+                ),
+            );
+            None
+        }
+    });
     Upload {
         source_id,
         upload_max_rows_per_second,
         upload_batches_in_flight: in_flight,
+        upload_source_column,
     }
+}
+
+/// A plain SQL identifier (quoted where it is used, so any case is kept): ASCII letters, digits and `_`, not
+/// starting with a digit, at most 63 bytes (PostgreSQL's NAMEDATALEN - 1).
+fn is_sql_identifier(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && !v.starts_with(|c: char| c.is_ascii_digit())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// STATUS_BIND (set to empty: off), STATUS_ALLOWED_HOSTS, SYNC_LOG_RETENTION_DAYS, QUEUE_ALERT_THRESHOLD and

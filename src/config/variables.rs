@@ -134,6 +134,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "batches uploading at once, on as many remote connections (1..=8)",
     ),
     (
+        "UPLOAD_SOURCE_COLUMN",
+        None,
+        "a column of the remote meter_readings that receives SYNC_SOURCE_ID (unset or empty = none)",
+    ),
+    (
         "DOWNLOAD_MAX_DELETE_RATIO",
         Some("0.5"),
         "refuse a download that would delete more than this share",

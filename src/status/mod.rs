@@ -64,6 +64,10 @@ pub struct SyncStatus {
     /// measured for this request (the local database did not answer in time, or failed).
     pub stale: bool,
     pub last_cycle_result: Option<SyncCycleResult>,
+    /// Conditions an operator should act on before they fail a cycle (e.g. the central's int4 id past half
+    /// of its range); absent from the JSON when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Everything the server shows: the status and the counters of /metrics.

@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batch::{ClaimedBatch, UploadOutcome};
+use super::batch::{ClaimedBatch, QueuedReading, UploadOutcome};
+use super::fault::{verdict, CentralFault, Span, Verdict};
 use super::poison::{Isolation, MAX_UNEXPLAINED_REJECTIONS};
 use super::session::Session;
 use super::uplink::{ledger_lookup, InFlight, Order, Uplink};
@@ -93,7 +94,12 @@ impl UploadSyncManager<'_> {
     pub(super) fn drain(&self, started: Instant, budget: Duration, stats: &mut Stats) -> Result<Drained> {
         let mut d = Drain {
             session: Session::new(self.conns),
-            uplink: Uplink::new(self.conns, &self.cfg.source_id, self.cfg.upload_batches_in_flight),
+            uplink: Uplink::new(
+                self.conns,
+                &self.cfg.source_id,
+                self.cfg.upload_source_column.as_deref(),
+                self.cfg.upload_batches_in_flight,
+            ),
             pipe: Pipe::default(),
             needs_recovery: true,
         };
@@ -339,7 +345,12 @@ impl UploadSyncManager<'_> {
                         batch.batch_id
                     );
                 }
-                Err(e) if e.is_data_error() => {
+                Err(e) if matches!(verdict(&e), Verdict::Central(_)) => {
+                    let e = self.central_fault(&batch, e);
+                    s.note_failure(&batch.batch_id, &e.to_string());
+                    return Err(e);
+                }
+                Err(e) if matches!(verdict(&e), Verdict::MaybeData) => {
                     log::warn!(
                         "upload: the remote rejected batch {} ({} readings) for a data reason; isolating the bad \
                          readings: {e}",
@@ -363,6 +374,12 @@ impl UploadSyncManager<'_> {
                             s.note_failure(&batch.batch_id, &storm.to_string());
                             return Err(storm);
                         }
+                        // A probe met the central's own fault (a part of the batch has no partition, ...).
+                        Err(other) if matches!(verdict(&other), Verdict::Central(_)) => {
+                            let e = self.central_fault(&batch, other);
+                            s.note_failure(&batch.batch_id, &e.to_string());
+                            return Err(e);
+                        }
                         Err(other) => return Err(other),
                     }
                 }
@@ -373,6 +390,38 @@ impl UploadSyncManager<'_> {
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+impl UploadSyncManager<'_> {
+    /// `e` (a remote error the central's own fault explains) as [`Error::CentralFault`], worded for `batch`.
+    fn central_fault(&self, batch: &Arc<ClaimedBatch>, e: Error) -> Error {
+        let Verdict::Central(fault) = verdict(&e) else {
+            return e;
+        };
+        // For a missing partition, the readings that have none (their timestamps are what to create).
+        let affected: Vec<&QueuedReading> = match &fault {
+            CentralFault::NoPartition { .. } => match self.without_partition(batch) {
+                Ok(idx) if !idx.is_empty() => idx.iter().map(|&i| &batch.readings[i]).collect(),
+                Ok(_) => batch.readings.iter().collect(),
+                Err(err) => {
+                    log::warn!("upload: {err}");
+                    batch.readings.iter().collect()
+                }
+            },
+            _ => batch.readings.iter().collect(),
+        };
+        let span = Span {
+            first: affected.first().map_or("", |r| r.timestamp.as_str()),
+            last: affected.last().map_or("", |r| r.timestamp.as_str()),
+            readings: affected.len(),
+        };
+        Error::CentralFault {
+            target: self.conns.remote.name().clone(),
+            context: format!("uploading batch {} ({} readings)", batch.batch_id, batch.len()),
+            cause: fault.describe(&span, &self.cfg.remote.user),
+            sqlstate: fault.sqlstate().to_string(),
         }
     }
 }

@@ -9,6 +9,9 @@
 //! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
 //! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
 //! - `poison.rs` — probing a rejected batch and quarantining what it rejects;
+//! - [`fault`] — whose fault a rejection is: the central's own (by cause, worded for an operator) or maybe the
+//!   readings' (probing decides);
+//! - [`capacity`] — the warning when the central's int4 id is past half of its range;
 //! - [`sql`] — every statement text.
 //!
 //! Does not own: connections, backoff and the advisory lock guard (db.rs, retry.rs), what counts as
@@ -28,7 +31,9 @@
 //! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
 
 mod batch;
+pub mod capacity;
 mod drain;
+pub mod fault;
 mod poison;
 mod session;
 pub mod sql;
@@ -68,6 +73,10 @@ pub struct UploadSyncResult {
     /// The drain stopped (budget spent or shutdown) while readings were still queued: run again at once.
     #[serde(skip)]
     pub backlog_remains: bool,
+    /// The part failed because the central cannot take readings for a reason of its own (the error's text):
+    /// the `central_fault` alert.
+    #[serde(skip)]
+    pub central_fault: Option<String>,
 }
 
 /// Counters of one drain.
@@ -105,6 +114,7 @@ impl<'a> UploadSyncManager<'a> {
             error: None,
             duration: ms,
             backlog_remains: false,
+            central_fault: None,
         };
         let summary = format!(
             "{} readings uploaded, {} deleted locally, {} quarantined, {} batches in {ms} ms",
@@ -132,6 +142,9 @@ impl<'a> UploadSyncManager<'a> {
             Err(e) => {
                 log::error!("upload failed ({} error) after {summary}: {e}", e.kind());
                 result.error = Some(e.to_string());
+                if matches!(e, crate::error::Error::CentralFault { .. }) {
+                    result.central_fault = result.error.clone();
+                }
             }
         }
         if result.success && !self.conns.shutdown.is_requested() && self.prune_due() {
@@ -187,7 +200,12 @@ impl<'a> UploadSyncManager<'a> {
     /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
     /// error comes back as the error (`is_data_error()`).
     pub fn upload_batch(&self, batch: &ClaimedBatch) -> Result<UploadOutcome> {
-        let mut up = Uplink::new(self.conns, &self.cfg.source_id, 1);
+        let mut up = Uplink::new(
+            self.conns,
+            &self.cfg.source_id,
+            self.cfg.upload_source_column.as_deref(),
+            1,
+        );
         let sent = up.send(Arc::new(batch.clone()), Order::Serial)?;
         up.wait(sent)
     }
@@ -223,6 +241,17 @@ impl<'a> UploadSyncManager<'a> {
         self.conns
             .call_bounded(Side::Remote, "pruning the upload ledger", move |c| {
                 uplink::prune(c, &target, &source, secs, &keep)
+            })
+    }
+
+    /// The warning when the central's meter_readings id is int4 and its sequence is past half (capacity.rs);
+    /// None when it is not. One bounded remote query.
+    pub fn id_capacity_warning(&self) -> Result<Option<String>> {
+        let target = self.conns.remote.name().clone();
+        self.conns
+            .call_bounded(Side::Remote, "reading the central id's type and sequence", move |c| {
+                capacity::id_capacity_warning(c)
+                    .map_err(|e| target.err("reading the central id's type and sequence", e))
             })
     }
 

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use postgres::types::{ToSql, Type};
 
 use super::batch::{ClaimedBatch, Columns, QueuedReading};
+use super::fault::{maybe_data, CentralFault};
 use super::session::Session;
 use super::{sql, UploadSyncManager};
 use crate::db::{Side, Target};
-use crate::error::{describe_pg_error, pg_error_is_data_error, Error, Result};
+use crate::error::{describe_pg_error, Error, Result};
 
 /// How often a batch whose probes found no bad reading is uploaded again before the part fails.
 pub(super) const MAX_UNEXPLAINED_REJECTIONS: u32 = 2;
@@ -55,10 +56,11 @@ impl UploadSyncManager<'_> {
         } else {
             let context = format!("probing rejected batch {} ({n} readings)", batch.batch_id);
             let b = Arc::clone(batch);
+            let p = self.probe_statement();
             self.probe_remotely(context, move |tx, target, context, bad| {
                 let mid = n / 2;
-                probe(tx, target, context, &b.readings, 0, mid, bad)?;
-                probe(tx, target, context, &b.readings, mid, n, bad)
+                probe(tx, &p, maybe_data, target, context, &b.readings, 0, mid, bad)?;
+                probe(tx, &p, maybe_data, target, context, &b.readings, mid, n, bad)
             })?
         };
         if bad.is_empty() {
@@ -97,12 +99,44 @@ impl UploadSyncManager<'_> {
         }
         let n = controls.len();
         let context = format!("probing {n} control readings for rejected batch {}", batch.batch_id);
+        let p = self.probe_statement();
         let rejected = self
             .probe_remotely(context, move |tx, target, context, bad| {
-                probe(tx, target, context, &controls, 0, n, bad)
+                probe(tx, &p, maybe_data, target, context, &controls, 0, n, bad)
             })?
             .len();
         Ok((n, n - rejected.min(n)))
+    }
+
+    /// The readings of `batch` (indexes, in order) the central has no partition for: found by the same
+    /// bisection as poison, in a remote transaction that is rolled back, to name the timestamps an operator
+    /// must create partitions for. Nothing is quarantined.
+    pub(super) fn without_partition(&self, batch: &Arc<ClaimedBatch>) -> Result<Vec<usize>> {
+        let n = batch.len();
+        let context = format!(
+            "locating the readings of batch {} that have no partition",
+            batch.batch_id
+        );
+        let b = Arc::clone(batch);
+        let p = self.probe_statement();
+        let no_partition = |e: &postgres::Error| matches!(CentralFault::of(e), Some(CentralFault::NoPartition { .. }));
+        let mut found: Vec<usize> = self
+            .probe_remotely(context, move |tx, target, context, bad| {
+                probe(tx, &p, no_partition, target, context, &b.readings, 0, n, bad)
+            })?
+            .into_iter()
+            .map(|(i, _, _)| i)
+            .collect();
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// The probe's statement (with UPLOAD_SOURCE_COLUMN written in, as the upload writes it) and this source.
+    fn probe_statement(&self) -> ProbeStatement {
+        ProbeStatement {
+            text: sql::with_source_column(sql::PROBE, self.cfg.upload_source_column.as_deref(), "$6"),
+            source_id: self.cfg.source_id.clone(),
+        }
     }
 
     /// Runs `probes` in one remote transaction (bounded in time) that is then rolled back; returns the
@@ -146,10 +180,20 @@ impl UploadSyncManager<'_> {
     }
 }
 
-/// Inserts `readings[from..to]` under a savepoint of `tx`; on a data error rolls the savepoint back and
-/// bisects, recording single rejected readings in `bad`.
+/// The probe's text and the source id it writes (as `$6`, when the text names a source column).
+struct ProbeStatement {
+    text: String,
+    source_id: String,
+}
+
+/// Inserts `readings[from..to]` under a savepoint of `tx`; on an error that may be about the readings (a
+/// data error, or Citus's XX000 for a worker's rejection: `at_fault`) rolls the savepoint back and bisects,
+/// recording single rejected readings in `bad`. Any other error ends the probing.
+#[allow(clippy::too_many_arguments)]
 fn probe(
     tx: &mut postgres::Transaction<'_>,
+    p: &ProbeStatement,
+    at_fault: fn(&postgres::Error) -> bool,
     db: &Target,
     context: &str,
     readings: &[QueuedReading],
@@ -162,16 +206,18 @@ fn probe(
     }
     let mut sp = tx.savepoint("sync_probe").map_err(|e| db.err(context, e))?;
     let cols = Columns::of(&readings[from..to]);
-    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+    let params: [(&(dyn ToSql + Sync), Type); 6] = [
         (&cols.meter, Type::TEXT_ARRAY),
         (&cols.ts, Type::TEXT_ARRAY),
         (&cols.value, Type::TEXT_ARRAY),
         (&cols.unit, Type::TEXT_ARRAY),
         (&cols.metadata, Type::TEXT_ARRAY),
+        (&p.source_id, Type::TEXT),
     ];
-    match sp.query_typed(sql::PROBE, &params) {
+    let used = if p.text.contains("$6") { 6 } else { 5 };
+    match sp.query_typed(&p.text, &params[..used]) {
         Ok(_) => sp.commit().map_err(|e| db.err(context, e)),
-        Err(e) if pg_error_is_data_error(&e) => {
+        Err(e) if at_fault(&e) => {
             sp.rollback().map_err(|e| db.err(context, e))?;
             if to - from == 1 {
                 let state = e.code().map(|c| c.code().to_string());
@@ -179,8 +225,8 @@ fn probe(
                 Ok(())
             } else {
                 let mid = from + (to - from) / 2;
-                probe(tx, db, context, readings, from, mid, bad)?;
-                probe(tx, db, context, readings, mid, to, bad)
+                probe(tx, p, at_fault, db, context, readings, from, mid, bad)?;
+                probe(tx, p, at_fault, db, context, readings, mid, to, bad)
             }
         }
         Err(e) => Err(db.err(context, e)),

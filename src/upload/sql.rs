@@ -176,11 +176,13 @@ WITH ",
 
 /// Remote. [`UPLOAD`] that also makes this batch the site's chain head (UPLOAD_BATCHES_IN_FLIGHT > 1, with
 /// no older batch in flight). The head row is locked until commit, so a batch sent after this one waits.
+/// `updated_at` comes from the proposed row (its default, `now()`): Citus refuses a non-IMMUTABLE function in
+/// the DO UPDATE SET of an insert into a distributed or reference table.
 pub const UPLOAD_LEAD: &str = concat!(
     "
 WITH h AS (
   INSERT INTO sync_upload_chain (source_id, head) VALUES ($1, $2::uuid)
-  ON CONFLICT (source_id) DO UPDATE SET head = EXCLUDED.head, updated_at = now()
+  ON CONFLICT (source_id) DO UPDATE SET head = EXCLUDED.head, updated_at = EXCLUDED.updated_at
   RETURNING 1
 ), ",
     ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h")
@@ -282,6 +284,29 @@ pub const OLDEST_PENDING_AGE: &str = "SELECT extract(epoch FROM localtimestamp -
 /// Local. Readings in the quarantine.
 pub const QUARANTINED_COUNT: &str = "SELECT count(*) FROM sync_quarantine";
 
+/// The column list and the select list of the remote readings insert, as [`insert_readings!`] writes them.
+const INSERT_COLUMNS: &str = "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)";
+const INSERT_VALUES: &str = "SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb";
+
+/// `statement` (one of [`UPLOAD`], [`UPLOAD_LEAD`], [`UPLOAD_AFTER`], [`PROBE`]) writing the source id,
+/// parameter `source_param` (text), into the remote column `column` (UPLOAD_SOURCE_COLUMN, a checked
+/// identifier; quoted here) as well; the statement itself when `column` is None.
+pub fn with_source_column(statement: &str, column: Option<&str>, source_param: &str) -> String {
+    match column {
+        None => statement.to_string(),
+        Some(col) => {
+            let quoted = format!("\"{}\"", col.replace('"', "\"\""));
+            statement
+                .replacen(
+                    INSERT_COLUMNS,
+                    &format!("{}, {quoted})", INSERT_COLUMNS.trim_end_matches(')')),
+                    1,
+                )
+                .replacen(INSERT_VALUES, &format!("{INSERT_VALUES}, {source_param}::text"), 1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +368,21 @@ mod tests {
                  JOIN meter_readings r ON r.id = u.id WHERE b.batch_id = $1::uuid ORDER BY u.ord"
             )
         );
+    }
+
+    #[test]
+    fn the_source_column_is_written_by_every_readings_insert() {
+        for (statement, param) in [(UPLOAD, "$1"), (UPLOAD_LEAD, "$1"), (UPLOAD_AFTER, "$1"), (PROBE, "$6")] {
+            assert_eq!(statement.matches(INSERT_COLUMNS).count(), 1, "{statement}");
+            assert_eq!(statement.matches(INSERT_VALUES).count(), 1, "{statement}");
+            assert_eq!(with_source_column(statement, None, param), statement);
+            let with = words(&with_source_column(statement, Some("Site_Id"), param));
+            assert!(
+                with.contains("INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata, \"Site_Id\")"),
+                "{with}"
+            );
+            assert!(with.contains(&format!("x.md::jsonb, {param}::text FROM")), "{with}");
+        }
     }
 
     #[test]

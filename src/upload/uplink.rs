@@ -11,11 +11,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::Client;
 
 use super::batch::{ClaimedBatch, Columns, UploadOutcome};
+use super::fault::is_ledger_conflict;
 use super::sql;
 use crate::db::{ConnectionManager, Side, Target};
 use crate::error::{Error, Result};
@@ -29,6 +29,7 @@ pub(super) struct Uplink<'a> {
     conns: &'a ConnectionManager,
     target: Arc<Target>,
     source_id: Arc<str>,
+    texts: Arc<Texts>,
     lanes: Vec<Option<crossbeam_channel::Sender<Job>>>,
     turn: usize,
 }
@@ -59,11 +60,13 @@ pub(super) struct InFlight {
 }
 
 impl<'a> Uplink<'a> {
-    pub fn new(conns: &'a ConnectionManager, source_id: &str, width: u32) -> Uplink<'a> {
+    /// `source_column`: UPLOAD_SOURCE_COLUMN, the remote column that receives `source_id` with each reading.
+    pub fn new(conns: &'a ConnectionManager, source_id: &str, source_column: Option<&str>, width: u32) -> Uplink<'a> {
         Uplink {
             conns,
             target: Arc::new(conns.remote.name().clone()),
             source_id: Arc::from(source_id),
+            texts: Arc::new(Texts::new(source_column)),
             lanes: (0..width.max(1)).map(|_| None).collect(),
             turn: 0,
         }
@@ -98,7 +101,7 @@ impl<'a> Uplink<'a> {
         // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
         for _ in 0..2 {
             if self.lanes[lane].is_none() {
-                self.lanes[lane] = Some(self.start(&what)?);
+                self.lanes[lane] = Some(self.start()?);
             }
             let Some(jobs) = &self.lanes[lane] else {
                 continue;
@@ -145,15 +148,19 @@ impl<'a> Uplink<'a> {
     /// Takes a remote connection and starts its thread. The connection is made here, before anything is
     /// sent: a batch sent on a fresh connection must not reach the server later than one sent after it on a
     /// connection that is ready (with several in flight that would break the chain).
-    fn start(&self, _what: &str) -> Result<crossbeam_channel::Sender<Job>> {
+    fn start(&self) -> Result<crossbeam_channel::Sender<Job>> {
         let mut conn = self.conns.get(Side::Remote)?;
         let (tx, jobs) = crossbeam_channel::unbounded::<Job>();
-        let (target, source_id) = (Arc::clone(&self.target), Arc::clone(&self.source_id));
+        let (target, source_id, texts) = (
+            Arc::clone(&self.target),
+            Arc::clone(&self.source_id),
+            Arc::clone(&self.texts),
+        );
         std::thread::Builder::new()
             .name("upload-remote".into())
             .spawn(move || {
                 for job in jobs {
-                    let r = upload(&mut conn, &target, &source_id, &job.batch, &job.order);
+                    let r = upload(&mut conn, &texts, &target, &source_id, &job.batch, &job.order);
                     let _ = job.reply.send(r);
                     if conn.is_closed() {
                         break;
@@ -167,12 +174,36 @@ impl<'a> Uplink<'a> {
 
 /// The upload statement for `order`, one round trip: the readings and the ledger row (and with several in
 /// flight, the move of the chain head), all or nothing.
-fn upload(c: &mut Client, db: &Target, source_id: &str, batch: &ClaimedBatch, order: &Order) -> Result<UploadOutcome> {
+/// The upload statements' texts, with UPLOAD_SOURCE_COLUMN written in when it is set.
+struct Texts {
+    serial: String,
+    lead: String,
+    after: String,
+}
+
+impl Texts {
+    fn new(source_column: Option<&str>) -> Texts {
+        Texts {
+            serial: sql::with_source_column(sql::UPLOAD, source_column, "$1"),
+            lead: sql::with_source_column(sql::UPLOAD_LEAD, source_column, "$1"),
+            after: sql::with_source_column(sql::UPLOAD_AFTER, source_column, "$1"),
+        }
+    }
+}
+
+fn upload(
+    c: &mut Client,
+    texts: &Texts,
+    db: &Target,
+    source_id: &str,
+    batch: &ClaimedBatch,
+    order: &Order,
+) -> Result<UploadOutcome> {
     let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
     let (text, n_params) = match order {
-        Order::Serial => (sql::UPLOAD, 8),
-        Order::Lead => (sql::UPLOAD_LEAD, 8),
-        Order::After(_) => (sql::UPLOAD_AFTER, 9),
+        Order::Serial => (texts.serial.as_str(), 8),
+        Order::Lead => (texts.lead.as_str(), 8),
+        Order::After(_) => (texts.after.as_str(), 9),
     };
     let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
     let cols = Columns::of(&batch.readings);
@@ -198,11 +229,6 @@ fn upload(c: &mut Client, db: &Target, source_id: &str, batch: &ClaimedBatch, or
         Err(e) if is_ledger_conflict(&e) => Ok(UploadOutcome::AlreadyPresent),
         Err(e) => Err(db.err(context(), e)),
     }
-}
-
-fn is_ledger_conflict(e: &postgres::Error) -> bool {
-    e.as_db_error()
-        .is_some_and(|d| *d.code() == SqlState::UNIQUE_VIOLATION && d.table() == Some("sync_upload_ledger"))
 }
 
 /// The ids among `ids` that the remote ledger holds for `source_id`.

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod central_faults;
+mod citus;
 mod cli;
 mod dashboard;
 mod db;

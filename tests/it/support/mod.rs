@@ -12,12 +12,14 @@
 //! dirs and polling.
 #![allow(dead_code)]
 
+pub mod citus;
 pub mod contract;
 pub mod daemon;
 pub mod env;
 pub mod pg;
 pub mod pgbouncer;
 pub mod proxy;
+pub mod readings;
 
 use std::path::PathBuf;
 use std::thread;
