@@ -1,8 +1,9 @@
-//! The session advisory locks of this program, held only through an RAII guard.
+//! The advisory locks of this program: the keys, and the RAII guard for the session-level ones.
 //!
 //! Owns: [`LockKey`] (the three keys: migrate, drain, cycle) and [`AdvisoryLock`], which owns the pooled
-//! connection that holds the lock and releases the lock when dropped, also when a panic unwinds. Does not own:
-//! when each lock is taken (migrate.rs, upload/session.rs, scheduler.rs), the connections (db.rs).
+//! connection that holds a session lock (drain, cycle) and releases the lock when dropped, also when a panic
+//! unwinds. Does not own: when each lock is taken (upload/session.rs, scheduler.rs; migrate.rs takes its key as
+//! a transaction-level lock, which ends with its transaction), the connections (db.rs).
 
 use std::ops::{Deref, DerefMut};
 
