@@ -30,7 +30,7 @@ use crate::report::{
 use crate::shutdown::Shutdown;
 use crate::signals::SignalThread;
 use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusServer};
-use crate::systemd::{release_free_memory, sd_notify, watchdog_period};
+use crate::systemd::{release_free_memory, sd_notify, systemd_status, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
 
 /// What wakes the main loop.
@@ -263,6 +263,11 @@ impl Service {
                 let why = busy.to_string();
                 log::info!("{why}");
                 return CycleOutcome::Skipped(why);
+            }
+            // A stop requested while the local database is down is not a failed cycle.
+            LockAttempt::Failed(Error::Shutdown) => {
+                log::info!("sync cycle not run: shutting down");
+                return CycleOutcome::Skipped("not run: a signal asked this process to stop".into());
             }
             LockAttempt::Failed(e) => {
                 self.cycles += 1;
@@ -672,7 +677,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
         .unwrap_or_else(crossbeam_channel::never);
     // The drain gives way to the downloads at least once per interval; the next cycle then continues it.
     let budget = cfg.sync_interval.max(Duration::from_secs(1));
-    sd_notify("READY=1");
+    sd_notify("READY=1\nSTATUS=running: first cycle");
     log::info!(
         "sync-process running: a cycle every {}s; SIGTERM or SIGINT stops it",
         cfg.sync_interval.as_secs()
@@ -687,7 +692,13 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
                     tick = ticker.channel();
                 }
                 run_now = match service.cycle(budget) {
-                    CycleOutcome::Ran { backlog_remains, .. } => backlog_remains,
+                    CycleOutcome::Ran {
+                        backlog_remains,
+                        result,
+                    } => {
+                        sd_notify(&systemd_status(service.cycles, &result));
+                        backlog_remains
+                    }
                     CycleOutcome::Skipped(_) => false,
                 };
                 if !run_now {
@@ -699,7 +710,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
             }
         }
     }
-    sd_notify("STOPPING=1");
+    sd_notify("STOPPING=1\nSTATUS=stopping");
     service.set_running(false);
     log::info!("sync-process stopped");
     drop(status_server);

@@ -511,14 +511,29 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(first)
 }
 
-/// This machine's host name, the default SYNC_SOURCE_ID.
+/// This machine's host name, the default SYNC_SOURCE_ID: gethostname(2) (the kernel's, which needs no /proc:
+/// the unit's ProcSubset=pid hides /proc/sys), else /etc/hostname.
 pub fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
+    kernel_hostname()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown-host".to_string())
+}
+
+fn kernel_hostname() -> Option<String> {
+    extern "C" {
+        fn gethostname(name: *mut std::os::raw::c_char, len: usize) -> std::os::raw::c_int;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for buf.len() bytes; glibc writes at most buf.len() - 1 of them (a longer
+    // name fails or is cut), so the last byte stays 0 and the name below always ends.
+    let rc = unsafe { gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 pub(super) fn shorten(s: &str) -> String {
