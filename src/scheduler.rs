@@ -46,6 +46,8 @@ pub enum Event {
 pub const UNLIMITED_BUDGET: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Key of the cross-process cycle lock ([`LockKey::Cycle`]).
 pub const CYCLE_LOCK_KEY: (i32, i32) = LockKey::Cycle.pair();
+/// The error of a part not run because a stop was requested.
+const STOPPING: &str = "not run: shutting down";
 /// sync_logs pruning period.
 const SYNC_LOGS_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
 /// Longest error text stored in sync_logs.
@@ -322,20 +324,24 @@ impl Service {
         };
         let upload_result = run_isolated("the upload", || upload.sync_readings(budget)).unwrap_or_else(failed_upload);
         let download = DownloadSyncManager::new(&self.conns, &self.cfg);
-        let meter_result =
-            run_isolated("the meter download", || download.sync_meter_configurations()).unwrap_or_else(|error| {
-                MeterSyncResult {
-                    error: Some(error),
-                    ..Default::default()
-                }
-            });
-        let tenant_result =
-            run_isolated("the tenant download", || download.sync_tenant_data()).unwrap_or_else(|error| {
-                TenantSyncResult {
-                    error: Some(error),
-                    ..Default::default()
-                }
-            });
+        // After a stop request no part starts (the batch in flight was the upload's to finish).
+        let stopping = || self.conns.shutdown.is_requested().then(|| STOPPING.to_string());
+        let meter_result = match stopping() {
+            Some(error) => Err(error),
+            None => run_isolated("the meter download", || download.sync_meter_configurations()),
+        }
+        .unwrap_or_else(|error| MeterSyncResult {
+            error: Some(error),
+            ..Default::default()
+        });
+        let tenant_result = match stopping() {
+            Some(error) => Err(error),
+            None => run_isolated("the tenant download", || download.sync_tenant_data()),
+        }
+        .unwrap_or_else(|error| TenantSyncResult {
+            error: Some(error),
+            ..Default::default()
+        });
 
         let backlog = upload_result.backlog_remains;
         let result = SyncCycleResult {
@@ -346,7 +352,11 @@ impl Service {
             total_duration: duration_ms(started.elapsed()),
             timestamp,
         };
+        // A stop requested during the cycle is no failure to alarm about: what it cut short is reported at
+        // info (a part's own error line, logged by the part, keeps its level).
+        let stopping = self.conns.shutdown.is_requested();
         for (level, line) in cycle_result_lines(n, &result) {
+            let level = if stopping { level.max(log::Level::Info) } else { level };
             log::log!(level, "{line}");
         }
         (result, backlog)

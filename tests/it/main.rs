@@ -11,6 +11,7 @@ mod db;
 mod download;
 mod harness;
 mod hostile;
+mod journald;
 mod mcp;
 mod migrate;
 mod monitoring;
