@@ -2,13 +2,15 @@
 //! the work. The only place where errors and outcomes become exit codes: 0 ok, 1 runtime failure, 2
 //! configuration or usage error.
 
+#![deny(clippy::print_stdout)] // stdout through sync_process::output only (no panic on EPIPE)
+
 use std::process::ExitCode;
 
 use sync_process::cli::{self, Command};
 use sync_process::config::{self, Config};
 use sync_process::error::{Error, Result};
 use sync_process::status::{self, StatusOutcome};
-use sync_process::{check, demo, logging, mcp, migrate, quarantine, scheduler};
+use sync_process::{check, demo, logging, mcp, migrate, output, quarantine, scheduler};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,11 +46,11 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let cli = cli::parse(args)?;
     match cli.command {
         Command::Help(text) => {
-            print!("{text}");
+            output::print(&text)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Version => {
-            println!("sync-process {}", env!("CARGO_PKG_VERSION"));
+            output::println(&format!("sync-process {}", env!("CARGO_PKG_VERSION")))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Demo { keep } => {
@@ -88,7 +90,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         Command::Once => {
             let result = scheduler::run_once(&cfg)?;
             let json = serde_json::to_string(&result).map_err(|e| Error::Other(format!("encoding the result: {e}")))?;
-            println!("{json}");
+            output::println(&json)?;
             Ok(success_or_1(result.success))
         }
         Command::Migrate { dry_run, local, remote } => {

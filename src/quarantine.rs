@@ -224,20 +224,20 @@ pub fn command(cfg: &Config, cmd: &QuarantineCmd) -> Result<()> {
             if *json {
                 let text = serde_json::to_string_pretty(&rows)
                     .map_err(|e| Error::Other(format!("encoding the quarantine list: {e}")))?;
-                println!("{text}");
+                crate::output::println(&text)?;
             } else {
-                print!("{}", format_table(&rows));
+                crate::output::print(&format_table(&rows))?;
             }
         }
         QuarantineCmd::Retry { ids } => {
             let n = retry(db, ids)?;
             log::info!("quarantine: {n} reading(s) moved back to the upload queue");
-            println!("{n} reading(s) moved back to the upload queue");
+            crate::output::println(&format!("{n} reading(s) moved back to the upload queue"))?;
         }
         QuarantineCmd::Discard { ids, all } => {
             let n = discard(db, ids, *all)?;
             log::info!("quarantine: {n} reading(s) discarded");
-            println!("{n} reading(s) discarded");
+            crate::output::println(&format!("{n} reading(s) discarded"))?;
         }
     }
     Ok(())

@@ -53,9 +53,9 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
         }
     };
     if json {
-        println!("{body}");
+        crate::output::println(&body)?;
     } else {
-        print!("{}", human(&value, addr));
+        crate::output::print(&human(&value, addr))?;
     }
     Ok(StatusOutcome::Shown)
 }

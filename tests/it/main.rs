@@ -15,6 +15,7 @@ mod journald;
 mod mcp;
 mod migrate;
 mod monitoring;
+mod output;
 mod packaging;
 mod pooler;
 mod security;
