@@ -29,7 +29,7 @@ use crate::report::{
 };
 use crate::shutdown::Shutdown;
 use crate::signals::SignalThread;
-use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusServer};
+use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusListener, StatusServer};
 use crate::systemd::{release_free_memory, sd_notify, systemd_status, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
 
@@ -670,16 +670,15 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     })?;
     let mut service = Service::new(cfg, shutdown.clone(), true)?;
     service.set_running(true);
-    let status_server = match cfg.status_bind {
-        Some(bind) => match StatusServer::start(bind, service.snapshot(), service.history(), Some(cfg)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("{e}; running without the status server");
-                None
-            }
-        },
-        None => None,
-    };
+    // A taken STATUS_BIND is tried again each interval; under systemd (Type=notify) a status server that never
+    // binds ends the daemon (see StatusListener).
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let (snapshot, history) = (service.snapshot(), service.history());
+    let mut status_server = cfg.status_bind.map(|bind| {
+        StatusListener::new(bind, under_systemd, move || {
+            StatusServer::start(bind, snapshot.clone(), history.clone(), Some(cfg))
+        })
+    });
     let mut ticker = Ticker::new(cfg.sync_interval, cfg.jitter_percent);
     let mut tick = ticker.channel();
     let watchdog = watchdog_period()
@@ -693,6 +692,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
         cfg.sync_interval.as_secs()
     );
     let mut run_now = false;
+    let mut failure = None;
     loop {
         match next_event(&shutdown, run_now, &events, &tick, &watchdog) {
             Event::Shutdown => break,
@@ -706,11 +706,19 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
                         backlog_remains,
                         result,
                     } => {
-                        sd_notify(&systemd_status(service.cycles, &result));
+                        let mut line = systemd_status(service.cycles, &result);
+                        if let Some(why) = status_server.as_ref().and_then(|s| s.problem()) {
+                            line.push_str(&format!("; no status server ({why})"));
+                        }
+                        sd_notify(&line);
                         backlog_remains
                     }
                     CycleOutcome::Skipped(_) => false,
                 };
+                if let Some(Err(e)) = status_server.as_mut().map(|s| s.retry(cfg.sync_interval)) {
+                    failure = Some(e);
+                    break;
+                }
                 if !run_now {
                     release_free_memory();
                 }
@@ -722,11 +730,16 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     }
     sd_notify("STOPPING=1\nSTATUS=stopping");
     service.set_running(false);
-    log::info!("sync-process stopped");
     drop(status_server);
     drop(signals);
     drop(events_tx);
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            log::info!("sync-process stopped");
+            Ok(())
+        }
+    }
 }
 
 /// `sync-process once`: one cycle whose upload drains the whole queue. Fails when another process holds the

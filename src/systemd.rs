@@ -1,6 +1,7 @@
 //! systemd integration: readiness and watchdog notifications, and handing freed memory back.
 //!
-//! Owns: [`sd_notify`] / [`notify_to`] (one datagram to NOTIFY_SOCKET, path or abstract; no libsystemd),
+//! Owns: [`sd_notify`] / [`notify_to`] (one datagram to NOTIFY_SOCKET, path or abstract, never waiting for
+//! the reader; no libsystemd),
 //! [`systemd_status`] (the `STATUS=` line `systemctl status` shows after a cycle), [`watchdog_period`] (half
 //! of WATCHDOG_USEC when the watchdog is meant for this process) and [`release_free_memory`] (glibc's
 //! `malloc_trim(0)`; the crate's other FFI call is gethostname(2) in config/read.rs). Does not own: when they
@@ -48,6 +49,8 @@ pub fn sd_notify(state: &str) {
 /// One datagram to the notify socket; a leading '@' names an abstract socket.
 pub fn notify_to(path: &OsStr, state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
+    // Never wait for the reader: a full queue (10 datagrams by default) would stop the sync loop.
+    sock.set_nonblocking(true)?;
     match path.as_bytes().strip_prefix(b"@") {
         #[cfg(target_os = "linux")]
         Some(name) => {

@@ -272,7 +272,7 @@ pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
             Ok(a) => Some(a),
             Err(_) => {
                 let msg = format!(
-                    "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:9187; empty = off)",
+                    "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:17461; empty = off)",
                     shorten(v)
                 );
                 r.err("STATUS_BIND", msg);
@@ -394,7 +394,7 @@ fn allowed_hosts(r: &mut Reader<'_>) -> Vec<String> {
             r.err(
                 "STATUS_ALLOWED_HOSTS",
                 format!(
-                    "{:?} is not a host name or IP address with an optional :port (e.g. box-17.example,10.0.0.5:9187,[fd00::5])",
+                    "{:?} is not a host name or IP address with an optional :port (e.g. box-17.example,10.0.0.5:17461,[fd00::5])",
                     shorten(entry)
                 ),
             );

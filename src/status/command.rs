@@ -36,7 +36,7 @@ pub enum StatusOutcome {
 
 /// Why there is no daemon to ask when STATUS_BIND is empty.
 pub const STATUS_OFF: &str =
-    "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)";
+    "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:17461)";
 
 /// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
 pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
@@ -174,8 +174,8 @@ mod tests {
     #[test]
     fn wildcard_binds_are_asked_on_loopback() {
         assert_eq!(
-            client_addr("0.0.0.0:9187".parse().expect("addr")),
-            "127.0.0.1:9187".parse().expect("addr")
+            client_addr("0.0.0.0:17461".parse().expect("addr")),
+            "127.0.0.1:17461".parse().expect("addr")
         );
         assert_eq!(
             client_addr("[::]:1".parse().expect("addr")),

@@ -21,5 +21,6 @@ mod pooler;
 mod security;
 mod service;
 mod status;
+mod status_bind;
 mod upload;
 mod webhooks;
