@@ -18,6 +18,8 @@ pub enum Command {
     },
     Status {
         json: bool,
+        /// `--url http://HOST:PORT`: ask this server instead of STATUS_BIND.
+        url: Option<String>,
     },
     CheckConfig,
     Quarantine(QuarantineCmd),
@@ -65,7 +67,7 @@ Commands:
   run            the daemon loop (the default): a sync cycle every SYNC_INTERVAL_SECONDS until SIGTERM
   once           one full cycle; prints its result as JSON on stdout; exit 0 if every part succeeded
   migrate        create or upgrade the local and remote schemas (idempotent) [--dry-run] [--local-only|--remote-only]
-  status         the running daemon's status, from STATUS_BIND [--json]
+  status         the running daemon's status, from STATUS_BIND or --url alone [--json] [--url URL]
   check-config   validate the configuration, print it (passwords redacted), test both connections
   quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all
   demo           throwaway local and remote PostgreSQL servers, seeded and syncing [--keep]
@@ -114,10 +116,11 @@ tables IF NOT EXISTS plus the upload ledger). Idempotent; never drops or rewrite
         }
         "status" => {
             "\
-Usage: sync-process [--env-file PATH] status [--json]
+Usage: sync-process [--env-file PATH] status [--json] [--url http://HOST:PORT]
 
-Asks the running daemon (GET /status on STATUS_BIND) and prints its status for a person, or as JSON with
---json. Exit 1 when no daemon answers.
+Asks the running daemon (GET /status on STATUS_BIND, or on the server --url names) and prints its status
+for a person, or as JSON with --json. Reads no other variable: no database settings or passwords needed.
+Exit 1 when no daemon answers, 2 when STATUS_BIND is empty and no --url is given.
 "
         }
         "check-config" => {
@@ -250,11 +253,28 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
                 remote: !local_only,
             }
         }
-        "status" => match opts {
-            [] => Command::Status { json: false },
-            ["--json"] => Command::Status { json: true },
-            [o, ..] => return Err(bad(if *o == "--json" { opts[1] } else { o })),
-        },
+        "status" => {
+            let (mut json, mut url) = (false, None);
+            let mut i = 0;
+            while i < opts.len() {
+                match opts[i] {
+                    "--json" => json = true,
+                    "--url" => {
+                        let v = opts
+                            .get(i + 1)
+                            .ok_or_else(|| usage_error("status: --url needs http://HOST:PORT".into()))?;
+                        url = Some(v.to_string());
+                        i += 1;
+                    }
+                    o => match o.strip_prefix("--url=") {
+                        Some(v) => url = Some(v.to_string()),
+                        None => return Err(bad(o)),
+                    },
+                }
+                i += 1;
+            }
+            Command::Status { json, url }
+        }
         "demo" => match opts {
             [] => Command::Demo { keep: false },
             ["--keep"] => Command::Demo { keep: true },
@@ -330,8 +350,18 @@ mod tests {
         );
         assert_eq!(
             p(&["status", "--json"]).expect("ok").command,
-            Command::Status { json: true }
+            Command::Status { json: true, url: None }
         );
+        assert_eq!(
+            p(&["status", "--url", "http://127.0.0.1:1", "--json"])
+                .expect("ok")
+                .command,
+            Command::Status {
+                json: true,
+                url: Some("http://127.0.0.1:1".into())
+            }
+        );
+        assert!(p(&["status", "--url"]).is_err());
         assert_eq!(
             p(&["quarantine", "retry", "3", "4"]).expect("ok").command,
             Command::Quarantine(QuarantineCmd::Retry { ids: vec![3, 4] })

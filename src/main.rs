@@ -61,6 +61,19 @@ fn run(args: &[String]) -> Result<ExitCode> {
         _ => {}
     }
     let (map, file_warnings) = config::load_variables(cli.env_file.as_deref()).map_err(Error::Usage)?;
+    // `status` reads STATUS_BIND alone (or none, with --url): a monitoring user needs no password.
+    if let Command::Status { json, url } = &cli.command {
+        let bind = match url {
+            Some(u) => Some(status::url_addr(u)?),
+            None => config::status_bind(&map)?,
+        };
+        logging::init(log::LevelFilter::Warn, None)?;
+        return Ok(match status::print_status(bind, *json)? {
+            StatusOutcome::Shown => ExitCode::SUCCESS,
+            StatusOutcome::NoDaemon => ExitCode::from(1),
+            StatusOutcome::Off => ExitCode::from(2),
+        });
+    }
     let cfg = Config::from_map(&map)?;
     // Only the sync itself writes the log file: `status` or `check-config` run by an operator from any
     // directory must not create or write the daemon's log.
@@ -98,16 +111,13 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => Ok(success_or_1(check::command(&cfg)? == check::Outcome::BothConnected)),
-        Command::Status { json } => Ok(match status::print_status(&cfg, json)? {
-            StatusOutcome::Shown => ExitCode::SUCCESS,
-            StatusOutcome::NoDaemon => ExitCode::from(1),
-            StatusOutcome::Off => ExitCode::from(2),
-        }),
         Command::Mcp { allow_writes } => mcp::serve(&cfg, allow_writes),
         Command::Quarantine(cmd) => {
             quarantine::command(&cfg, &cmd)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Help(_) | Command::Version | Command::Demo { .. } => unreachable!("handled above"),
+        Command::Help(_) | Command::Version | Command::Demo { .. } | Command::Status { .. } => {
+            unreachable!("handled above")
+        }
     }
 }

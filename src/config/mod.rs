@@ -216,6 +216,15 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// STATUS_BIND alone, for `sync-process status`, which needs nothing else (no database variable, no
+/// password): None when it is set empty (the status server is off).
+pub fn status_bind(map: &BTreeMap<String, String>) -> Result<Option<SocketAddr>, ConfigErrors> {
+    let mut r = read::Reader::new(map);
+    let bind = read::status_bind(&mut r);
+    r.finish()?;
+    Ok(bind)
+}
+
 impl Config {
     /// Checks a map of variables. Returns the config, or every problem at once (in the order of the contract).
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {

@@ -265,9 +265,9 @@ pub(super) struct StatusAndAlerts {
     pub alert_webhook_routing_key: Option<Secret>,
 }
 
-pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
-    let status_bind = r
-        .off_when_empty("STATUS_BIND")
+/// STATUS_BIND alone (None: set empty, off). Also all that `sync-process status` reads.
+pub(super) fn status_bind(r: &mut Reader<'_>) -> Option<SocketAddr> {
+    r.off_when_empty("STATUS_BIND")
         .and_then(|v| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -278,7 +278,11 @@ pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
                 r.err("STATUS_BIND", msg);
                 None
             }
-        });
+        })
+}
+
+pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
+    let status_bind = status_bind(r);
     let status_allowed_hosts = allowed_hosts(r);
     let sync_log_retention_days = r.int::<u32>("SYNC_LOG_RETENTION_DAYS", 1, 36_500);
     let queue_alert_threshold = r.int::<u64>("QUEUE_ALERT_THRESHOLD", 1, u64::MAX / 2);

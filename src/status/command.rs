@@ -5,11 +5,10 @@
 //! Does not own: the server (server.rs) or the exit codes (main.rs).
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How long `sync-process status` waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -38,9 +37,28 @@ pub enum StatusOutcome {
 pub const STATUS_OFF: &str =
     "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:17461)";
 
-/// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
-pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
-    let Some(bind) = cfg.status_bind else {
+/// The server `--url` names: `http://HOST:PORT` (a trailing `/` is fine) or `HOST:PORT`.
+pub fn url_addr(url: &str) -> Result<SocketAddr> {
+    let bad = |why: &str| Error::Usage(format!("status --url {url:?}: {why} (accepted: http://HOST:PORT)"));
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(bad("only http:// (the status server speaks plain HTTP)"));
+    }
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains('/') {
+        return Err(bad("no path: the command asks /status itself"));
+    }
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("not a reachable HOST:PORT ({e})")))?
+        .next()
+        .ok_or_else(|| bad("the host name has no address"))
+}
+
+/// `sync-process status [--json]`: GET /status from the running daemon at `bind` (STATUS_BIND, or `--url`)
+/// and print it; why not, on stderr. Needs no other configuration.
+pub fn print_status(bind: Option<SocketAddr>, json: bool) -> Result<StatusOutcome> {
+    let Some(bind) = bind else {
         eprintln!("{STATUS_OFF}");
         return Ok(StatusOutcome::Off);
     };

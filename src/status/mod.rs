@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::report::SyncCycleResult;
 
-pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
+pub use command::{client_addr, daemon_get, fetch_status, human, print_status, url_addr, StatusOutcome, STATUS_OFF};
 pub use fresh::{Fresh, Measured, FRESH_DEADLINE, FRESH_SQL};
 pub use history::{lock_history, unix_ms_of, CycleEntry, History, SharedHistory, HISTORY_LEN};
 pub use listener::{StatusListener, BIND_ATTEMPTS_UNDER_SYSTEMD};

@@ -1,12 +1,13 @@
 //! STATUS_BIND on a port that is taken: the daemon keeps syncing, says so once, tries again each interval and
 //! serves as soon as the port is free; under systemd (NOTIFY_SOCKET) it gives up after
-//! `BIND_ATTEMPTS_UNDER_SYSTEMD` attempts and exits 1, so the failure shows and systemd restarts it.
+//! `BIND_ATTEMPTS_UNDER_SYSTEMD` attempts and exits 1, so the failure shows and systemd restarts it. And the
+//! `status` command, which needs STATUS_BIND alone (or `--url`).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use crate::support::daemon::Daemon;
+use crate::support::daemon::{run_command, Daemon};
 use crate::support::pg::{env_map, DbPair};
 use crate::support::{unique_temp_dir, wait_until};
 use sync_process::status::BIND_ATTEMPTS_UNDER_SYSTEMD;
@@ -103,4 +104,51 @@ fn under_systemd_a_port_that_stays_taken_ends_the_daemon_with_exit_1() {
         "systemd was not told: {told:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sync-process status` reads STATUS_BIND alone (or `--url`): a monitoring user without the env file and
+/// its passwords can ask the daemon.
+#[test]
+fn status_needs_only_status_bind_or_url() {
+    let pair = DbPair::new();
+    let (holder, port) = taken_port();
+    drop(holder);
+    let mut daemon = Daemon::spawn(&["run"], &env_with_status(&pair, port));
+    assert!(
+        wait_until(Duration::from_secs(60), || healthz(port)),
+        "the daemon's status server did not come up"
+    );
+    let only_bind: BTreeMap<String, String> = [("STATUS_BIND".to_string(), format!("127.0.0.1:{port}"))].into();
+    let out = run_command(&["status", "--json"], &only_bind);
+    assert!(out.status.success(), "status with STATUS_BIND alone: {}", out.stderr);
+    assert!(out.stdout.contains("\"isRunning\":true"), "{}", out.stdout);
+    assert!(
+        !out.stderr.contains("not set"),
+        "asked for other variables: {}",
+        out.stderr
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = run_command(&["status", "--url", &url], &BTreeMap::new());
+    assert!(
+        out.status.success(),
+        "status --url with no variable at all: {}",
+        out.stderr
+    );
+    assert!(out.stdout.contains(&format!("127.0.0.1:{port}")), "{}", out.stdout);
+    let out = run_command(&["status", "--url", "https://127.0.0.1:1"], &BTreeMap::new());
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("accepted: http://HOST:PORT"), "{}", out.stderr);
+    // A bad STATUS_BIND is still named; nothing else is asked for.
+    let bad: BTreeMap<String, String> = [("STATUS_BIND".to_string(), "nonsense".to_string())].into();
+    let out = run_command(&["status"], &bad);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("STATUS_BIND") && !out.stderr.contains("POSTGRES_"),
+        "{}",
+        out.stderr
+    );
+    daemon.signal("TERM");
+    assert!(daemon
+        .wait_timeout(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
 }
