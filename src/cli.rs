@@ -44,10 +44,11 @@ pub enum QuarantineCmd {
     Retry {
         ids: Vec<i64>,
     },
-    /// Delete readings for good: these ids, or all with `all`.
+    /// Delete readings for good: these ids, or all with `all` (confirmed on a terminal, or by `yes`).
     Discard {
         ids: Vec<i64>,
         all: bool,
+        yes: bool,
     },
 }
 
@@ -69,7 +70,7 @@ Commands:
   migrate        create or upgrade the local and remote schemas (idempotent) [--dry-run] [--local-only|--remote-only]
   status         the running daemon's status, from STATUS_BIND or --url alone [--json] [--url URL]
   check-config   validate the configuration, print it (passwords redacted), test both connections
-  quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all
+  quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all [--yes]
   demo           throwaway local and remote PostgreSQL servers, seeded and syncing [--keep]
   mcp            a Model Context Protocol server on stdin/stdout for AI assistants [--allow-writes]
 
@@ -135,12 +136,13 @@ and tests both database connections (exit 1 if one is unreachable).
             "\
 Usage: sync-process [--env-file PATH] quarantine list [--json]
        sync-process [--env-file PATH] quarantine retry [ID...]
-       sync-process [--env-file PATH] quarantine discard ID... | --all
+       sync-process [--env-file PATH] quarantine discard ID... | --all [--yes]
 
 Readings the remote rejected for a data reason are kept locally in sync_quarantine.
   list     show them with the error the remote gave
   retry    put them (all, or the given ids) back in the upload queue
-  discard  delete the given ones (or --all) for good
+  discard  delete the given ones (or --all) for good; --all asks first on a terminal, and without a
+           terminal (a script) needs --yes
 "
         }
         "demo" => {
@@ -307,6 +309,12 @@ fn parse_quarantine(opts: &[&str]) -> Result<QuarantineCmd, Error> {
         ["discard", "--all"] => Ok(QuarantineCmd::Discard {
             ids: Vec::new(),
             all: true,
+            yes: false,
+        }),
+        ["discard", "--all", "--yes"] | ["discard", "--yes", "--all"] => Ok(QuarantineCmd::Discard {
+            ids: Vec::new(),
+            all: true,
+            yes: true,
         }),
         ["discard"] => Err(usage_error(
             "quarantine discard: give the ids to discard, or --all".into(),
@@ -314,6 +322,7 @@ fn parse_quarantine(opts: &[&str]) -> Result<QuarantineCmd, Error> {
         ["discard", rest @ ..] => Ok(QuarantineCmd::Discard {
             ids: ids(rest)?,
             all: false,
+            yes: false,
         }),
         _ => Err(usage_error(
             "quarantine: expected list [--json], retry [ID...] or discard ID...|--all".into(),

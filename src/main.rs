@@ -14,13 +14,17 @@ use sync_process::{check, demo, logging, mcp, migrate, output, quarantine, sched
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let mut daemon = false;
+    match run(&args, &mut daemon) {
         Ok(code) => code,
-        Err(e) => {
+        // The daemon's last word is a log line (journald, LOG_FILE); a command's error is for the person who
+        // typed it: one `sync-process: ...` line on stderr.
+        Err(e) if daemon && logging::is_initialized() => {
             log::error!("{e}");
-            if !logging::is_initialized() {
-                eprintln!("sync-process: {e}");
-            }
+            exit_code(&e)
+        }
+        Err(e) => {
+            eprintln!("sync-process: {e}");
             exit_code(&e)
         }
     }
@@ -42,7 +46,8 @@ fn success_or_1(ok: bool) -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode> {
+/// Runs the command; `daemon` is set once the command is `run` (errors then go to the log).
+fn run(args: &[String], daemon: &mut bool) -> Result<ExitCode> {
     let cli = cli::parse(args)?;
     match cli.command {
         Command::Help(text) => {
@@ -92,6 +97,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
 
     match cli.command {
         Command::Run => {
+            *daemon = true;
             log::info!(
                 "sync-process {} starting; configuration:\n{}",
                 env!("CARGO_PKG_VERSION"),

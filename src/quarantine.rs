@@ -15,9 +15,11 @@ use crate::db::{ConnectionManager, Database};
 use crate::error::{Error, Result, Side};
 use crate::shutdown::Shutdown;
 
-/// One quarantined reading, as `quarantine list --json` prints it. Values are PostgreSQL's text forms
-/// (exact); `metadata` is the JSON text (or null for SQL NULL).
+/// One quarantined reading, as `quarantine list --json` prints it: keys in camelCase like /status and the
+/// cycle result. Values are PostgreSQL's text forms (exact); `metadata` is the JSON text (or null for SQL
+/// NULL); `quarantinedAt` is RFC 3339 UTC with milliseconds, the one time format of the logs and /status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QuarantinedReading {
     pub id: i64,
     pub meter_id: String,
@@ -35,10 +37,10 @@ pub fn list(db: &Database) -> Result<Vec<QuarantinedReading>> {
     let mut c = db.try_get()?;
     let rows = c
         .query_typed(
-            "SELECT id, meter_id, timestamp::text AS ts_text, value::text AS value_text, unit,
+            r#"SELECT id, meter_id, timestamp::text AS ts_text, value::text AS value_text, unit,
                     metadata::text AS metadata_text, error, sqlstate,
-                    to_char(quarantined_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS at_text
-             FROM sync_quarantine ORDER BY id",
+                    to_char(quarantined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at_text
+             FROM sync_quarantine ORDER BY id"#,
             &[],
         )
         .map_err(|e| db.err("listing quarantined readings", e))?;
@@ -234,13 +236,38 @@ pub fn command(cfg: &Config, cmd: &QuarantineCmd) -> Result<()> {
             log::info!("quarantine: {n} reading(s) moved back to the upload queue");
             crate::output::println(&format!("{n} reading(s) moved back to the upload queue"))?;
         }
-        QuarantineCmd::Discard { ids, all } => {
+        QuarantineCmd::Discard { ids, all, yes } => {
+            if *all && !*yes && !confirm_discard_all(list(db)?.len())? {
+                crate::output::println("nothing discarded")?;
+                return Ok(());
+            }
             let n = discard(db, ids, *all)?;
             log::info!("quarantine: {n} reading(s) discarded");
             crate::output::println(&format!("{n} reading(s) discarded"))?;
         }
     }
     Ok(())
+}
+
+/// `discard --all` without `--yes`: asks on a terminal (stderr, then a line from stdin); without one (a
+/// script, a pipe) refuses with a usage error, since nobody could have meant it unseen.
+fn confirm_discard_all(n: usize) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "quarantine discard --all deletes all {n} quarantined reading(s) for good: add --yes to confirm \
+             (stdin is not a terminal, so it cannot ask)"
+        )));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "Delete all {n} quarantined reading(s) for good? [y/N] ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("reading the answer from stdin", e))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 #[cfg(test)]
