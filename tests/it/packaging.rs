@@ -56,6 +56,28 @@ fn demo_syncs_readings_and_ctrl_c_removes_everything() {
         "the banner says how to connect:\n{stdout}"
     );
     assert!(stdout.contains("/status"), "the banner names the status URL:\n{stdout}");
+    // The banner hands over the demo's variables for other commands, which work while it runs.
+    let env_file = dirs[0].join("sync-process-demo.env");
+    assert!(
+        stdout.contains(&format!("--env-file {} quarantine list", env_file.display())),
+        "{stdout}"
+    );
+    let out = crate::support::daemon::run_command(
+        &["--env-file", &env_file.display().to_string(), "quarantine", "list"],
+        &BTreeMap::new(),
+    );
+    assert!(
+        out.status.success(),
+        "quarantine list with the demo's env file: {}",
+        out.stderr
+    );
+    let url = stdout
+        .split("status --url ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a status --url line");
+    let out = crate::support::daemon::run_command(&["status", "--url", url], &BTreeMap::new());
+    assert!(out.status.success(), "status --url {url}: {}", out.stderr);
 
     demo.signal("INT");
     let status = demo.wait_timeout(Duration::from_secs(20));
