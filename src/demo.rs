@@ -77,7 +77,8 @@ pub fn run(keep: bool) -> Result<()> {
             "Other commands against this demo, in another terminal while it runs:\n      \
              sync-process status --url http://{HOST}:{status_port}\n      \
              sync-process --env-file {f} quarantine list\n      \
-             sync-process --env-file {f} check-config\n\
+             sync-process --env-file {f} check-config\n      \
+             sync-process --env-file {f} mcp            (an MCP server on stdin/stdout, read-only)\n\
              ({f} holds the demo's variables; paste it into your own env file to try others.)\n",
             f = env_file.display()
         ),
