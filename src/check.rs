@@ -22,23 +22,25 @@ pub enum Outcome {
 
 /// Prints the configuration summary and tests both connections (each bounded in time, one attempt).
 pub fn command(cfg: &Config) -> Result<Outcome> {
-    println!("{}", cfg.summary());
+    crate::output::println(&cfg.summary())?;
     let conns = ConnectionManager::new(cfg, Shutdown::new())?;
     let mut outcome = Outcome::BothConnected;
     for side in [Side::Local, Side::Remote] {
         match conns.test(side) {
             Ok(()) => {
-                println!("{side} database {}: connected", conns.db(side).target());
+                crate::output::println(&format!("{side} database {}: connected", conns.db(side).target()))?;
                 if side == Side::Remote {
                     match UploadSyncManager::new(&conns, cfg).id_capacity_warning() {
-                        Ok(Some(warning)) => println!("{warning}"),
+                        Ok(Some(warning)) => crate::output::println(&warning)?,
                         Ok(None) => {}
-                        Err(e) => println!("warning: the central id's capacity could not be checked: {e}"),
+                        Err(e) => crate::output::println(&format!(
+                            "warning: the central id's capacity could not be checked: {e}"
+                        ))?,
                     }
                 }
             }
             Err(e) => {
-                println!("{side} database: UNREACHABLE: {e}");
+                crate::output::println(&format!("{side} database: UNREACHABLE: {e}"))?;
                 outcome = Outcome::Unreachable;
             }
         }

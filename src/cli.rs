@@ -18,6 +18,8 @@ pub enum Command {
     },
     Status {
         json: bool,
+        /// `--url http://HOST:PORT`: ask this server instead of STATUS_BIND.
+        url: Option<String>,
     },
     CheckConfig,
     Quarantine(QuarantineCmd),
@@ -42,10 +44,11 @@ pub enum QuarantineCmd {
     Retry {
         ids: Vec<i64>,
     },
-    /// Delete readings for good: these ids, or all with `all`.
+    /// Delete readings for good: these ids, or all with `all` (confirmed on a terminal, or by `yes`).
     Discard {
         ids: Vec<i64>,
         all: bool,
+        yes: bool,
     },
 }
 
@@ -65,9 +68,9 @@ Commands:
   run            the daemon loop (the default): a sync cycle every SYNC_INTERVAL_SECONDS until SIGTERM
   once           one full cycle; prints its result as JSON on stdout; exit 0 if every part succeeded
   migrate        create or upgrade the local and remote schemas (idempotent) [--dry-run] [--local-only|--remote-only]
-  status         the running daemon's status, from STATUS_BIND [--json]
+  status         the running daemon's status, from STATUS_BIND or --url alone [--json] [--url URL]
   check-config   validate the configuration, print it (passwords redacted), test both connections
-  quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all
+  quarantine     readings the remote rejected: list [--json] | retry [ID...] | discard ID... | discard --all [--yes]
   demo           throwaway local and remote PostgreSQL servers, seeded and syncing [--keep]
   mcp            a Model Context Protocol server on stdin/stdout for AI assistants [--allow-writes]
 
@@ -114,10 +117,11 @@ tables IF NOT EXISTS plus the upload ledger). Idempotent; never drops or rewrite
         }
         "status" => {
             "\
-Usage: sync-process [--env-file PATH] status [--json]
+Usage: sync-process [--env-file PATH] status [--json] [--url http://HOST:PORT]
 
-Asks the running daemon (GET /status on STATUS_BIND) and prints its status for a person, or as JSON with
---json. Exit 1 when no daemon answers.
+Asks the running daemon (GET /status on STATUS_BIND, or on the server --url names) and prints its status
+for a person, or as JSON with --json. Reads no other variable: no database settings or passwords needed.
+Exit 1 when no daemon answers, 2 when STATUS_BIND is empty and no --url is given.
 "
         }
         "check-config" => {
@@ -132,12 +136,13 @@ and tests both database connections (exit 1 if one is unreachable).
             "\
 Usage: sync-process [--env-file PATH] quarantine list [--json]
        sync-process [--env-file PATH] quarantine retry [ID...]
-       sync-process [--env-file PATH] quarantine discard ID... | --all
+       sync-process [--env-file PATH] quarantine discard ID... | --all [--yes]
 
 Readings the remote rejected for a data reason are kept locally in sync_quarantine.
   list     show them with the error the remote gave
   retry    put them (all, or the given ids) back in the upload queue
-  discard  delete the given ones (or --all) for good
+  discard  delete the given ones (or --all) for good; --all asks first on a terminal, and without a
+           terminal (a script) needs --yes
 "
         }
         "demo" => {
@@ -250,11 +255,28 @@ pub fn parse(args: &[String]) -> Result<Cli, Error> {
                 remote: !local_only,
             }
         }
-        "status" => match opts {
-            [] => Command::Status { json: false },
-            ["--json"] => Command::Status { json: true },
-            [o, ..] => return Err(bad(if *o == "--json" { opts[1] } else { o })),
-        },
+        "status" => {
+            let (mut json, mut url) = (false, None);
+            let mut i = 0;
+            while i < opts.len() {
+                match opts[i] {
+                    "--json" => json = true,
+                    "--url" => {
+                        let v = opts
+                            .get(i + 1)
+                            .ok_or_else(|| usage_error("status: --url needs http://HOST:PORT".into()))?;
+                        url = Some(v.to_string());
+                        i += 1;
+                    }
+                    o => match o.strip_prefix("--url=") {
+                        Some(v) => url = Some(v.to_string()),
+                        None => return Err(bad(o)),
+                    },
+                }
+                i += 1;
+            }
+            Command::Status { json, url }
+        }
         "demo" => match opts {
             [] => Command::Demo { keep: false },
             ["--keep"] => Command::Demo { keep: true },
@@ -287,6 +309,12 @@ fn parse_quarantine(opts: &[&str]) -> Result<QuarantineCmd, Error> {
         ["discard", "--all"] => Ok(QuarantineCmd::Discard {
             ids: Vec::new(),
             all: true,
+            yes: false,
+        }),
+        ["discard", "--all", "--yes"] | ["discard", "--yes", "--all"] => Ok(QuarantineCmd::Discard {
+            ids: Vec::new(),
+            all: true,
+            yes: true,
         }),
         ["discard"] => Err(usage_error(
             "quarantine discard: give the ids to discard, or --all".into(),
@@ -294,6 +322,7 @@ fn parse_quarantine(opts: &[&str]) -> Result<QuarantineCmd, Error> {
         ["discard", rest @ ..] => Ok(QuarantineCmd::Discard {
             ids: ids(rest)?,
             all: false,
+            yes: false,
         }),
         _ => Err(usage_error(
             "quarantine: expected list [--json], retry [ID...] or discard ID...|--all".into(),
@@ -330,8 +359,18 @@ mod tests {
         );
         assert_eq!(
             p(&["status", "--json"]).expect("ok").command,
-            Command::Status { json: true }
+            Command::Status { json: true, url: None }
         );
+        assert_eq!(
+            p(&["status", "--url", "http://127.0.0.1:1", "--json"])
+                .expect("ok")
+                .command,
+            Command::Status {
+                json: true,
+                url: Some("http://127.0.0.1:1".into())
+            }
+        );
+        assert!(p(&["status", "--url"]).is_err());
         assert_eq!(
             p(&["quarantine", "retry", "3", "4"]).expect("ok").command,
             Command::Quarantine(QuarantineCmd::Retry { ids: vec![3, 4] })

@@ -70,7 +70,21 @@ pub fn run(keep: bool) -> Result<()> {
         migrate::migrate(&conns.remote, false)?;
     }
     seed_remote(&remote)?;
-    print_banner(&local, &remote, status_port);
+    // The variables for other commands against the demo (status, quarantine, check-config, run); 0600.
+    let env_file = local.data_dir().join(ENV_FILE_NAME);
+    let env_note = match write_env_file(&env_file, &vars) {
+        Ok(()) => format!(
+            "Other commands against this demo, in another terminal while it runs:\n      \
+             sync-process status --url http://{HOST}:{status_port}\n      \
+             sync-process --env-file {f} quarantine list\n      \
+             sync-process --env-file {f} check-config\n      \
+             sync-process --env-file {f} mcp            (an MCP server on stdin/stdout, read-only)\n\
+             ({f} holds the demo's variables; paste it into your own env file to try others.)\n",
+            f = env_file.display()
+        ),
+        Err(e) => format!("(could not write the demo's env file: {e})\n"),
+    };
+    print_banner(&local, &remote, status_port, &env_note);
 
     let result = if interrupted.load(Ordering::SeqCst) {
         say("interrupted during set-up: not starting the sync loop");
@@ -157,7 +171,10 @@ fn variables(local: &PgTemp, remote: &PgTemp, status_port: u16) -> BTreeMap<Stri
     .collect()
 }
 
-fn print_banner(local: &PgTemp, remote: &PgTemp, status_port: u16) {
+/// The demo's env file, in the local server's data dir (removed with it, kept with `--keep`).
+const ENV_FILE_NAME: &str = "sync-process-demo.env";
+
+fn print_banner(local: &PgTemp, remote: &PgTemp, status_port: u16, env_note: &str) {
     let server = |what: &str, s: &PgTemp, db: &str| {
         format!(
             "  {what} {HOST}:{} database {db}\n      data dir {}",
@@ -171,6 +188,7 @@ fn print_banner(local: &PgTemp, remote: &PgTemp, status_port: u16) {
          {}\n{}\n\
          Connect (no password needed):\n      {}\n      {}\n\
          Status: http://{HOST}:{status_port}/status   (also /history, /metrics and /healthz)\n\
+         {env_note}\
          The remote holds {METERS} meters and {TENANTS} tenants; about {} readings per second go into the local\n\
          queue; the daemon syncs every 2 s (its log is on stderr). Ctrl-C stops it and removes both servers.\n",
         server("local  (edge box, POSTGRES_SYNC_*):     ", local, LOCAL_DB),
@@ -188,7 +206,7 @@ fn hand_over(local: PgTemp, remote: PgTemp, vars: &BTreeMap<String, String>) {
     let (stop_local, stop_remote) = (local.stop_command(), remote.stop_command());
     let local_dir = local.keep();
     let remote_dir = remote.keep();
-    let env_file = local_dir.join("sync-process-demo.env");
+    let env_file = local_dir.join(ENV_FILE_NAME);
     let run_hint = match write_env_file(&env_file, vars) {
         Ok(()) => format!(
             "  run the daemon against them: sync-process --env-file {} run\n",
@@ -205,7 +223,7 @@ fn hand_over(local: PgTemp, remote: PgTemp, vars: &BTreeMap<String, String>) {
 }
 
 fn write_env_file(path: &PathBuf, vars: &BTreeMap<String, String>) -> Result<()> {
-    let mut text = String::from("# written by `sync-process demo --keep`: the demo's two throwaway servers\n");
+    let mut text = String::from("# written by `sync-process demo`: the demo's two throwaway servers\n");
     for (k, v) in vars {
         text.push_str(&format!("{k}={v}\n"));
     }

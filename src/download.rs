@@ -269,7 +269,19 @@ impl<'a> DownloadSyncManager<'a> {
                 (Ok(o), total)
             }
             Err(f) => {
-                log::error!("download of {} failed ({} error): {}", spec.table, f.kind, f.message);
+                // A stop requested during the download's retries is no failure (the scheduler reports it).
+                let level = if f.kind == Error::Shutdown.kind() {
+                    log::Level::Info
+                } else {
+                    log::Level::Error
+                };
+                log::log!(
+                    level,
+                    "download of {} failed ({} error): {}",
+                    spec.table,
+                    f.kind,
+                    f.message
+                );
                 let total = match local_rows {
                     Some(n) => n,
                     // One attempt, no backoff: this only fills in the report.

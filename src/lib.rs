@@ -3,6 +3,9 @@
 //! Readings flow up, exactly once (upload/); meters and tenants flow down, mirrored (download.rs); the
 //! scheduler runs cycles (scheduler.rs). ARCHITECTURE.md is the map.
 
+// stdout is written through output.rs only (a closed or full stdout must not panic, as println! does).
+#![deny(clippy::print_stdout)]
+
 pub mod alerts;
 pub mod check;
 pub mod cli;
@@ -15,6 +18,7 @@ pub mod jitter;
 pub mod logging;
 pub mod mcp;
 pub mod migrate;
+pub mod output;
 pub mod pgtemp;
 pub mod quarantine;
 pub mod report;

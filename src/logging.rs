@@ -1,7 +1,13 @@
-//! Logging: env_logger lines to stderr and, when LOG_FILE is set, the same lines to a rotating file.
+//! Logging: log lines to stderr and, when LOG_FILE is set, the same lines to a rotating file.
 //!
-//! Owns: the global logger ([`init`]) and [`RotatingFile`], the log file with rotation through the file-rotate
-//! crate: daily or at 100 MB, 30 rotated files kept, all but the newest rotated file gzip-compressed, files
+//! Owns: the global logger ([`init`]; env_logger's filter, our formatting), the two line formats, and
+//! [`RotatingFile`]. Lines are `[<UTC time, ms> <LEVEL> <module>] <message>`, except on stderr when stderr is
+//! journald's stream (`JOURNAL_STREAM` names stderr's device and inode, as systemd sets it for a service):
+//! then every line of a message starts with its syslog priority, `<3>` error, `<4>` warn, `<6>` info, `<7>`
+//! debug and trace, and carries no time (journald stamps each entry itself), so `journalctl -p warning` and
+//! priority-based alerting see the levels. The log file always has the timestamped format.
+//! [`RotatingFile`] is the log file with rotation through the file-rotate crate: daily or at 100 MB, 30
+//! rotated files kept, all but the newest rotated file gzip-compressed, files
 //! mode 0640, the directory created when missing. file-rotate 0.7 rotates on one limit only (its
 //! `ContentLimit` is either a size or a time), so the size limit is the crate's (`BytesSurpassed`, which cuts
 //! between writes and so between whole log lines) and the day change is ours: before a write on a new UTC day
@@ -26,6 +32,100 @@ use file_rotate::{ContentLimit, FileRotate};
 use crate::error::{Error, Result};
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// How lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StderrFormat {
+    /// `[time LEVEL module] message`, as in the log file.
+    Plain,
+    /// Syslog priority prefixes on every line, no time: stderr is journald's stream.
+    Journal,
+}
+
+/// [`StderrFormat::Journal`] when `journal_stream` (the value of JOURNAL_STREAM, `<dev>:<inode>`) names the
+/// file stderr is (systemd's rule: a child whose stderr was redirected inherits the variable, not the stream).
+pub fn stderr_format(journal_stream: Option<&str>) -> StderrFormat {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.trim().split_once(':')) else {
+        return StderrFormat::Plain;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return StderrFormat::Plain;
+    };
+    let stderr = io::stderr();
+    let meta = stderr
+        .as_fd()
+        .try_clone_to_owned()
+        .map(fs::File::from)
+        .and_then(|f| f.metadata());
+    match meta {
+        Ok(m) if m.dev() == dev && m.ino() == ino => StderrFormat::Journal,
+        _ => StderrFormat::Plain,
+    }
+}
+
+/// The syslog priority of a level (sd-daemon(3)'s SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG).
+pub fn priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// `[2026-12-01T22:01:53.467Z INFO  sync_process::scheduler] message`, with a newline.
+pub fn plain_line(time: SystemTime, level: log::Level, module: &str, message: &str) -> String {
+    format!(
+        "[{} {level:<5} {module}] {message}\n",
+        humantime::format_rfc3339_millis(time)
+    )
+}
+
+/// `<6>sync_process::scheduler: message`, each further line of the message with the same `<6>`.
+pub fn journal_line(level: log::Level, module: &str, message: &str) -> String {
+    let p = priority(level);
+    let mut out = String::with_capacity(message.len() + module.len() + 8);
+    for (i, line) in message.split('\n').enumerate() {
+        if i == 0 {
+            out.push_str(&format!("<{p}>{module}: {line}\n"));
+        } else {
+            out.push_str(&format!("<{p}>{line}\n"));
+        }
+    }
+    out
+}
+
+/// The global logger: env_logger's filter (LOG_LEVEL, the noisy crates), our two formats, the [`Tee`].
+struct Logger {
+    filter: env_logger::Logger,
+    format: StderrFormat,
+    tee: std::sync::Mutex<Tee>,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        let module = record.target();
+        let message = record.args().to_string();
+        let plain = plain_line(SystemTime::now(), record.level(), module, &message);
+        let journal = (self.format == StderrFormat::Journal).then(|| journal_line(record.level(), module, &message));
+        // A panic elsewhere while the lock was held must not silence the log.
+        let mut tee = self.tee.lock().unwrap_or_else(|e| e.into_inner());
+        tee.write_line(journal.as_deref().unwrap_or(&plain).as_bytes(), plain.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = io::stderr().flush();
+    }
+}
 
 /// Rotate when the file passes this size.
 pub const MAX_BYTES: usize = 100 * 1024 * 1024;
@@ -59,16 +159,21 @@ pub fn init(level: log::LevelFilter, file: Option<&Path>) -> Result<()> {
         },
     };
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level).format_timestamp_millis();
+    builder.filter_level(level);
     if level < log::LevelFilter::Trace {
         for module in NOISY {
             builder.filter_module(module, level.min(log::LevelFilter::Info));
         }
     }
-    builder.target(env_logger::Target::Pipe(Box::new(Tee { file, failing: false })));
-    builder
-        .try_init()
-        .map_err(|e| Error::Other(format!("installing the logger: {e}")))?;
+    let filter = builder.build();
+    let max = filter.filter();
+    let logger = Logger {
+        filter,
+        format: stderr_format(std::env::var("JOURNAL_STREAM").ok().as_deref()),
+        tee: std::sync::Mutex::new(Tee { file, failing: false }),
+    };
+    log::set_boxed_logger(Box::new(logger)).map_err(|e| Error::Other(format!("installing the logger: {e}")))?;
+    log::set_max_level(max);
     INITIALIZED.store(true, Ordering::SeqCst);
     if let Some(e) = problem {
         log::error!("{e}; logging to stderr only");
@@ -199,17 +304,18 @@ impl Write for RotatingFile {
     }
 }
 
-/// The logger's target: every line to stderr and to the file. Never fails and never panics (env_logger holds
-/// a lock around it that a panic would poison).
+/// The logger's target: every line to stderr and to the file. Never fails and never panics (the logger holds
+/// a lock around it).
 struct Tee {
     file: Option<RotatingFile>,
     /// The file is failing; reported once until it works again.
     failing: bool,
 }
 
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = io::stderr().write_all(buf);
+impl Tee {
+    /// `to_stderr` to stderr, `buf` to the file.
+    fn write_line(&mut self, to_stderr: &[u8], buf: &[u8]) {
+        let _ = io::stderr().write_all(to_stderr);
         if let Some(f) = &mut self.file {
             match catch_unwind(AssertUnwindSafe(|| f.write_on_day(buf, utc_day(SystemTime::now())))) {
                 Ok(Ok(())) => self.failing = false,
@@ -233,11 +339,36 @@ impl Write for Tee {
                 }
             }
         }
-        Ok(buf.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn plain_lines_keep_the_timestamped_format() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_626_513_467);
+        assert_eq!(
+            plain_line(t, log::Level::Info, "sync_process::scheduler", "cycle 7"),
+            "[2025-12-01T22:01:53.467Z INFO  sync_process::scheduler] cycle 7\n"
+        );
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        let _ = io::stderr().flush();
-        Ok(())
+    #[test]
+    fn journal_lines_carry_the_priority_on_every_line() {
+        assert_eq!(journal_line(log::Level::Error, "m", "a"), "<3>m: a\n");
+        assert_eq!(journal_line(log::Level::Warn, "m", "a\nb"), "<4>m: a\n<4>b\n");
+        assert_eq!(journal_line(log::Level::Debug, "m", "a"), "<7>m: a\n");
+        assert_eq!(journal_line(log::Level::Trace, "m", "a"), "<7>m: a\n");
+        assert_eq!(priority(log::Level::Info), 6);
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        assert_eq!(stderr_format(None), StderrFormat::Plain);
+        assert_eq!(stderr_format(Some("not-a-pair")), StderrFormat::Plain);
+        assert_eq!(stderr_format(Some("0:0")), StderrFormat::Plain);
     }
 }

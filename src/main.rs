@@ -2,23 +2,29 @@
 //! the work. The only place where errors and outcomes become exit codes: 0 ok, 1 runtime failure, 2
 //! configuration or usage error.
 
+#![deny(clippy::print_stdout)] // stdout through sync_process::output only (no panic on EPIPE)
+
 use std::process::ExitCode;
 
 use sync_process::cli::{self, Command};
 use sync_process::config::{self, Config};
 use sync_process::error::{Error, Result};
 use sync_process::status::{self, StatusOutcome};
-use sync_process::{check, demo, logging, mcp, migrate, quarantine, scheduler};
+use sync_process::{check, demo, logging, mcp, migrate, output, quarantine, scheduler};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let mut daemon = false;
+    match run(&args, &mut daemon) {
         Ok(code) => code,
-        Err(e) => {
+        // The daemon's last word is a log line (journald, LOG_FILE); a command's error is for the person who
+        // typed it: one `sync-process: ...` line on stderr.
+        Err(e) if daemon && logging::is_initialized() => {
             log::error!("{e}");
-            if !logging::is_initialized() {
-                eprintln!("sync-process: {e}");
-            }
+            exit_code(&e)
+        }
+        Err(e) => {
+            eprintln!("sync-process: {e}");
             exit_code(&e)
         }
     }
@@ -40,15 +46,16 @@ fn success_or_1(ok: bool) -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode> {
+/// Runs the command; `daemon` is set once the command is `run` (errors then go to the log).
+fn run(args: &[String], daemon: &mut bool) -> Result<ExitCode> {
     let cli = cli::parse(args)?;
     match cli.command {
         Command::Help(text) => {
-            print!("{text}");
+            output::print(&text)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Version => {
-            println!("sync-process {}", env!("CARGO_PKG_VERSION"));
+            output::println(&format!("sync-process {}", env!("CARGO_PKG_VERSION")))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Demo { keep } => {
@@ -59,6 +66,19 @@ fn run(args: &[String]) -> Result<ExitCode> {
         _ => {}
     }
     let (map, file_warnings) = config::load_variables(cli.env_file.as_deref()).map_err(Error::Usage)?;
+    // `status` reads STATUS_BIND alone (or none, with --url): a monitoring user needs no password.
+    if let Command::Status { json, url } = &cli.command {
+        let bind = match url {
+            Some(u) => Some(status::url_addr(u)?),
+            None => config::status_bind(&map)?,
+        };
+        logging::init(log::LevelFilter::Warn, None)?;
+        return Ok(match status::print_status(bind, *json)? {
+            StatusOutcome::Shown => ExitCode::SUCCESS,
+            StatusOutcome::NoDaemon => ExitCode::from(1),
+            StatusOutcome::Off => ExitCode::from(2),
+        });
+    }
     let cfg = Config::from_map(&map)?;
     // Only the sync itself writes the log file: `status` or `check-config` run by an operator from any
     // directory must not create or write the daemon's log.
@@ -77,6 +97,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
 
     match cli.command {
         Command::Run => {
+            *daemon = true;
             log::info!(
                 "sync-process {} starting; configuration:\n{}",
                 env!("CARGO_PKG_VERSION"),
@@ -88,7 +109,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         Command::Once => {
             let result = scheduler::run_once(&cfg)?;
             let json = serde_json::to_string(&result).map_err(|e| Error::Other(format!("encoding the result: {e}")))?;
-            println!("{json}");
+            output::println(&json)?;
             Ok(success_or_1(result.success))
         }
         Command::Migrate { dry_run, local, remote } => {
@@ -96,16 +117,13 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => Ok(success_or_1(check::command(&cfg)? == check::Outcome::BothConnected)),
-        Command::Status { json } => Ok(match status::print_status(&cfg, json)? {
-            StatusOutcome::Shown => ExitCode::SUCCESS,
-            StatusOutcome::NoDaemon => ExitCode::from(1),
-            StatusOutcome::Off => ExitCode::from(2),
-        }),
         Command::Mcp { allow_writes } => mcp::serve(&cfg, allow_writes),
         Command::Quarantine(cmd) => {
             quarantine::command(&cfg, &cmd)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Help(_) | Command::Version | Command::Demo { .. } => unreachable!("handled above"),
+        Command::Help(_) | Command::Version | Command::Demo { .. } | Command::Status { .. } => {
+            unreachable!("handled above")
+        }
     }
 }

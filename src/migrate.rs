@@ -153,9 +153,9 @@ pub fn command(cfg: &crate::config::Config, dry_run: bool, local: bool, remote: 
         let done = migrate(database, dry_run)?;
         let verb = if dry_run { "would apply" } else { "applied" };
         if done.is_empty() {
-            println!("{side} {}: up to date", database.target());
+            crate::output::println(&format!("{side} {}: up to date", database.target()))?;
         } else {
-            println!("{side} {}: {verb} {}", database.target(), done.join(", "));
+            crate::output::println(&format!("{side} {}: {verb} {}", database.target(), done.join(", ")))?;
         }
     }
     Ok(())

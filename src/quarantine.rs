@@ -15,9 +15,14 @@ use crate::db::{ConnectionManager, Database};
 use crate::error::{Error, Result, Side};
 use crate::shutdown::Shutdown;
 
-/// One quarantined reading, as `quarantine list --json` prints it. Values are PostgreSQL's text forms
-/// (exact); `metadata` is the JSON text (or null for SQL NULL).
+/// quarantined_at as RFC 3339 UTC with milliseconds (`2026-12-01T22:01:53.467Z`), like the logs and /status.
+const AT_TEXT: &str = r#"to_char(quarantined_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#;
+
+/// One quarantined reading, as `quarantine list --json` prints it: keys in camelCase like /status and the
+/// cycle result. Values are PostgreSQL's text forms (exact); `metadata` is the JSON text (or null for SQL
+/// NULL); `quarantinedAt` is RFC 3339 UTC with milliseconds, the one time format of the logs and /status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QuarantinedReading {
     pub id: i64,
     pub meter_id: String,
@@ -35,10 +40,11 @@ pub fn list(db: &Database) -> Result<Vec<QuarantinedReading>> {
     let mut c = db.try_get()?;
     let rows = c
         .query_typed(
-            "SELECT id, meter_id, timestamp::text AS ts_text, value::text AS value_text, unit,
-                    metadata::text AS metadata_text, error, sqlstate,
-                    to_char(quarantined_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS at_text
-             FROM sync_quarantine ORDER BY id",
+            &format!(
+                "SELECT id, meter_id, timestamp::text AS ts_text, value::text AS value_text, unit,
+                        metadata::text AS metadata_text, error, sqlstate, {AT_TEXT} AS at_text
+                 FROM sync_quarantine ORDER BY id"
+            ),
             &[],
         )
         .map_err(|e| db.err("listing quarantined readings", e))?;
@@ -61,7 +67,7 @@ fn from_row(r: &postgres::Row) -> QuarantinedReading {
 }
 
 /// A bounded look for tools that must never carry whole payloads: the first `limit` (at least 1) quarantined
-/// readings by id, with the texts (`meter_id`, `value`, `unit`, `metadata`, `error`) cut to at most
+/// readings by id, with the texts (`meterId`, `value`, `unit`, `metadata`, `error`) cut to at most
 /// `max_chars` (at least 4) characters in the database, so a big payload never leaves it (a cut text ends in
 /// "..."), and how many readings are quarantined in all.
 pub fn list_preview(db: &Database, limit: i64, max_chars: i32) -> Result<(Vec<QuarantinedReading>, u64)> {
@@ -69,7 +75,7 @@ pub fn list_preview(db: &Database, limit: i64, max_chars: i32) -> Result<(Vec<Qu
         |expr: &str| format!("CASE WHEN char_length({expr}) > $2 THEN left({expr}, $2 - 3) || '...' ELSE {expr} END");
     let sql = format!(
         "SELECT id, {meter}, timestamp::text AS ts_text, {value}, {unit}, {metadata}, {error}, sqlstate,
-                to_char(quarantined_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS at_text,
+                {AT_TEXT} AS at_text,
                 (SELECT count(*) FROM sync_quarantine) AS total
          FROM sync_quarantine ORDER BY id LIMIT $1",
         meter = cut("meter_id::text"),
@@ -224,23 +230,48 @@ pub fn command(cfg: &Config, cmd: &QuarantineCmd) -> Result<()> {
             if *json {
                 let text = serde_json::to_string_pretty(&rows)
                     .map_err(|e| Error::Other(format!("encoding the quarantine list: {e}")))?;
-                println!("{text}");
+                crate::output::println(&text)?;
             } else {
-                print!("{}", format_table(&rows));
+                crate::output::print(&format_table(&rows))?;
             }
         }
         QuarantineCmd::Retry { ids } => {
             let n = retry(db, ids)?;
             log::info!("quarantine: {n} reading(s) moved back to the upload queue");
-            println!("{n} reading(s) moved back to the upload queue");
+            crate::output::println(&format!("{n} reading(s) moved back to the upload queue"))?;
         }
-        QuarantineCmd::Discard { ids, all } => {
+        QuarantineCmd::Discard { ids, all, yes } => {
+            if *all && !*yes && !confirm_discard_all(list(db)?.len())? {
+                crate::output::println("nothing discarded")?;
+                return Ok(());
+            }
             let n = discard(db, ids, *all)?;
             log::info!("quarantine: {n} reading(s) discarded");
-            println!("{n} reading(s) discarded");
+            crate::output::println(&format!("{n} reading(s) discarded"))?;
         }
     }
     Ok(())
+}
+
+/// `discard --all` without `--yes`: asks on a terminal (stderr, then a line from stdin); without one (a
+/// script, a pipe) refuses with a usage error, since nobody could have meant it unseen.
+fn confirm_discard_all(n: usize) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "quarantine discard --all deletes all {n} quarantined reading(s) for good: add --yes to confirm \
+             (stdin is not a terminal, so it cannot ask)"
+        )));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "Delete all {n} quarantined reading(s) for good? [y/N] ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("reading the answer from stdin", e))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 #[cfg(test)]
@@ -257,7 +288,7 @@ mod tests {
             metadata: None,
             error: err.into(),
             sqlstate: Some("23514".into()),
-            quarantined_at: "2024-01-02 00:00:00 UTC".into(),
+            quarantined_at: "2024-01-02T00:00:00.000Z".into(),
         }
     }
 

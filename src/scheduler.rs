@@ -29,8 +29,8 @@ use crate::report::{
 };
 use crate::shutdown::Shutdown;
 use crate::signals::SignalThread;
-use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusServer};
-use crate::systemd::{release_free_memory, sd_notify, watchdog_period};
+use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusListener, StatusServer};
+use crate::systemd::{release_free_memory, sd_notify, systemd_status, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
 
 /// What wakes the main loop.
@@ -46,6 +46,8 @@ pub enum Event {
 pub const UNLIMITED_BUDGET: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Key of the cross-process cycle lock ([`LockKey::Cycle`]).
 pub const CYCLE_LOCK_KEY: (i32, i32) = LockKey::Cycle.pair();
+/// The error of a part not run because a stop was requested.
+const STOPPING: &str = "not run: shutting down";
 /// sync_logs pruning period.
 const SYNC_LOGS_PRUNE_EVERY: Duration = Duration::from_secs(86_400);
 /// Longest error text stored in sync_logs.
@@ -264,6 +266,11 @@ impl Service {
                 log::info!("{why}");
                 return CycleOutcome::Skipped(why);
             }
+            // A stop requested while the local database is down is not a failed cycle.
+            LockAttempt::Failed(Error::Shutdown) => {
+                log::info!("sync cycle not run: shutting down");
+                return CycleOutcome::Skipped("not run: a signal asked this process to stop".into());
+            }
             LockAttempt::Failed(e) => {
                 self.cycles += 1;
                 let why = format!("the cycle lock could not be taken: {e}");
@@ -317,20 +324,24 @@ impl Service {
         };
         let upload_result = run_isolated("the upload", || upload.sync_readings(budget)).unwrap_or_else(failed_upload);
         let download = DownloadSyncManager::new(&self.conns, &self.cfg);
-        let meter_result =
-            run_isolated("the meter download", || download.sync_meter_configurations()).unwrap_or_else(|error| {
-                MeterSyncResult {
-                    error: Some(error),
-                    ..Default::default()
-                }
-            });
-        let tenant_result =
-            run_isolated("the tenant download", || download.sync_tenant_data()).unwrap_or_else(|error| {
-                TenantSyncResult {
-                    error: Some(error),
-                    ..Default::default()
-                }
-            });
+        // After a stop request no part starts (the batch in flight was the upload's to finish).
+        let stopping = || self.conns.shutdown.is_requested().then(|| STOPPING.to_string());
+        let meter_result = match stopping() {
+            Some(error) => Err(error),
+            None => run_isolated("the meter download", || download.sync_meter_configurations()),
+        }
+        .unwrap_or_else(|error| MeterSyncResult {
+            error: Some(error),
+            ..Default::default()
+        });
+        let tenant_result = match stopping() {
+            Some(error) => Err(error),
+            None => run_isolated("the tenant download", || download.sync_tenant_data()),
+        }
+        .unwrap_or_else(|error| TenantSyncResult {
+            error: Some(error),
+            ..Default::default()
+        });
 
         let backlog = upload_result.backlog_remains;
         let result = SyncCycleResult {
@@ -341,7 +352,11 @@ impl Service {
             total_duration: duration_ms(started.elapsed()),
             timestamp,
         };
+        // A stop requested during the cycle is no failure to alarm about: what it cut short is reported at
+        // info (a part's own error line, logged by the part, keeps its level).
+        let stopping = self.conns.shutdown.is_requested();
         for (level, line) in cycle_result_lines(n, &result) {
+            let level = if stopping { level.max(log::Level::Info) } else { level };
             log::log!(level, "{line}");
         }
         (result, backlog)
@@ -655,16 +670,15 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     })?;
     let mut service = Service::new(cfg, shutdown.clone(), true)?;
     service.set_running(true);
-    let status_server = match cfg.status_bind {
-        Some(bind) => match StatusServer::start(bind, service.snapshot(), service.history(), Some(cfg)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("{e}; running without the status server");
-                None
-            }
-        },
-        None => None,
-    };
+    // A taken STATUS_BIND is tried again each interval; under systemd (Type=notify) a status server that never
+    // binds ends the daemon (see StatusListener).
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let (snapshot, history) = (service.snapshot(), service.history());
+    let mut status_server = cfg.status_bind.map(|bind| {
+        StatusListener::new(bind, under_systemd, move || {
+            StatusServer::start(bind, snapshot.clone(), history.clone(), Some(cfg))
+        })
+    });
     let mut ticker = Ticker::new(cfg.sync_interval, cfg.jitter_percent);
     let mut tick = ticker.channel();
     let watchdog = watchdog_period()
@@ -672,12 +686,13 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
         .unwrap_or_else(crossbeam_channel::never);
     // The drain gives way to the downloads at least once per interval; the next cycle then continues it.
     let budget = cfg.sync_interval.max(Duration::from_secs(1));
-    sd_notify("READY=1");
+    sd_notify("READY=1\nSTATUS=running: first cycle");
     log::info!(
         "sync-process running: a cycle every {}s; SIGTERM or SIGINT stops it",
         cfg.sync_interval.as_secs()
     );
     let mut run_now = false;
+    let mut failure = None;
     loop {
         match next_event(&shutdown, run_now, &events, &tick, &watchdog) {
             Event::Shutdown => break,
@@ -687,9 +702,23 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
                     tick = ticker.channel();
                 }
                 run_now = match service.cycle(budget) {
-                    CycleOutcome::Ran { backlog_remains, .. } => backlog_remains,
+                    CycleOutcome::Ran {
+                        backlog_remains,
+                        result,
+                    } => {
+                        let mut line = systemd_status(service.cycles, &result);
+                        if let Some(why) = status_server.as_ref().and_then(|s| s.problem()) {
+                            line.push_str(&format!("; no status server ({why})"));
+                        }
+                        sd_notify(&line);
+                        backlog_remains
+                    }
                     CycleOutcome::Skipped(_) => false,
                 };
+                if let Some(Err(e)) = status_server.as_mut().map(|s| s.retry(cfg.sync_interval)) {
+                    failure = Some(e);
+                    break;
+                }
                 if !run_now {
                     release_free_memory();
                 }
@@ -699,13 +728,18 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
             }
         }
     }
-    sd_notify("STOPPING=1");
+    sd_notify("STOPPING=1\nSTATUS=stopping");
     service.set_running(false);
-    log::info!("sync-process stopped");
     drop(status_server);
     drop(signals);
     drop(events_tx);
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            log::info!("sync-process stopped");
+            Ok(())
+        }
+    }
 }
 
 /// `sync-process once`: one cycle whose upload drains the whole queue. Fails when another process holds the

@@ -1,8 +1,10 @@
 //! systemd integration: readiness and watchdog notifications, and handing freed memory back.
 //!
-//! Owns: [`sd_notify`] / [`notify_to`] (one datagram to NOTIFY_SOCKET, path or abstract; no libsystemd),
-//! [`watchdog_period`] (half of WATCHDOG_USEC when the watchdog is meant for this process) and
-//! [`release_free_memory`] (glibc's `malloc_trim(0)`, the one FFI call of the crate). Does not own: when they
+//! Owns: [`sd_notify`] / [`notify_to`] (one datagram to NOTIFY_SOCKET, path or abstract, never waiting for
+//! the reader; no libsystemd),
+//! [`systemd_status`] (the `STATUS=` line `systemctl status` shows after a cycle), [`watchdog_period`] (half
+//! of WATCHDOG_USEC when the watchdog is meant for this process) and [`release_free_memory`] (glibc's
+//! `malloc_trim(0)`; the crate's other FFI call is gethostname(2) in config/read.rs). Does not own: when they
 //! are called (scheduler.rs: READY=1 when the loop starts, WATCHDOG=1 from the loop, STOPPING=1 when it ends;
 //! memory release after a cycle that leaves no backlog), the unit file (packaging/).
 
@@ -11,6 +13,28 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::report::{part_summaries, SyncCycleResult};
+
+/// The `STATUS=` line systemd shows in `systemctl status` after a cycle: when, and what went wrong if anything.
+pub fn systemd_status(cycle: u64, r: &SyncCycleResult) -> String {
+    let failed: Vec<&str> = part_summaries(r)
+        .iter()
+        .filter(|p| !p.success)
+        .map(|p| p.sync_type)
+        .collect();
+    let outcome = if r.success && failed.is_empty() {
+        "ok".to_string()
+    } else if failed.is_empty() {
+        "failed".to_string()
+    } else {
+        format!("failed: {}", failed.join(", "))
+    };
+    format!(
+        "STATUS=cycle {cycle} at {}: {outcome}; {} readings uploaded",
+        r.timestamp, r.upload_result.records_uploaded
+    )
+}
 
 /// Sends `state` (e.g. `READY=1`) to systemd when NOTIFY_SOCKET is set; failures are only debug lines.
 pub fn sd_notify(state: &str) {
@@ -25,6 +49,8 @@ pub fn sd_notify(state: &str) {
 /// One datagram to the notify socket; a leading '@' names an abstract socket.
 pub fn notify_to(path: &OsStr, state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
+    // Never wait for the reader: a full queue (10 datagrams by default) would stop the sync loop.
+    sock.set_nonblocking(true)?;
     match path.as_bytes().strip_prefix(b"@") {
         #[cfg(target_os = "linux")]
         Some(name) => {
@@ -76,6 +102,42 @@ pub fn release_free_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::download::{MeterSyncResult, TenantSyncResult};
+    use crate::report::not_run;
+    use crate::upload::UploadSyncResult;
+
+    #[test]
+    fn systemd_status_names_the_cycle_and_the_failed_parts() {
+        let ok = SyncCycleResult {
+            success: true,
+            upload_result: UploadSyncResult {
+                success: true,
+                records_uploaded: 540,
+                ..Default::default()
+            },
+            meter_download_result: MeterSyncResult {
+                success: true,
+                ..Default::default()
+            },
+            tenant_download_result: TenantSyncResult {
+                success: true,
+                ..Default::default()
+            },
+            total_duration: 39,
+            timestamp: "2026-12-01T22:01:53.467Z".into(),
+        };
+        assert_eq!(
+            systemd_status(7, &ok),
+            "STATUS=cycle 7 at 2026-12-01T22:01:53.467Z: ok; 540 readings uploaded"
+        );
+        let down = not_run("remote down", "2026-12-01T22:02:00.000Z".into(), Duration::ZERO);
+        let line = systemd_status(8, &down);
+        assert!(
+            line.starts_with("STATUS=cycle 8 at 2026-12-01T22:02:00.000Z: failed: "),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
 
     #[test]
     fn abstract_and_path_notify_sockets() {

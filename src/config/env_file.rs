@@ -1,6 +1,7 @@
 //! Stage one: raw `KEY=VALUE` pairs from `--env-file` and the real environment.
 //!
-//! Owns: the env-file syntax ([`parse_env_file`]: comments, `export `, quotes; every bad line at once),
+//! Owns: the env-file syntax ([`parse_env_file`]: systemd's EnvironmentFile rules, `#` and `;` comments, a
+//! trailing `\` continuing a line, quotes; plus `export `; every bad line at once),
 //! laying the environment over the file ([`gather`]: the environment wins), reading the process environment
 //! ([`process_env`]) and [`load_variables`] (all of it for the program, with a warning when the file is
 //! readable by every user). Does not own: what the values mean (read.rs, mod.rs).
@@ -10,15 +11,16 @@ use std::path::Path;
 
 use super::read::shorten;
 
-/// Parses an env file: `KEY=VALUE` lines, blank lines and `#` comments, an optional `export ` prefix,
-/// values optionally in single or double quotes. Returns every bad line at once (`line N: ...`).
+/// Parses an env file as systemd's EnvironmentFile does: `KEY=VALUE` lines, blank lines, comment lines
+/// starting with `#` or `;`, a line ending in `\` continued on the next, values optionally in single or
+/// double quotes; and an optional `export ` prefix (shell files). Returns every bad line at once (`line N:
+/// ...`, N the line where the entry starts).
 pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
     let mut map = BTreeMap::new();
     let mut errors = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+    for (n, joined) in logical_lines(text) {
+        let line = joined.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
         let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
@@ -46,6 +48,38 @@ pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, Vec<String
     } else {
         Err(errors)
     }
+}
+
+/// The file's lines with each `\`-continued line joined to the next (the backslash and the line break
+/// dropped), numbered from 1 by the line they start on. Comment lines are never continued, as in systemd.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let (n, mut line) = match pending.take() {
+            Some((n, mut acc)) => {
+                acc.push_str(raw);
+                (n, acc)
+            }
+            None => {
+                let t = raw.trim_start();
+                if t.starts_with('#') || t.starts_with(';') {
+                    out.push((i + 1, raw.to_string()));
+                    continue;
+                }
+                (i + 1, raw.to_string())
+            }
+        };
+        let trailing = line.len() - line.trim_end_matches('\\').len();
+        if trailing % 2 == 1 {
+            line.pop();
+            pending = Some((n, line));
+        } else {
+            out.push((n, line));
+        }
+    }
+    out.extend(pending);
+    out
 }
 
 fn is_valid_key(key: &str) -> bool {
@@ -143,6 +177,15 @@ mod tests {
         assert_eq!(m["C"], "quoted # not a comment");
         assert_eq!(m["D"], "single");
         assert_eq!(m["E"], "a\"b");
+        // systemd's EnvironmentFile rules: `;` comments, a trailing backslash continues the line.
+        let m = parse_env_file("; systemd comment\n  ;indented\nLONG=a\\\nb\nAFTER=1\n#c \\\nNOT_CONTINUED=2\n")
+            .expect("valid file");
+        assert_eq!(m["LONG"], "ab");
+        assert_eq!(m["AFTER"], "1");
+        assert_eq!(m["NOT_CONTINUED"], "2");
+        assert_eq!(m.len(), 3);
+        let m = parse_env_file("P=ends with two\\\\\nQ=2").expect("an escaped backslash ends the line");
+        assert_eq!(m["Q"], "2");
         let errs = parse_env_file("GOOD=1\nno equals\n1BAD=2\nQ=\"open\n").expect_err("bad lines");
         assert_eq!(errs.len(), 3);
         assert!(errs[0].starts_with("line 2:"));

@@ -216,6 +216,15 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// STATUS_BIND alone, for `sync-process status`, which needs nothing else (no database variable, no
+/// password): None when it is set empty (the status server is off).
+pub fn status_bind(map: &BTreeMap<String, String>) -> Result<Option<SocketAddr>, ConfigErrors> {
+    let mut r = read::Reader::new(map);
+    let bind = read::status_bind(&mut r);
+    r.finish()?;
+    Ok(bind)
+}
+
 impl Config {
     /// Checks a map of variables. Returns the config, or every problem at once (in the order of the contract).
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
@@ -500,7 +509,7 @@ mod tests {
         assert_eq!(c.connection_timeout, Duration::from_millis(5000));
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.log_file, Some(PathBuf::from("logs/sync-process.log")));
-        assert_eq!(c.status_bind, Some("127.0.0.1:9187".parse().expect("addr")));
+        assert_eq!(c.status_bind, Some("127.0.0.1:17461".parse().expect("addr")));
         assert_eq!(c.local.port, 5432);
         assert_eq!(c.remote.sslmode, SslMode::Prefer);
         assert_eq!(c.sync_log_retention_days, 90);
@@ -597,12 +606,12 @@ mod tests {
         assert!(c.status_allowed_hosts.is_empty());
         m.insert(
             "STATUS_ALLOWED_HOSTS".into(),
-            " Box-17.Example , 10.0.0.5:9187,[FD00::5]:80,".into(),
+            " Box-17.Example , 10.0.0.5:17461,[FD00::5]:80,".into(),
         );
         let c = Config::from_map(&m).expect("valid");
         assert_eq!(
             c.status_allowed_hosts,
-            ["box-17.example", "10.0.0.5:9187", "[fd00::5]:80"]
+            ["box-17.example", "10.0.0.5:17461", "[fd00::5]:80"]
         );
         for bad in ["http://box", "box:port", "a b", "[nope]", "box:99999"] {
             m.insert("STATUS_ALLOWED_HOSTS".into(), bad.into());

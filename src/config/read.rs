@@ -265,20 +265,24 @@ pub(super) struct StatusAndAlerts {
     pub alert_webhook_routing_key: Option<Secret>,
 }
 
-pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
-    let status_bind = r
-        .off_when_empty("STATUS_BIND")
+/// STATUS_BIND alone (None: set empty, off). Also all that `sync-process status` reads.
+pub(super) fn status_bind(r: &mut Reader<'_>) -> Option<SocketAddr> {
+    r.off_when_empty("STATUS_BIND")
         .and_then(|v| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 let msg = format!(
-                    "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:9187; empty = off)",
+                    "{:?} is not an address (IP:PORT, e.g. 127.0.0.1:17461; empty = off)",
                     shorten(v)
                 );
                 r.err("STATUS_BIND", msg);
                 None
             }
-        });
+        })
+}
+
+pub(super) fn status_and_alerts(r: &mut Reader<'_>) -> StatusAndAlerts {
+    let status_bind = status_bind(r);
     let status_allowed_hosts = allowed_hosts(r);
     let sync_log_retention_days = r.int::<u32>("SYNC_LOG_RETENTION_DAYS", 1, 36_500);
     let queue_alert_threshold = r.int::<u64>("QUEUE_ALERT_THRESHOLD", 1, u64::MAX / 2);
@@ -394,7 +398,7 @@ fn allowed_hosts(r: &mut Reader<'_>) -> Vec<String> {
             r.err(
                 "STATUS_ALLOWED_HOSTS",
                 format!(
-                    "{:?} is not a host name or IP address with an optional :port (e.g. box-17.example,10.0.0.5:9187,[fd00::5])",
+                    "{:?} is not a host name or IP address with an optional :port (e.g. box-17.example,10.0.0.5:17461,[fd00::5])",
                     shorten(entry)
                 ),
             );
@@ -511,14 +515,29 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(first)
 }
 
-/// This machine's host name, the default SYNC_SOURCE_ID.
+/// This machine's host name, the default SYNC_SOURCE_ID: gethostname(2) (the kernel's, which needs no /proc:
+/// the unit's ProcSubset=pid hides /proc/sys), else /etc/hostname.
 pub fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
+    kernel_hostname()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown-host".to_string())
+}
+
+fn kernel_hostname() -> Option<String> {
+    extern "C" {
+        fn gethostname(name: *mut std::os::raw::c_char, len: usize) -> std::os::raw::c_int;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for buf.len() bytes; glibc writes at most buf.len() - 1 of them (a longer
+    // name fails or is cut), so the last byte stays 0 and the name below always ends.
+    let rc = unsafe { gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 pub(super) fn shorten(s: &str) -> String {

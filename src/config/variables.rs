@@ -89,7 +89,7 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
     ),
     (
         "STATUS_BIND",
-        Some("127.0.0.1:9187"),
+        Some("127.0.0.1:17461"),
         "status HTTP address; empty = off",
     ),
     (

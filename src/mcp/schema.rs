@@ -118,18 +118,18 @@ pub fn cycles_schema() -> Value {
 pub fn quarantined_schema() -> Value {
     let (text, opt_text) = (json!({ "type": "string" }), json!({ "type": ["string", "null"] }));
     let reading = object(
-        json!({ "id": { "type": "integer" }, "meter_id": text, "timestamp": text, "value": text, "unit": text,
-                "metadata": opt_text, "error": text, "sqlstate": opt_text, "quarantined_at": text }),
+        json!({ "id": { "type": "integer" }, "meterId": text, "timestamp": text, "value": text, "unit": text,
+                "metadata": opt_text, "error": text, "sqlstate": opt_text, "quarantinedAt": text }),
         &[
             "id",
-            "meter_id",
+            "meterId",
             "timestamp",
             "value",
             "unit",
             "metadata",
             "error",
             "sqlstate",
-            "quarantined_at",
+            "quarantinedAt",
         ],
     );
     object(

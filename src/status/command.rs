@@ -5,11 +5,10 @@
 //! Does not own: the server (server.rs) or the exit codes (main.rs).
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How long `sync-process status` waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,11 +35,30 @@ pub enum StatusOutcome {
 
 /// Why there is no daemon to ask when STATUS_BIND is empty.
 pub const STATUS_OFF: &str =
-    "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:9187)";
+    "STATUS_BIND is empty: the status server is off, so there is no daemon to ask (set STATUS_BIND, e.g. 127.0.0.1:17461)";
 
-/// `sync-process status [--json]`: GET /status from the running daemon and print it; why not, on stderr.
-pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
-    let Some(bind) = cfg.status_bind else {
+/// The server `--url` names: `http://HOST:PORT` (a trailing `/` is fine) or `HOST:PORT`.
+pub fn url_addr(url: &str) -> Result<SocketAddr> {
+    let bad = |why: &str| Error::Usage(format!("status --url {url:?}: {why} (accepted: http://HOST:PORT)"));
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(bad("only http:// (the status server speaks plain HTTP)"));
+    }
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains('/') {
+        return Err(bad("no path: the command asks /status itself"));
+    }
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("not a reachable HOST:PORT ({e})")))?
+        .next()
+        .ok_or_else(|| bad("the host name has no address"))
+}
+
+/// `sync-process status [--json]`: GET /status from the running daemon at `bind` (STATUS_BIND, or `--url`)
+/// and print it; why not, on stderr. Needs no other configuration.
+pub fn print_status(bind: Option<SocketAddr>, json: bool) -> Result<StatusOutcome> {
+    let Some(bind) = bind else {
         eprintln!("{STATUS_OFF}");
         return Ok(StatusOutcome::Off);
     };
@@ -53,9 +71,9 @@ pub fn print_status(cfg: &Config, json: bool) -> Result<StatusOutcome> {
         }
     };
     if json {
-        println!("{body}");
+        crate::output::println(&body)?;
     } else {
-        print!("{}", human(&value, addr));
+        crate::output::print(&human(&value, addr))?;
     }
     Ok(StatusOutcome::Shown)
 }
@@ -174,8 +192,8 @@ mod tests {
     #[test]
     fn wildcard_binds_are_asked_on_loopback() {
         assert_eq!(
-            client_addr("0.0.0.0:9187".parse().expect("addr")),
-            "127.0.0.1:9187".parse().expect("addr")
+            client_addr("0.0.0.0:17461".parse().expect("addr")),
+            "127.0.0.1:17461".parse().expect("addr")
         );
         assert_eq!(
             client_addr("[::]:1".parse().expect("addr")),

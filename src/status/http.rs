@@ -168,10 +168,10 @@ mod tests {
 
     #[test]
     fn heads_parse() {
-        let h = parse_head(b"GET /status?x=1 HTTP/1.1\r\nHost: localhost:9187\r\nAccept: */*\r\n\r\n").expect("head");
+        let h = parse_head(b"GET /status?x=1 HTTP/1.1\r\nHost: localhost:17461\r\nAccept: */*\r\n\r\n").expect("head");
         assert_eq!(h.method, "GET");
         assert_eq!(h.target, "/status?x=1");
-        assert_eq!(h.host.as_deref(), Some("localhost:9187"));
+        assert_eq!(h.host.as_deref(), Some("localhost:17461"));
         assert!(!h.hosts_repeated);
         let h = parse_head(b"HEAD / HTTP/1.0\n\n").expect("bare LF, no host");
         assert_eq!((h.method.as_str(), h.host), ("HEAD", None));

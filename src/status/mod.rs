@@ -6,7 +6,8 @@
 //! quarantinedCount and localDbConnected measured at request time on the server's own one-connection local pool,
 //! waited for at most [`FRESH_DEADLINE`]), `history.rs` ([`History`]: the bounded ring behind GET /history),
 //! `metrics.rs` (GET /metrics), `http.rs` (reading one request within size and time bounds), `server.rs`
-//! ([`StatusServer`]: an accept thread and a few workers, the Host check, [`route`]), `dashboard.rs` (GET /
+//! ([`StatusServer`]: an accept thread and a few workers, the Host check, [`route`]), `listener.rs`
+//! ([`StatusListener`]: a taken STATUS_BIND tried again each interval), `dashboard.rs` (GET /
 //! and its script and style), `command.rs` (the `sync-process status` client: [`print_status`],
 //! [`StatusOutcome`]). The server never takes a lock the sync loop holds for longer than a copy, and never uses
 //! the loop's pools, so it can neither block nor be blocked by the sync loop.
@@ -17,6 +18,7 @@ mod dashboard;
 mod fresh;
 mod history;
 mod http;
+mod listener;
 mod metrics;
 mod process;
 mod server;
@@ -28,9 +30,10 @@ use serde::Serialize;
 
 use crate::report::SyncCycleResult;
 
-pub use command::{client_addr, daemon_get, fetch_status, human, print_status, StatusOutcome, STATUS_OFF};
+pub use command::{client_addr, daemon_get, fetch_status, human, print_status, url_addr, StatusOutcome, STATUS_OFF};
 pub use fresh::{Fresh, Measured, FRESH_DEADLINE, FRESH_SQL};
 pub use history::{lock_history, unix_ms_of, CycleEntry, History, SharedHistory, HISTORY_LEN};
+pub use listener::{StatusListener, BIND_ATTEMPTS_UNDER_SYSTEMD};
 pub use metrics::{render_metrics, render_metrics_with, PartStats, DURATION_BUCKETS_MS};
 pub use process::ProcessStats;
 pub use server::{host_allowed, route, Reply, StatusServer, QUEUED, WORKERS};

@@ -303,29 +303,29 @@ mod tests {
 
     #[test]
     fn the_host_check() {
-        let local: SocketAddr = "127.0.0.1:9187".parse().expect("addr");
-        let lan: SocketAddr = "192.168.7.2:9187".parse().expect("addr");
-        let v6: SocketAddr = "[fd00::5]:9187".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:17461".parse().expect("addr");
+        let lan: SocketAddr = "192.168.7.2:17461".parse().expect("addr");
+        let v6: SocketAddr = "[fd00::5]:17461".parse().expect("addr");
         let none: Vec<String> = Vec::new();
         for ok in [
             "localhost",
-            "localhost:9187",
+            "localhost:17461",
             "LocalHost:8080",
             "127.0.0.1",
-            "127.0.0.1:9187",
+            "127.0.0.1:17461",
             "[::1]",
-            "[::1]:9187",
+            "[::1]:17461",
         ] {
             assert!(host_allowed(Some(ok), local, &none), "{ok}");
             assert!(host_allowed(Some(ok), lan, &none), "{ok}");
         }
-        assert!(host_allowed(Some("192.168.7.2:9187"), lan, &none));
+        assert!(host_allowed(Some("192.168.7.2:17461"), lan, &none));
         assert!(host_allowed(Some("192.168.7.2"), lan, &none));
         assert!(!host_allowed(Some("192.168.7.2"), local, &none));
-        assert!(host_allowed(Some("[fd00::5]:9187"), v6, &none));
+        assert!(host_allowed(Some("[fd00::5]:17461"), v6, &none));
         for bad in [
             "evil.example",
-            "evil.example:9187",
+            "evil.example:17461",
             "localhost.evil.example",
             "127.0.0.1.nip.io",
             "localhost:",
@@ -337,10 +337,10 @@ mod tests {
             assert!(!host_allowed(Some(bad), local, &none), "{bad:?}");
         }
         assert!(!host_allowed(None, local, &none), "no Host header");
-        let allowed = vec!["box-17.site.example".to_string(), "10.0.0.5:9187".to_string()];
+        let allowed = vec!["box-17.site.example".to_string(), "10.0.0.5:17461".to_string()];
         assert!(host_allowed(Some("box-17.site.example"), local, &allowed));
-        assert!(host_allowed(Some("BOX-17.site.example:9187"), local, &allowed));
-        assert!(host_allowed(Some("10.0.0.5:9187"), local, &allowed));
+        assert!(host_allowed(Some("BOX-17.site.example:17461"), local, &allowed));
+        assert!(host_allowed(Some("10.0.0.5:17461"), local, &allowed));
         assert!(
             !host_allowed(Some("10.0.0.5:80"), local, &allowed),
             "the entry names a port"

@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::db::{ConnectionManager, Side};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use batch::{ClaimCursor, ClaimedBatch, QueuedReading, UploadOutcome};
 use drain::Drained;
@@ -140,7 +140,13 @@ impl<'a> UploadSyncManager<'a> {
                 );
             }
             Err(e) => {
-                log::error!("upload failed ({} error) after {summary}: {e}", e.kind());
+                // A stop requested during the upload's retries is no failure (nothing is lost: the queue stays).
+                let level = if matches!(e, Error::Shutdown) {
+                    log::Level::Info
+                } else {
+                    log::Level::Error
+                };
+                log::log!(level, "upload failed ({} error) after {summary}: {e}", e.kind());
                 result.error = Some(e.to_string());
                 if matches!(e, crate::error::Error::CentralFault { .. }) {
                     result.central_fault = result.error.clone();
@@ -154,6 +160,7 @@ impl<'a> UploadSyncManager<'a> {
                     "upload: pruned {n} ledger rows older than {} days",
                     LEDGER_RETENTION.as_secs() / 86_400
                 ),
+                Err(Error::Shutdown) => log::info!("upload: pruning the ledger cut short: shutting down"),
                 Err(e) => log::warn!("upload: pruning the ledger failed ({} error): {e}", e.kind()),
             }
         }

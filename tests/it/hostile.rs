@@ -1101,7 +1101,7 @@ fn hostile_value(g: &mut Gen) -> String {
                 "true",
                 "off",
                 "127.0.0.1:0",
-                "[::1]:9187",
+                "[::1]:17461",
                 "http://x",
                 "https://",
                 "disable",

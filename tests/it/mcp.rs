@@ -320,7 +320,7 @@ fn every_tool_against_a_running_daemon() {
     let readings = q["readings"].as_array().expect("readings").clone();
     let got: Vec<i64> = readings.iter().filter_map(|r| r["id"].as_i64()).collect();
     assert_eq!(got, ids);
-    assert_eq!(readings[0]["meter_id"], "m-1");
+    assert_eq!(readings[0]["meterId"], "m-1");
     assert_eq!(readings[0]["value"], "1.5");
     assert_eq!(readings[0]["metadata"], "{\"a\": 1}");
     assert_eq!(readings[0]["error"], "check violation");

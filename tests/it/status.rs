@@ -321,7 +321,7 @@ fn the_status_server_refuses_what_it_must_and_outlasts_slow_clients() {
     }
     for host in [
         "evil.example",
-        "evil.example:9187",
+        "evil.example:17461",
         "127.0.0.1.evil.example",
         "box-17.example.evil",
     ] {

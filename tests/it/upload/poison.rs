@@ -205,10 +205,21 @@ fn quarantine_command_lists_retries_and_discards() {
     let arr = list.as_array().expect("array");
     assert_eq!(arr.len(), 3);
     assert_eq!(arr[0]["id"], ids[0]);
-    assert_eq!(arr[0]["meter_id"], "o'neg");
+    assert_eq!(arr[0]["meterId"], "o'neg");
     assert_eq!(arr[0]["value"], "-1.50");
     assert_eq!(arr[0]["sqlstate"], "23514");
     assert!(arr[0]["error"].as_str().is_some_and(|e| e.contains("positive")));
+    // camelCase like /status, and the one time format (RFC 3339 UTC, milliseconds).
+    assert!(
+        arr[0].get("meter_id").is_none() && arr[0].get("quarantined_at").is_none(),
+        "{}",
+        arr[0]
+    );
+    let at = arr[0]["quarantinedAt"].as_str().expect("quarantinedAt");
+    assert!(
+        humantime::parse_rfc3339(at).is_ok() && at.ends_with('Z') && at.len() == 24,
+        "{at}"
+    );
 
     let out = run_command(&["quarantine", "list"], &env.map);
     assert!(out.status.success(), "{}", out.stderr);
@@ -243,7 +254,18 @@ fn quarantine_command_lists_retries_and_discards() {
     );
     let r = env.sync();
     assert!(r.success && r.records_uploaded == 1, "{r:?}");
+    // --all without --yes and without a terminal: refused, nothing deleted.
     let out = run_command(&["quarantine", "discard", "--all"], &env.map);
+    assert_eq!(out.status.code(), Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("add --yes"), "{}", out.stderr);
+    // A command's error is one `sync-process: ...` line, not a log line.
+    assert!(
+        out.stderr.starts_with("sync-process: quarantine discard --all"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 1);
+    let out = run_command(&["quarantine", "discard", "--all", "--yes"], &env.map);
     assert!(
         out.status.success() && out.stdout.contains("1 reading(s) discarded"),
         "{}{}",
