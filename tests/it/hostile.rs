@@ -7,11 +7,12 @@
 //! other table syncs; (3) a remote that accepts connections and never answers (the fault proxy's black hole):
 //! the daemon's cycle fails within a bound, the daemon keeps running and recovers exactly once, and `once`
 //! exits 1 in time with the remote named; (4) a quickcheck property over `Config::from_map` with hostile maps.
-//! Does not own: the ordinary value round trips, crash safety and poison isolation (upload.rs), the download's
+//! Does not own: the ordinary value round trips, crash safety and poison isolation (upload/), the download's
 //! own properties (download.rs), TLS and secrets in outputs (security.rs).
 //!
 //! Comparisons are over the `::text` of every column as multisets; the remote's own `id` and `created_at`
-//! are its own and not compared. Failure messages shorten values, so a 1 MB payload never floods the output.
+//! are its own and not compared (readings: [`crate::support::readings`]). Failure messages shorten values, so a
+//! 1 MB payload never floods the output.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,9 @@ use sync_process::shutdown::Shutdown;
 use crate::support::daemon::Daemon;
 use crate::support::env::{migrate, once_json, tail, Env, Migrate};
 use crate::support::pg::{self, DbPair};
+use crate::support::readings::{
+    assert_exactly_once, assert_same, insert, insert_many, short, snapshot, snapshot_of, Reading,
+};
 use crate::support::wait_until;
 
 // ----- Helpers -----
@@ -37,10 +41,6 @@ use crate::support::wait_until;
 /// One row of a query whose columns are all text.
 type Row = Vec<Option<String>>;
 
-const READINGS: &str =
-    "SELECT meter_id::text, timestamp::text, value::text, unit::text, metadata::text FROM meter_readings";
-const QUARANTINED: &str =
-    "SELECT meter_id::text, timestamp::text, value::text, unit::text, metadata::text FROM sync_quarantine";
 const METERS: &str = "SELECT meter_id::text, name::text, location_id::text, meter_type::text, unit::text, \
                       configuration::text, updated_at::text FROM meters";
 const TENANTS: &str =
@@ -58,16 +58,6 @@ fn rows(c: &mut Client, sql: &str) -> Vec<Row> {
     out
 }
 
-/// A value for a failure message: at most 60 characters, with its length.
-fn short(s: &str) -> String {
-    let n = s.chars().count();
-    if n <= 300 {
-        format!("{s:?}")
-    } else {
-        format!("{:?}...({n} chars)", s.chars().take(300).collect::<String>())
-    }
-}
-
 fn short_row(r: &Row) -> String {
     let cells: Vec<String> = r
         .iter()
@@ -78,35 +68,7 @@ fn short_row(r: &Row) -> String {
 
 /// Asserts two multisets of rows are equal; on failure lists (shortened) what only one side has.
 fn assert_same_rows(what: &str, got: &[Row], want: &[Row]) {
-    if got == want {
-        return;
-    }
-    let mut balance: BTreeMap<&Row, i64> = BTreeMap::new();
-    for r in got {
-        *balance.entry(r).or_default() += 1;
-    }
-    for r in want {
-        *balance.entry(r).or_default() -= 1;
-    }
-    let extra: Vec<String> = balance
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .take(5)
-        .map(|(r, n)| format!("  {n} x {}", short_row(r)))
-        .collect();
-    let missing: Vec<String> = balance
-        .iter()
-        .filter(|(_, n)| **n < 0)
-        .take(5)
-        .map(|(r, n)| format!("  {} x {}", -n, short_row(r)))
-        .collect();
-    panic!(
-        "{what}: {} rows, expected {}\nunexpected:\n{}\nmissing:\n{}",
-        got.len(),
-        want.len(),
-        extra.join("\n"),
-        missing.join("\n")
-    );
+    assert_same(what, got, want, short_row);
 }
 
 fn env_with(pair: &DbPair, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -272,28 +234,6 @@ fn hostile_json() -> Vec<Option<String>> {
     ]
 }
 
-/// A reading as the tests write it (text, cast by the server).
-#[derive(Clone, Debug)]
-struct Reading {
-    meter: String,
-    ts: String,
-    value: String,
-    unit: String,
-    md: Option<String>,
-}
-
-impl Reading {
-    fn new(meter: &str, ts: &str, value: &str, unit: &str, md: Option<&str>) -> Reading {
-        Reading {
-            meter: meter.into(),
-            ts: ts.into(),
-            value: value.into(),
-            unit: unit.into(),
-            md: md.map(Into::into),
-        }
-    }
-}
-
 /// Every hostile id, timestamp, value, unit and JSON at least once (in mixed combinations), the two 1 MB
 /// payloads, and two identical readings (each its own reading).
 fn hostile_readings() -> Vec<Reading> {
@@ -319,36 +259,21 @@ fn hostile_readings() -> Vec<Reading> {
         "'); DROP TABLE meter_readings; --",
         "2024-06-01 00:00:00",
         "NaN",
-        "kWh",
         Some(&big),
     ));
-    out.push(Reading::new(
-        &"😀".repeat(255),
-        "infinity",
-        &"1234567890".repeat(100),
-        "°C",
-        Some(big_array()),
-    ));
-    let dup = Reading::new("dup", "2024-01-01 00:00:00", "1.50", "kWh", Some(r#"{"same": true}"#));
+    out.push(Reading {
+        unit: "°C".into(),
+        ..Reading::new(
+            &"😀".repeat(255),
+            "infinity",
+            &"1234567890".repeat(100),
+            Some(big_array()),
+        )
+    });
+    let dup = Reading::new("dup", "2024-01-01 00:00:00", "1.50", Some(r#"{"same": true}"#));
     out.push(dup.clone());
     out.push(dup);
     out
-}
-
-fn insert_readings(c: &mut Client, readings: &[Reading]) {
-    let m: Vec<&str> = readings.iter().map(|r| r.meter.as_str()).collect();
-    let t: Vec<&str> = readings.iter().map(|r| r.ts.as_str()).collect();
-    let v: Vec<&str> = readings.iter().map(|r| r.value.as_str()).collect();
-    let u: Vec<&str> = readings.iter().map(|r| r.unit.as_str()).collect();
-    let md: Vec<Option<&str>> = readings.iter().map(|r| r.md.as_deref()).collect();
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-         SELECT m, t::timestamp, v::numeric, u, md::jsonb
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS x(m, t, v, u, md, o)
-         ORDER BY o",
-        &[&m, &t, &v, &u, &md],
-    )
-    .expect("inserting hostile readings");
 }
 
 // ----- 1. Hostile readings -----
@@ -361,8 +286,8 @@ fn hostile_readings_arrive_bit_exact() {
     let pair = DbPair::new();
     migrate(&pair, Migrate::Both);
     let readings = hostile_readings();
-    insert_readings(&mut pair.local.client(), &readings);
-    let seeded = rows(&mut pair.local.client(), READINGS);
+    insert(&mut pair.local.client(), &readings);
+    let seeded = snapshot(&mut pair.local.client());
     assert_eq!(seeded.len(), readings.len());
 
     let (out, json) = once_json(&env_with(&pair, &[("BATCH_SIZE", "7")]));
@@ -373,14 +298,7 @@ fn hostile_readings_arrive_bit_exact() {
     assert_eq!(up["recordsDeleted"], readings.len() as u64);
     assert_eq!(up["recordsQuarantined"], 0);
 
-    assert_same_rows("remote readings", &rows(&mut pair.remote.client(), READINGS), &seeded);
-    for table in ["meter_readings", "sync_upload_batches", "sync_quarantine"] {
-        assert_eq!(
-            pair.local.count(&format!("SELECT count(*) FROM {table}")),
-            0,
-            "local {table} not empty"
-        );
-    }
+    assert_exactly_once(&mut pair.local.client(), &mut pair.remote.client(), &seeded);
     assert_no_payload("once", &format!("{}{}", out.stderr, out.stdout));
 }
 
@@ -400,11 +318,11 @@ fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
         )
         .expect("narrowing the remote");
     let readings = hostile_readings();
-    insert_readings(&mut pair.local.client(), &readings);
-    let seeded = rows(&mut pair.local.client(), READINGS);
-    let too_long = |r: &Row| r[0].as_deref().is_some_and(|m| m.chars().count() > 100);
-    let nan = |r: &Row| r[2].as_deref() == Some("NaN");
-    let (bad, good): (Vec<Row>, Vec<Row>) = seeded.iter().cloned().partition(|r| too_long(r) || nan(r));
+    insert(&mut pair.local.client(), &readings);
+    let seeded = snapshot(&mut pair.local.client());
+    let too_long = |r: &Reading| r.meter.chars().count() > 100;
+    let nan = |r: &Reading| r.value == "NaN";
+    let (bad, good): (Vec<Reading>, Vec<Reading>) = seeded.iter().cloned().partition(|r| too_long(r) || nan(r));
     assert!(
         bad.len() >= 6 && good.len() >= 20,
         "{} bad, {} good",
@@ -418,11 +336,17 @@ fn readings_the_remote_cannot_hold_are_quarantined_with_the_reason() {
     assert_eq!(up["recordsUploaded"], good.len() as u64);
     assert_eq!(up["recordsQuarantined"], bad.len() as u64);
 
-    assert_same_rows("remote readings", &rows(&mut pair.remote.client(), READINGS), &good);
-    assert_same_rows(
+    assert_same(
+        "remote readings",
+        &snapshot(&mut pair.remote.client()),
+        &good,
+        Reading::short,
+    );
+    assert_same(
         "quarantined readings",
-        &rows(&mut pair.local.client(), QUARANTINED),
+        &snapshot_of(&mut pair.local.client(), "sync_quarantine"),
         &bad,
+        Reading::short,
     );
     assert_eq!(pair.local.count("SELECT count(*) FROM meter_readings"), 0);
     assert_eq!(pair.local.count("SELECT count(*) FROM sync_upload_batches"), 0);
@@ -473,26 +397,14 @@ fn a_batch_made_only_of_readings_the_remote_cannot_hold_does_not_block_the_queue
     let long = format!("'); DROP TABLE meter_readings; --{}", "ü".repeat(120));
     let mut readings = Vec::new();
     for i in 0..4 {
-        readings.push(Reading::new(
-            &long,
-            &format!("2024-01-01 00:00:0{i}"),
-            "1.5",
-            "kWh",
-            None,
-        ));
+        readings.push(Reading::new(&long, &format!("2024-01-01 00:00:0{i}"), "1.5", None));
     }
     for i in 4..8 {
-        readings.push(Reading::new(
-            "ok",
-            &format!("2024-01-01 00:00:0{i}"),
-            "2.50",
-            "kWh",
-            None,
-        ));
+        readings.push(Reading::new("ok", &format!("2024-01-01 00:00:0{i}"), "2.50", None));
     }
-    insert_readings(&mut pair.local.client(), &readings);
-    let seeded = rows(&mut pair.local.client(), READINGS);
-    let (bad, good): (Vec<Row>, Vec<Row>) = seeded.iter().cloned().partition(|r| r[0].as_deref() == Some(&long));
+    insert(&mut pair.local.client(), &readings);
+    let seeded = snapshot(&mut pair.local.client());
+    let (bad, good): (Vec<Reading>, Vec<Reading>) = seeded.iter().cloned().partition(|r| r.meter == long);
 
     let env = env_with(&pair, &[("BATCH_SIZE", "4")]);
     let mut runs = Vec::new();
@@ -504,8 +416,8 @@ fn a_batch_made_only_of_readings_the_remote_cannot_hold_does_not_block_the_queue
             error_of(&json, "uploadResult")
         ));
     }
-    let remote = rows(&mut pair.remote.client(), READINGS);
-    let quarantined = rows(&mut pair.local.client(), QUARANTINED);
+    let remote = snapshot(&mut pair.remote.client());
+    let quarantined = snapshot_of(&mut pair.local.client(), "sync_quarantine");
     let queued = pair.local.count("SELECT count(*) FROM meter_readings");
     assert!(
         remote == good && quarantined == bad && queued == 0,
@@ -845,17 +757,6 @@ fn stuck_env(sides: Migrate, extra: &[(&str, &str)]) -> Env {
         .build()
 }
 
-fn seed_plain(c: &mut Client, n: i64) {
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-         SELECT 'meter-' || (g % 7), timestamp '2024-01-01' + g * interval '1 second', (g % 1000)::numeric / 100,
-                'kWh', jsonb_build_object('seq', g)
-         FROM generate_series(1, $1::int8) AS g",
-        &[&n],
-    )
-    .expect("seeding readings");
-}
-
 /// A generous bound that proves "no hang", not a performance figure.
 const NO_HANG: Duration = Duration::from_secs(30);
 
@@ -882,8 +783,8 @@ fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
     let fixture = stuck_env(Migrate::Both, &vars);
     let (pair, proxy) = (&fixture.pair, fixture.proxy());
     let n = 1500;
-    seed_plain(&mut pair.local.client(), n);
-    let seeded = rows(&mut pair.local.client(), READINGS);
+    insert_many(&mut pair.local.client(), n);
+    let seeded = snapshot(&mut pair.local.client());
     let target = format!("{}:{}/{}", pg::HOST, proxy.port(), pair.remote.name());
     let mut daemon = Daemon::spawn(&["run"], &fixture.map);
 
@@ -949,8 +850,7 @@ fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
         pair.remote.count("SELECT count(*) FROM meter_readings"),
         tail(&daemon.stderr_text(), 4000)
     );
-    assert_same_rows("remote readings", &rows(&mut pair.remote.client(), READINGS), &seeded);
-    assert_eq!(pair.local.count("SELECT count(*) FROM sync_quarantine"), 0);
+    assert_exactly_once(&mut pair.local.client(), &mut pair.remote.client(), &seeded);
     daemon.signal("TERM");
     let status = daemon.wait_timeout(NO_HANG);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit after SIGTERM");
@@ -969,8 +869,8 @@ fn silent_remote_then_recovery(extra: &[(&str, &str)]) {
 fn once_against_a_silent_remote_exits_1_in_time_and_keeps_every_reading() {
     let fixture = stuck_env(Migrate::Both, &[]);
     let (pair, proxy) = (&fixture.pair, fixture.proxy());
-    seed_plain(&mut pair.local.client(), 30);
-    let seeded = rows(&mut pair.local.client(), READINGS);
+    insert_many(&mut pair.local.client(), 30);
+    let seeded = snapshot(&mut pair.local.client());
     proxy.set_blackhole(true);
     let target = format!("{}:{}/{}", pg::HOST, proxy.port(), pair.remote.name());
     let mut run = Daemon::spawn(&["once"], &fixture.map);
@@ -995,7 +895,12 @@ fn once_against_a_silent_remote_exits_1_in_time_and_keeps_every_reading() {
             "{part}.error does not name the remote {target}: {err}"
         );
     }
-    assert_same_rows("local readings", &rows(&mut pair.local.client(), READINGS), &seeded);
+    assert_same(
+        "local readings",
+        &snapshot(&mut pair.local.client()),
+        &seeded,
+        Reading::short,
+    );
     assert_eq!(pair.remote.count("SELECT count(*) FROM meter_readings"), 0);
     eprintln!("once against a silent remote: exit 1 after {} ms", took.as_millis());
 }

@@ -7,8 +7,10 @@
 //! * [`contract`]: the JSON field names of the contract's results.
 //! * [`env`]: [`env::Env`], the one test fixture (pair, variables, config, pools, clients, optional proxy),
 //!   and the helpers every area uses (`count`, `once_json`, `closed_port`, `migrate`).
+//! * [`readings`]: [`readings::Reading`], the one reading type (column texts, compared as multisets), its
+//!   inserts and snapshots, and `assert_exactly_once`.
 //!
-//! This module also owns the small helpers shared by the three: unique temp
+//! This module also owns the small helpers shared by them: unique temp
 //! dirs and polling.
 #![allow(dead_code)]
 

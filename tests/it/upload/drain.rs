@@ -8,7 +8,7 @@ use super::*;
 #[test]
 fn shutdown_and_an_exhausted_budget_stop_between_batches() {
     let env = Env::new(&[("BATCH_SIZE", "100"), ("UPLOAD_MAX_ROWS_PER_SECOND", "1000")]);
-    let mut l = env.local();
+    let mut l = env.pair.local.client();
     insert_many(&mut l, 1_000);
     let original = snapshot(&mut l);
     let age = env
@@ -24,7 +24,7 @@ fn shutdown_and_an_exhausted_budget_stop_between_batches() {
     // Paced at 1000 rows/s, the 1000 rows take at least 0.9 s: a shutdown after 250 ms stops the drain
     // between batches, with the batch in flight completed.
     let r = thread::scope(|s| {
-        let t = s.spawn(|| env.sync());
+        let t = s.spawn(|| sync_with(&env.conns, &env.cfg));
         thread::sleep(Duration::from_millis(250));
         env.conns.shutdown.request();
         t.join().expect("drain")
@@ -44,17 +44,17 @@ fn shutdown_and_an_exhausted_budget_stop_between_batches() {
     let conns = ConnectionManager::new(&env.cfg, Shutdown::new()).expect("conns");
     let r = UploadSyncManager::new(&conns, &env.cfg).sync_readings(Duration::from_secs(600));
     assert!(r.success && !r.backlog_remains, "{r:?}");
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
     assert_eq!(env.manager().oldest_pending_age().expect("age"), None);
 }
 
 #[test]
 fn ledger_prune_keeps_recent_rows_pending_batches_and_other_sources() {
-    let env = Env::new(&[]);
-    let mut l = env.local();
-    insert(&env, &[Reading::new("m", "2024-01-01 00:00:00", "1", None)]);
+    let mut env = Env::new(&[]);
+    let mut l = env.pair.local.client();
+    insert(&mut env.local, &[Reading::new("m", "2024-01-01 00:00:00", "1", None)]);
     let pending = env.manager().claim_batch(None).expect("claim").expect("batch");
-    let mut r = env.remote();
+    let mut r = env.pair.remote.client();
     r.execute(
         "INSERT INTO sync_upload_ledger (source_id, batch_id, row_count, uploaded_at) VALUES
            ('test-site', gen_random_uuid(), 1, now() - interval '8 days'),
@@ -81,9 +81,9 @@ fn ledger_prune_keeps_recent_rows_pending_batches_and_other_sources() {
 
 #[test]
 fn a_second_uploader_on_the_same_database_is_locked_out() {
-    let env = Env::new(&[]);
-    insert(&env, &[Reading::new("m", "2024-01-01 00:00:00", "1", None)]);
-    let mut holder = env.local();
+    let mut env = Env::new(&[]);
+    insert(&mut env.local, &[Reading::new("m", "2024-01-01 00:00:00", "1", None)]);
+    let mut holder = env.pair.local.client();
     holder
         .execute("SELECT pg_advisory_lock(x'73796e63'::int, 2)", &[])
         .expect("lock");
@@ -103,7 +103,7 @@ fn a_second_uploader_on_the_same_database_is_locked_out() {
     let r = env.sync();
     assert!(r.success && r.records_uploaded == 1, "{r:?}");
     // The lock went back with the connection: a third cycle takes it again.
-    insert(&env, &[Reading::new("m", "2024-01-01 00:00:01", "2", None)]);
+    insert(&mut env.local, &[Reading::new("m", "2024-01-01 00:00:01", "2", None)]);
     let r = env.sync();
     assert!(r.success && r.records_uploaded == 1, "{r:?}");
 }
@@ -111,7 +111,7 @@ fn a_second_uploader_on_the_same_database_is_locked_out() {
 #[test]
 fn the_claim_and_finish_statements_use_their_indexes() {
     let env = Env::new(&[]);
-    let mut l = env.local();
+    let mut l = env.pair.local.client();
     insert_many(&mut l, 20_000);
     l.batch_execute("ANALYZE meter_readings").expect("analyze");
     let plan = |l: &mut Client, prepare: String, execute: &str| -> String {
@@ -177,15 +177,18 @@ fn the_claim_and_finish_statements_use_their_indexes() {
 
 #[test]
 fn readings_marked_synchronized_by_another_program_are_not_uploaded_again() {
-    let env = Env::new(&[]);
+    let mut env = Env::new(&[]);
     let queued = vec![
         Reading::new("m-1", "2024-01-01 00:00:01", "1.50", None),
         Reading::new("m-1", "2024-01-01 00:00:03", "3.50", None),
     ];
-    insert(&env, &queued);
+    insert(&mut env.local, &queued);
     // A legacy row that an earlier uploader marked as done (the design's is_synchronized flag).
-    let legacy_id = insert(&env, &[Reading::new("m-1", "2024-01-01 00:00:02", "2.50", None)])[0];
-    env.local()
+    let legacy_id = insert(
+        &mut env.local,
+        &[Reading::new("m-1", "2024-01-01 00:00:02", "2.50", None)],
+    )[0];
+    env.local
         .execute(
             "UPDATE meter_readings SET is_synchronized = true WHERE id = $1::int8",
             &[&legacy_id],
@@ -200,13 +203,9 @@ fn readings_marked_synchronized_by_another_program_are_not_uploaded_again() {
     assert!(r.success && r.records_uploaded == 2, "{r:?}");
     let mut expected = queued.clone();
     expected.sort();
-    assert_eq!(
-        snapshot(&mut env.remote()),
-        expected,
-        "only the unmarked readings arrive"
-    );
+    assert_eq!(snapshot(&mut env.remote), expected, "only the unmarked readings arrive");
     let left = count(
-        &mut env.local(),
+        &mut env.local,
         "SELECT count(*) FROM meter_readings WHERE is_synchronized",
     );
     assert_eq!(left, 1, "the marked row is left alone");

@@ -8,7 +8,7 @@ use super::*;
 /// Remote readings whose timestamp is older than that of a reading inserted before them (by remote id).
 fn remote_out_of_order(env: &Env) -> i64 {
     count(
-        &mut env.remote(),
+        &mut env.pair.remote.client(),
         "SELECT count(*) FROM (SELECT timestamp < lag(timestamp) OVER (ORDER BY id) AS back \
          FROM meter_readings) AS x WHERE back",
     )
@@ -25,10 +25,12 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
 ) -> TestResult {
     with_env(|env| {
         env.truncate();
-        env.remote()
+        env.pair
+            .remote
+            .client()
             .batch_execute("TRUNCATE sync_upload_chain")
             .expect("truncating the chain");
-        insert(env, &readings);
+        insert(&mut env.pair.local.client(), &readings);
         // Poison by position in claim order, every fourth reading and the last one good: the control readings
         // of a rejected batch (the oldest 8 queued outside it) then always include a good one (a batch rejected
         // along with every control reading is a storm, the remote rejecting everything, which is not what this
@@ -37,7 +39,9 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
         let ranks: Vec<i64> = (1..n)
             .filter(|&rank| rank % 4 != 0 && poison_mask.rotate_right(rank as u32) & 0b11 == 0b11)
             .collect();
-        env.local()
+        env.pair
+            .local
+            .client()
             .execute(
                 "UPDATE meter_readings SET unit = 'poison' WHERE id IN (SELECT id FROM \
                  (SELECT id, row_number() OVER (ORDER BY timestamp, id) AS rank FROM meter_readings) AS r \
@@ -46,7 +50,7 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
             )
             .expect("poisoning");
         let poison = ranks.len() as u64;
-        let original = snapshot(&mut env.local());
+        let original = snapshot(&mut env.pair.local.client());
         let mut cfg = env.cfg.clone();
         cfg.batch_size = 1 + u32::from(batch % 7);
         cfg.upload_batches_in_flight = 2 + u32::from(width % 3);
@@ -55,9 +59,9 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
             return TestResult::error(format!("{r:?}, {poison} poison readings"));
         }
         let good: Vec<Reading> = original.into_iter().filter(|r| r.unit != "poison").collect();
-        let remote = snapshot(&mut env.remote());
-        let left = count(&mut env.local(), "SELECT count(*) FROM meter_readings")
-            + count(&mut env.local(), "SELECT count(*) FROM sync_upload_batches");
+        let remote = snapshot(&mut env.pair.remote.client());
+        let left = count(&mut env.pair.local.client(), "SELECT count(*) FROM meter_readings")
+            + count(&mut env.pair.local.client(), "SELECT count(*) FROM sync_upload_batches");
         let out_of_order = remote_out_of_order(env);
         if remote != good || left != 0 || out_of_order != 0 {
             return TestResult::error(format!(
@@ -72,8 +76,8 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
 
 #[test]
 fn batches_in_flight_arrive_once_and_in_order() {
-    let env = Env::new(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
-    env.remote()
+    let mut env = Env::new(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_poison CHECK (unit <> 'poison')")
         .expect("constraint");
     check(
@@ -125,16 +129,16 @@ fn a_batch_in_flight_goes_in_only_after_the_batch_before_it() {
         "00000000-0000-0000-0000-00000000000c",
         "00000000-0000-0000-0000-00000000000d",
     );
-    let mut r1 = env.remote();
+    let mut r1 = env.pair.remote.client();
     for (site, commit) in [("commits", true), ("rolls-back", false)] {
         assert_eq!(run_upload(&mut r1, UPLOAD_LEAD, site, a, "2024-01-01 00:00:00", ""), 2);
         // Not after the head: nothing, not even a ledger row.
         assert_eq!(run_upload(&mut r1, UPLOAD_AFTER, site, b, "2024-01-01 00:00:01", c), 0);
         // C after A, in a transaction left open; D after C waits for it.
-        let mut holder = env.remote();
+        let mut holder = env.pair.remote.client();
         let mut tx = holder.transaction().expect("begin");
         assert_eq!(run_upload(&mut tx, UPLOAD_AFTER, site, c, "2024-01-01 00:00:02", a), 2);
-        let mut r2 = env.remote();
+        let mut r2 = env.pair.remote.client();
         let site_owned = site.to_string();
         let waiting =
             thread::spawn(move || run_upload(&mut r2, UPLOAD_AFTER, &site_owned, d, "2024-01-01 00:00:03", c));
@@ -184,24 +188,21 @@ fn a_batch_in_flight_goes_in_only_after_the_batch_before_it() {
 // and the chain head names the last batch uploaded.
 #[test]
 fn batches_in_flight_through_a_slow_link_that_is_cut() {
-    let pair = DbPair::new();
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    proxy.set_latency(Duration::from_millis(2));
-    let env = Env::on(
-        pair,
-        Some(proxy.port()),
-        &[
+    let mut env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[
             ("UPLOAD_BATCHES_IN_FLIGHT", "4"),
             ("BATCH_SIZE", "50"),
             ("MAX_QUERY_RETRIES", "3"),
             ("RETRY_BASE_DELAY_MS", "5"),
-        ],
-    );
-    let mut l = env.local();
+        ])
+        .build();
+    env.proxy().set_latency(Duration::from_millis(2));
+    let mut l = env.pair.local.client();
     insert_many(&mut l, 6_000);
     let original = snapshot(&mut l);
-    drain_while_cutting(&env, &proxy, 20..100);
-    assert_exactly_once(&env, &original);
+    drain_while_cutting(&env, 20..100);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
     assert_eq!(
         remote_out_of_order(&env),
         0,
@@ -209,7 +210,7 @@ fn batches_in_flight_through_a_slow_link_that_is_cut() {
     );
     // The head is a batch of the ledger.
     let head_in_ledger = count(
-        &mut env.remote(),
+        &mut env.remote,
         "SELECT count(*) FROM sync_upload_chain c JOIN sync_upload_ledger l USING (source_id) \
          WHERE l.batch_id = c.head",
     );
@@ -218,27 +219,23 @@ fn batches_in_flight_through_a_slow_link_that_is_cut() {
 
 #[test]
 fn connection_errors_are_never_data_errors() {
-    let pair = DbPair::new();
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    let env = Env::on(
-        pair,
-        Some(proxy.port()),
-        &[("DB_STATEMENT_TIMEOUT_MS", "1500"), ("BATCH_SIZE", "5")],
-    );
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("DB_STATEMENT_TIMEOUT_MS", "1500"), ("BATCH_SIZE", "5")])
+        .build();
+    let proxy = env.proxy();
     // A statement-level trigger that makes the remote statement take a while.
-    env.remote()
+    env.pair.remote.client()
         .batch_execute(
             "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$;
              CREATE TRIGGER slow AFTER INSERT ON meter_readings FOR EACH STATEMENT EXECUTE FUNCTION slow();",
         )
         .expect("slow trigger");
-    let readings: Vec<Reading> = (0..15)
-        .map(|i| Reading::new("m", &format!("2024-01-01 00:00:{i:02}"), &i.to_string(), None))
-        .collect();
-    insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    let readings = numbered(15, None);
+    insert(&mut env.pair.local.client(), &readings);
+    let original = snapshot(&mut env.pair.local.client());
     let m = env.manager();
-    let mut admin = env.remote();
+    let mut admin = env.pair.remote.client();
 
     // 1. The link is cut in the middle of the statement.
     let b1 = m.claim_batch(None).expect("claim").expect("batch");
@@ -302,23 +299,22 @@ fn connection_errors_are_never_data_errors() {
         .expect("drop trigger");
     let r = sync_until_done(&env, 5);
     assert!(r.iter().all(|r| r.records_quarantined == 0), "{r:#?}");
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 #[test]
 fn outage_of_the_remote_server_and_recovery() {
     let remote_server = PgServer::start();
     let pair = DbPair::on(PgServer::shared(), &remote_server);
-    let env = Env::on(
-        pair,
-        None,
-        &[
+    let env = Env::builder()
+        .on(pair)
+        .vars(&[
             ("MAX_CONNECTION_RETRIES", "1"),
             ("RETRY_BASE_DELAY_MS", "10"),
             ("DB_CONNECTION_TIMEOUT_MS", "500"),
-        ],
-    );
-    let mut l = env.local();
+        ])
+        .build();
+    let mut l = env.pair.local.client();
     insert_many(&mut l, 3_000);
     let original = snapshot(&mut l);
 
@@ -338,7 +334,7 @@ fn outage_of_the_remote_server_and_recovery() {
     let original_all = snapshot(&mut l);
     let _ = original;
     thread::scope(|s| {
-        let t = s.spawn(|| env.sync());
+        let t = s.spawn(|| sync_with(&env.conns, &env.cfg));
         thread::sleep(Duration::from_millis(150));
         remote_server.stop();
         let during = t.join().expect("drain thread");
@@ -348,5 +344,9 @@ fn outage_of_the_remote_server_and_recovery() {
     });
     let results = sync_until_done(&env, 10);
     assert!(results.last().is_some_and(|r| r.success));
-    assert_exactly_once(&env, &original_all);
+    assert_exactly_once(
+        &mut env.pair.local.client(),
+        &mut env.pair.remote.client(),
+        &original_all,
+    );
 }

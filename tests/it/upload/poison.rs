@@ -7,8 +7,8 @@ use super::*;
 
 #[test]
 fn poison_readings_are_quarantined_and_the_others_arrive() {
-    let env = Env::new(&[("BATCH_SIZE", "100")]);
-    env.remote()
+    let mut env = Env::new(&[("BATCH_SIZE", "100")]);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_thirteen CHECK (value <> 13)")
         .expect("constraint");
     let mut g = Gen::new(1000);
@@ -28,8 +28,8 @@ fn poison_readings_are_quarantined_and_the_others_arrive() {
             )
         })
         .collect();
-    let ids = insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    let ids = insert(&mut env.local, &readings);
+    let original = snapshot(&mut env.local);
     let r = env.sync();
     assert!(r.success, "{r:?}");
     assert_eq!(
@@ -37,12 +37,9 @@ fn poison_readings_are_quarantined_and_the_others_arrive() {
         (298, 298, 2),
         "{r:?}"
     );
-    assert_eq!(count(&mut env.remote(), "SELECT count(*) FROM meter_readings"), 298);
+    assert_eq!(count(&mut env.remote, "SELECT count(*) FROM meter_readings"), 298);
     assert_eq!(
-        count(
-            &mut env.remote(),
-            "SELECT count(*) FROM meter_readings WHERE value = 13"
-        ),
+        count(&mut env.remote, "SELECT count(*) FROM meter_readings WHERE value = 13"),
         0
     );
     let q = quarantine::list(&env.conns.local).expect("list");
@@ -58,13 +55,15 @@ fn poison_readings_are_quarantined_and_the_others_arrive() {
     assert_eq!(env.manager().queue_size().expect("queue"), 0);
 
     // The operator fixes the remote and retries: the readings go through, with their ids and values.
-    env.remote()
+    env.remote
         .batch_execute("ALTER TABLE meter_readings DROP CONSTRAINT no_thirteen")
         .expect("drop");
     assert_eq!(quarantine::retry(&env.conns.local, &[]).expect("retry"), 2);
-    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 0);
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 0);
     let back: Vec<i64> = env
-        .local()
+        .pair
+        .local
+        .client()
         .query("SELECT id::int8 FROM meter_readings ORDER BY id", &[])
         .expect("ids")
         .iter()
@@ -73,20 +72,20 @@ fn poison_readings_are_quarantined_and_the_others_arrive() {
     assert_eq!(back, want_ids);
     let r = env.sync();
     assert!(r.success && r.records_uploaded == 2, "{r:?}");
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 #[test]
 fn a_single_poison_reading_in_a_batch_of_one() {
-    let env = Env::new(&[("BATCH_SIZE", "1")]);
-    env.remote()
+    let mut env = Env::new(&[("BATCH_SIZE", "1")]);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT short_unit CHECK (length(unit) < 5)")
         .expect("constraint");
     let mut readings: Vec<Reading> = (0..3)
         .map(|i| Reading::new("m", &format!("2024-01-01 00:00:0{i}"), "1", None))
         .collect();
     readings[1].unit = "too-long-unit".into();
-    insert(&env, &readings);
+    insert(&mut env.local, &readings);
     let r = env.sync();
     assert!(
         r.success && r.records_uploaded == 2 && r.records_quarantined == 1,
@@ -100,16 +99,14 @@ fn a_single_poison_reading_in_a_batch_of_one() {
 
 #[test]
 fn a_remote_that_rejects_every_reading_is_not_a_poison_storm() {
-    let env = Env::new(&[("BATCH_SIZE", "4")]);
+    let mut env = Env::new(&[("BATCH_SIZE", "4")]);
     // A new NOT NULL column without default: every row is rejected with a data error (23502).
-    env.remote()
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD COLUMN site TEXT NOT NULL")
         .expect("alter");
-    let readings: Vec<Reading> = (0..10)
-        .map(|i| Reading::new("m", &format!("2024-01-01 00:00:{i:02}"), &i.to_string(), None))
-        .collect();
-    insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    let readings = numbered(10, None);
+    insert(&mut env.local, &readings);
+    let original = snapshot(&mut env.local);
     for _ in 0..2 {
         let r = env.sync();
         assert!(!r.success, "{r:?}");
@@ -119,17 +116,19 @@ fn a_remote_that_rejects_every_reading_is_not_a_poison_storm() {
             e.contains("rejects every one of the 4 readings") && e.contains("site"),
             "{e}"
         );
-        assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 0);
+        assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 0);
         // The rejected batch, and the one claimed ahead while it was uploading, stay claimed.
         assert_eq!(
             env.manager().pending_batches().expect("pending").len(),
             2,
             "the batches stay claimed"
         );
-        assert_eq!(snapshot(&mut env.local()), original);
+        assert_eq!(snapshot(&mut env.local), original);
     }
     let last_error: Option<String> = env
-        .local()
+        .pair
+        .local
+        .client()
         .query_one(
             "SELECT last_error FROM sync_upload_batches WHERE last_error IS NOT NULL",
             &[],
@@ -137,25 +136,23 @@ fn a_remote_that_rejects_every_reading_is_not_a_poison_storm() {
         .expect("batch")
         .get(0);
     assert!(last_error.is_some_and(|e| e.contains("rejects every one")));
-    env.remote()
+    env.remote
         .batch_execute("ALTER TABLE meter_readings DROP COLUMN site")
         .expect("fix");
     let r = env.sync();
     assert!(r.success, "{r:?}");
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 #[test]
 fn a_dropped_remote_column_fails_the_part_and_keeps_the_batch_claimed() {
-    let env = Env::new(&[("BATCH_SIZE", "4")]);
-    env.remote()
+    let mut env = Env::new(&[("BATCH_SIZE", "4")]);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings DROP COLUMN metadata")
         .expect("alter");
-    let readings: Vec<Reading> = (0..6)
-        .map(|i| Reading::new("m", &format!("2024-01-01 00:00:{i:02}"), &i.to_string(), Some("{}")))
-        .collect();
-    insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    let readings = numbered(6, Some("{}"));
+    insert(&mut env.local, &readings);
+    let original = snapshot(&mut env.local);
     let r = env.sync();
     assert!(!r.success, "{r:?}");
     let e = r.error.as_deref().unwrap_or("");
@@ -164,25 +161,25 @@ fn a_dropped_remote_column_fails_the_part_and_keeps_the_batch_claimed() {
         "{e}"
     );
     assert_eq!(r.records_quarantined, 0);
-    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 0);
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 0);
     // The failed batch and the one claimed ahead while it was in flight (unnamed statements: the batch is sent
     // before the remote can say the statement is wrong); nothing else was sent.
     assert_eq!(env.manager().pending_batches().expect("pending").len(), 2);
-    assert_eq!(snapshot(&mut env.local()), original);
-    env.remote()
+    assert_eq!(snapshot(&mut env.local), original);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD COLUMN metadata JSONB")
         .expect("fix");
     let r = env.sync();
     assert!(r.success, "{r:?}");
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 // ----- The quarantine command -----
 
 #[test]
 fn quarantine_command_lists_retries_and_discards() {
-    let env = Env::new(&[("BATCH_SIZE", "10")]);
-    env.remote()
+    let mut env = Env::new(&[("BATCH_SIZE", "10")]);
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT positive CHECK (value > 0)")
         .expect("constraint");
     let readings: Vec<Reading> = (0..6)
@@ -195,7 +192,7 @@ fn quarantine_command_lists_retries_and_discards() {
             )
         })
         .collect();
-    let ids = insert(&env, &readings);
+    let ids = insert(&mut env.local, &readings);
     let r = env.sync();
     assert!(r.success && r.records_quarantined == 3, "{r:?}");
 
@@ -233,7 +230,7 @@ fn quarantine_command_lists_retries_and_discards() {
     let out = run_command(&["quarantine", "retry", &ids[0].to_string(), "999999"], &env.map);
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
     assert!(out.stderr.contains("999999"), "{}", out.stderr);
-    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 3);
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 3);
 
     let out = run_command(&["quarantine", "discard", &ids[2].to_string()], &env.map);
     assert!(
@@ -242,7 +239,7 @@ fn quarantine_command_lists_retries_and_discards() {
         out.stdout,
         out.stderr
     );
-    env.remote()
+    env.remote
         .batch_execute("ALTER TABLE meter_readings DROP CONSTRAINT positive")
         .expect("drop");
     let out = run_command(&["quarantine", "retry", &ids[0].to_string()], &env.map);
@@ -264,7 +261,7 @@ fn quarantine_command_lists_retries_and_discards() {
         "{}",
         out.stderr
     );
-    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 1);
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 1);
     let out = run_command(&["quarantine", "discard", "--all", "--yes"], &env.map);
     assert!(
         out.status.success() && out.stdout.contains("1 reading(s) discarded"),
@@ -272,9 +269,9 @@ fn quarantine_command_lists_retries_and_discards() {
         out.stdout,
         out.stderr
     );
-    assert_eq!(count(&mut env.local(), "SELECT count(*) FROM sync_quarantine"), 0);
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM sync_quarantine"), 0);
     assert_eq!(
-        count(&mut env.remote(), "SELECT count(*) FROM meter_readings WHERE value < 0"),
+        count(&mut env.remote, "SELECT count(*) FROM meter_readings WHERE value < 0"),
         1
     );
 }

@@ -12,11 +12,11 @@ use super::*;
 fn prop_claims_are_bounded_ordered_and_oldest_first(readings: Vec<Reading>, batch: u8, finish_mask: u32) -> TestResult {
     with_env(|env| {
         env.truncate();
-        insert(env, &readings);
+        insert(&mut env.pair.local.client(), &readings);
         let mut cfg = env.cfg.clone();
         cfg.batch_size = 1 + u32::from(batch % 25);
         let m = UploadSyncManager::new(&env.conns, &cfg);
-        let mut l = env.local();
+        let mut l = env.pair.local.client();
         let order = local_ids_in_order(&mut l);
         let mut cursor = None;
         let mut taken = Vec::new();
@@ -80,31 +80,16 @@ fn prop_upload_then_finish_moves_exactly_the_batch(readings: Vec<Reading>, batch
     }
     with_env(|env| {
         env.truncate();
-        insert(env, &readings);
+        insert(&mut env.pair.local.client(), &readings);
         let mut cfg = env.cfg.clone();
         cfg.batch_size = 1 + u32::from(batch % 40);
         let m = UploadSyncManager::new(&env.conns, &cfg);
-        let (mut l, mut r) = (env.local(), env.remote());
+        let (mut l, mut r) = (env.pair.local.client(), env.pair.remote.client());
         let before_ids = local_ids_in_order(&mut l);
         let before = snapshot(&mut l);
         let b = m.claim_batch(None).expect("claim").expect("a batch");
         let claimed: Vec<i64> = ids_of(&b);
-        let claimed_rows: Vec<Reading> = l
-            .query(
-                "SELECT meter_id::text, timestamp::text, value::text, unit::text, metadata::text FROM meter_readings
-                 WHERE id = ANY($1::int8[])",
-                &[&claimed],
-            )
-            .expect("claimed rows")
-            .iter()
-            .map(|x| Reading {
-                meter: x.get(0),
-                ts: x.get(1),
-                value: x.get(2),
-                unit: x.get(3),
-                md: x.get(4),
-            })
-            .collect();
+        let claimed_rows = query_readings(&mut l, "FROM meter_readings WHERE id = ANY($1::int8[])", &[&claimed]);
         assert_eq!(
             m.upload_batch(&b).expect("upload"),
             UploadOutcome::Uploaded(claimed.len() as u64)
@@ -198,11 +183,11 @@ fn prop_failed_upload_leaves_nothing_behind(readings: Vec<Reading>, poison_at: u
             Failure::Trigger => readings[k].meter = "poison-raise".into(),
             Failure::TriggerData => readings[k].meter = "poison-data".into(),
         }
-        insert(env, &readings);
+        insert(&mut env.pair.local.client(), &readings);
         let mut cfg = env.cfg.clone();
         cfg.batch_size = readings.len() as u32;
         let m = UploadSyncManager::new(&env.conns, &cfg);
-        let (mut l, mut r) = (env.local(), env.remote());
+        let (mut l, mut r) = (env.pair.local.client(), env.pair.remote.client());
         let before = local_full_state(&mut l);
         let b = m.claim_batch(None).expect("claim").expect("a batch");
         let err = match m.upload_batch(&b) {
@@ -229,8 +214,8 @@ fn prop_failed_upload_leaves_nothing_behind(readings: Vec<Reading>, poison_at: u
 
 #[test]
 fn prop_3_transaction_atomicity() {
-    let env = Env::new(&[]);
-    env.remote()
+    let mut env = Env::new(&[]);
+    env.remote
         .batch_execute(
             "ALTER TABLE meter_readings ADD CONSTRAINT no_poison_unit CHECK (unit <> 'poison-unit');
              CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -258,11 +243,11 @@ fn prop_3_transaction_atomicity() {
 fn prop_unreachable_remote_keeps_everything(readings: Vec<Reading>, batch: u8) -> TestResult {
     with_env(|env| {
         env.truncate();
-        insert(env, &readings);
+        insert(&mut env.pair.local.client(), &readings);
         let mut cfg = env.cfg.clone();
         cfg.batch_size = 1 + u32::from(batch % 30);
         let m = UploadSyncManager::new(&env.conns, &cfg);
-        let mut l = env.local();
+        let mut l = env.pair.local.client();
         let before = local_full_state(&mut l);
         let res = m.sync_readings(Duration::from_secs(60));
         let after = local_full_state(&mut l);
@@ -298,20 +283,21 @@ fn prop_unreachable_remote_keeps_everything(readings: Vec<Reading>, batch: u8) -
 
 #[test]
 fn prop_4_data_preservation_on_failure() {
+    // The remote is migrated directly, then reached through a port nobody listens on. That fails at once (the
+    // pool's TCP probe sees the refusal before r2d2 would retry until DB_CONNECTION_TIMEOUT_MS), so the
+    // connection timeout stays the harness's generous one: the local side must connect within it, also on a
+    // loaded machine (a 20 ms timeout here timed out the local side under load).
     let port = closed_port().to_string();
-    let pair = DbPair::new();
-    // The remote is migrated directly, then reached through a port nobody listens on.
-    let env = Env::on(
-        pair,
-        Some(port.parse().expect("port")),
-        &[
+    let env = Env::builder()
+        .vars(&[
             ("MAX_CONNECTION_RETRIES", "0"),
             ("MAX_QUERY_RETRIES", "1"),
             ("RETRY_BASE_DELAY_MS", "1"),
-            // r2d2 keeps trying for this long before a checkout fails.
-            ("DB_CONNECTION_TIMEOUT_MS", "20"),
-        ],
-    );
+        ])
+        .edit(move |_, map| {
+            map.insert("POSTGRES_CLIENT_PORT".into(), port);
+        })
+        .build();
     check(
         env,
         100,
@@ -339,7 +325,7 @@ fn exact_values_round_trip_across_time_zones() {
             pair.remote.name()
         ))
         .expect("tz");
-    let env = Env::on(pair, None, &[("BATCH_SIZE", "7")]);
+    let mut env = Env::builder().on(pair).vars(&[("BATCH_SIZE", "7")]).build();
     let thousand_digits: String = "1234567890".repeat(100);
     let fraction = format!("0.{}", "9876543210".repeat(50));
     let values = [
@@ -391,15 +377,15 @@ fn exact_values_round_trip_across_time_zones() {
     // Identical readings are each their own reading.
     let twin = Reading::new("twin", "2024-05-05 05:05:05.5", "5.50", Some(r#"{"same": true}"#));
     readings.extend([twin.clone(), twin.clone(), twin]);
-    insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    insert(&mut env.local, &readings);
+    let original = snapshot(&mut env.local);
     let r = env.sync();
     assert!(r.success, "{r:?}");
     assert_eq!(r.records_uploaded, readings.len() as u64);
     assert_eq!(r.records_deleted, readings.len() as u64);
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
     // Spot checks in the remote's own zone and datestyle-independent forms.
-    let mut remote = env.remote();
+    let mut remote = env.pair.remote.client();
     let n: i64 = remote
         .query_one(
             "SELECT count(*) FROM meter_readings WHERE value::text = $1 AND scale(value) = 2",
@@ -435,7 +421,9 @@ fn exact_values_round_trip_across_time_zones() {
         .map(|r| r.get(0))
         .collect();
     let mut sorted_by_time: Vec<String> = env
-        .local()
+        .pair
+        .local
+        .client()
         .query(
             "SELECT t::timestamp::text FROM unnest($1::text[]) AS t ORDER BY t::timestamp",
             &[&readings.iter().map(|r| r.ts.clone()).collect::<Vec<_>>()],

@@ -160,8 +160,8 @@ fn run_pipelined_until_crash(m: &UploadSyncManager<'_>, steps: usize, order: u64
 fn prop_crash_at_any_step_boundary_is_exactly_once(plan: CrashPlan) -> TestResult {
     with_env(|env| {
         env.truncate();
-        insert(env, &plan.readings);
-        let original = snapshot(&mut env.local());
+        insert(&mut env.pair.local.client(), &plan.readings);
+        let original = snapshot(&mut env.pair.local.client());
         let mut cfg = env.cfg.clone();
         cfg.batch_size = plan.batch;
         let m = UploadSyncManager::new(&env.conns, &cfg);
@@ -175,12 +175,12 @@ fn prop_crash_at_any_step_boundary_is_exactly_once(plan: CrashPlan) -> TestResul
         if !restarted.success {
             return TestResult::error(format!("restart after {stopped_after} failed: {restarted:?}"));
         }
-        let remote = snapshot(&mut env.remote());
-        let mut l = env.local();
+        let remote = snapshot(&mut env.pair.remote.client());
+        let mut l = env.pair.local.client();
         let left = count(&mut l, "SELECT count(*) FROM meter_readings")
             + count(&mut l, "SELECT count(*) FROM sync_upload_batches");
         let out_of_order = count(
-            &mut env.remote(),
+            &mut env.pair.remote.client(),
             "SELECT count(*) FROM (SELECT timestamp < lag(timestamp) OVER (ORDER BY id) AS back \
              FROM meter_readings) AS x WHERE back",
         );
@@ -211,17 +211,15 @@ fn crash_at_every_step_boundary_is_exactly_once() {
 
 #[test]
 fn an_already_uploaded_batch_is_recognized_by_the_ledger_before_any_reading_is_inserted() {
-    let env = Env::new(&[("BATCH_SIZE", "10")]);
+    let mut env = Env::new(&[("BATCH_SIZE", "10")]);
     // A remote unique constraint on the readings themselves: a second insert of the same rows would fail on it
     // (a data error) if the ledger were not checked first.
-    env.remote()
+    env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT one_per_instant UNIQUE (meter_id, timestamp)")
         .expect("unique constraint");
-    let readings: Vec<Reading> = (0..10)
-        .map(|i| Reading::new("m", &format!("2024-01-01 00:00:{i:02}"), &i.to_string(), None))
-        .collect();
-    insert(&env, &readings);
-    let original = snapshot(&mut env.local());
+    let readings = numbered(10, None);
+    insert(&mut env.local, &readings);
+    let original = snapshot(&mut env.local);
     let m = env.manager();
     let b = m.claim_batch(None).expect("claim").expect("batch");
     assert_eq!(m.upload_batch(&b).expect("first upload"), UploadOutcome::Uploaded(10));
@@ -236,13 +234,13 @@ fn an_already_uploaded_batch_is_recognized_by_the_ledger_before_any_reading_is_i
         (r.records_uploaded, r.records_deleted, r.records_quarantined),
         (0, 10, 0)
     );
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 #[test]
 fn killed_child_process_then_once_again_is_exactly_once() {
     let env = Env::new(&[]);
-    let mut l = env.local();
+    let mut l = env.pair.local.client();
     let mut g = Gen::new(1000);
     insert_many(&mut l, 30_000);
     let original = snapshot(&mut l);
@@ -267,27 +265,24 @@ fn killed_child_process_then_once_again_is_exactly_once() {
         out.stdout,
         out.stderr
     );
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
 
 // ----- Faults -----
 
 #[test]
 fn link_cuts_during_a_long_drain_are_exactly_once() {
-    let pair = DbPair::new();
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pair.remote.port())));
-    let env = Env::on(
-        pair,
-        Some(proxy.port()),
-        &[("MAX_QUERY_RETRIES", "3"), ("RETRY_BASE_DELAY_MS", "5")],
-    );
-    let mut l = env.local();
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("MAX_QUERY_RETRIES", "3"), ("RETRY_BASE_DELAY_MS", "5")])
+        .build();
+    let mut l = env.pair.local.client();
     insert_many(&mut l, 20_000);
     let original = snapshot(&mut l);
-    let cycles = drain_while_cutting(&env, &proxy, 5..65);
+    let cycles = drain_while_cutting(&env, 5..65);
     eprintln!(
         "drained through {cycles} cycle(s) and {} connections",
-        proxy.connections_opened()
+        env.proxy().connections_opened()
     );
-    assert_exactly_once(&env, &original);
+    assert_exactly_once(&mut env.pair.local.client(), &mut env.pair.remote.client(), &original);
 }
