@@ -9,19 +9,16 @@
 //! confirmation, and a quickcheck over interleavings of upload, confirmation, crash and ledger loss. Time passes
 //! in the in-process tests by moving the batches' acknowledgement times back (`pass_time`), never by sleeping.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
-use sync_process::config::Config;
-use sync_process::db::ConnectionManager;
-use sync_process::shutdown::Shutdown;
 use sync_process::upload::{UploadSyncManager, UploadSyncResult};
 
 use crate::support::daemon::run_command;
-use crate::support::pg::{self, DbPair, PgServer, TestDb};
+use crate::support::env::{count, Env};
+use crate::support::pg::{DbPair, PgServer, TestDb};
 use crate::support::standby::Replicated;
 
 // ----- Helpers -----
@@ -46,10 +43,6 @@ fn values(c: &mut Client) -> Vec<i64> {
         .iter()
         .map(|r| r.get(0))
         .collect()
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
 /// Lets the confirmation window pass for every batch awaiting confirmation: their acknowledgement times move a
@@ -101,52 +94,31 @@ fn batch_ids(local: &mut Client) -> Vec<String> {
         .collect()
 }
 
-/// A migrated pair on the shared server with a configuration and a connection manager (field order: the
-/// pools close before the databases are dropped).
-struct Site {
-    conns: ConnectionManager,
-    cfg: Config,
-    pair: DbPair,
+/// One cycle's upload part; asserts it succeeded.
+fn sync(env: &Env) -> UploadSyncResult {
+    let r = manager(env).sync_readings(Duration::from_secs(600));
+    assert!(r.success, "{r:?}");
+    r
 }
 
-impl Site {
-    fn new(vars: &[(&str, &str)]) -> Site {
-        let pair = DbPair::new();
-        let mut map = pg::env_map(&pair);
-        map.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let cfg = Config::from_map(&map).expect("test configuration");
-        let conns = ConnectionManager::new(&cfg, Shutdown::new()).expect("connection manager");
-        sync_process::migrate::migrate(&conns.local, false).expect("local migration");
-        sync_process::migrate::migrate(&conns.remote, false).expect("remote migration");
-        Site { conns, cfg, pair }
-    }
+fn manager(env: &Env) -> UploadSyncManager<'_> {
+    UploadSyncManager::new(&env.conns, &env.cfg)
+}
 
-    fn manager(&self) -> UploadSyncManager<'_> {
-        UploadSyncManager::new(&self.conns, &self.cfg)
-    }
+/// Fresh direct clients of the two sides (the quickcheck property shares its Env and cannot borrow its clients
+/// mutably).
+fn clients(env: &Env) -> (Client, Client) {
+    (env.pair.local.client(), env.pair.remote.client())
+}
 
-    fn sync(&self) -> UploadSyncResult {
-        let r = self.manager().sync_readings(Duration::from_secs(600));
-        assert!(r.success, "{r:?}");
-        r
-    }
-
-    fn local(&self) -> Client {
-        self.pair.local.client()
-    }
-
-    fn remote(&self) -> Client {
-        self.pair.remote.client()
-    }
-
-    fn truncate(&self) {
-        self.local()
-            .batch_execute("TRUNCATE meter_readings, sync_upload_batches, sync_quarantine")
-            .expect("truncating local");
-        self.remote()
-            .batch_execute("TRUNCATE meter_readings, sync_upload_ledger, sync_upload_chain")
-            .expect("truncating remote");
-    }
+fn truncate(env: &Env) {
+    let (mut local, mut remote) = clients(env);
+    local
+        .batch_execute("TRUNCATE meter_readings, sync_upload_batches, sync_quarantine")
+        .expect("truncating local");
+    remote
+        .batch_execute("TRUNCATE meter_readings, sync_upload_ledger, sync_upload_chain")
+        .expect("truncating remote");
 }
 
 // ----- Failover of the central database -----
@@ -168,14 +140,18 @@ fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFail
         local: TestDb::create(PgServer::shared()),
         remote: TestDb::create(central.primary()),
     };
-    let mut map: BTreeMap<String, String> = pg::env_map_with_remote(&pair, pg::HOST, central.front.port());
-    map.insert("UPLOAD_CONFIRM_SECONDS".into(), confirm_secs.to_string());
-    map.insert("BATCH_SIZE".into(), "50".into());
-    let out = run_command(&["migrate"], &map);
-    assert!(out.status.success(), "migrate: {}\n{}", out.stdout, out.stderr);
-    let mut local = pair.local.client();
+    let front = central.front.port().to_string();
+    let confirm = confirm_secs.to_string();
+    let env = Env::builder()
+        .on(pair)
+        .vars(&[("UPLOAD_CONFIRM_SECONDS", &confirm), ("BATCH_SIZE", "50")])
+        .edit(|_, map| {
+            map.insert("POSTGRES_CLIENT_PORT".into(), front.clone());
+        })
+        .build();
+    let (mut local, mut primary) = clients(&env);
     let once = |what: &str| {
-        let out = run_command(&["once"], &map);
+        let out = run_command(&["once"], &env.map);
         assert!(out.status.success(), "once ({what}): {}\n{}", out.stdout, out.stderr);
         out.stderr
     };
@@ -187,13 +163,13 @@ fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFail
     insert_readings(&mut local, 300, 200);
     once("after the cut");
     assert_eq!(
-        count(&mut pair.remote.client(), "SELECT count(*) FROM meter_readings"),
+        count(&mut primary, "SELECT count(*) FROM meter_readings"),
         500,
         "the primary took all 500 readings"
     );
     assert!(!central.is_streaming(), "replication is cut");
     let standby_db = central
-        .standby_client(pair.remote.name())
+        .standby_client(env.pair.remote.name())
         .query_one("SELECT count(*) FROM meter_readings", &[]);
     assert_eq!(
         standby_db.expect("counting on the standby").get::<_, i64>(0),
@@ -207,7 +183,7 @@ fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFail
         std::thread::sleep(Duration::from_secs(confirm_secs) + Duration::from_secs(1));
         stderr.push_str(&once(&format!("round {round} after the failover")));
     }
-    let mut remote = central.standby_client(pair.remote.name());
+    let mut remote = central.standby_client(env.pair.remote.name());
     AfterFailover {
         remote: values(&mut remote),
         local_left: count(&mut local, "SELECT count(*) FROM meter_readings"),
@@ -255,17 +231,17 @@ fn without_a_confirmation_window_a_failover_loses_the_last_batches() {
 
 #[test]
 fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
-    let site = Site::new(&[("UPLOAD_CONFIRM_SECONDS", "300"), ("BATCH_SIZE", "10")]);
-    let (mut local, mut remote) = (site.local(), site.remote());
+    let env = Env::new(&[("UPLOAD_CONFIRM_SECONDS", "300"), ("BATCH_SIZE", "10")]);
+    let (mut local, mut remote) = clients(&env);
     insert_readings(&mut local, 0, 30);
-    let r = site.sync();
+    let r = sync(&env);
     assert_eq!(
         (r.records_uploaded, r.records_deleted),
         (30, 0),
         "uploaded, kept until confirmed"
     );
     assert_eq!(
-        site.manager().queue_size().expect("queue size"),
+        manager(&env).queue_size().expect("queue size"),
         0,
         "awaiting readings are not queued"
     );
@@ -278,14 +254,14 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
         .execute("DELETE FROM sync_upload_ledger WHERE batch_id = $1::uuid", &[&ids[1]])
         .expect("deleting a ledger row by hand");
 
-    let r = site.sync();
+    let r = sync(&env);
     assert_eq!(
         (r.records_uploaded, r.records_deleted),
         (0, 0),
         "nothing is due before the window passes"
     );
     pass_time(&mut local);
-    let r = site.sync();
+    let r = sync(&env);
     assert_eq!(
         (r.records_uploaded, r.records_deleted),
         (20, 10),
@@ -297,11 +273,11 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
         "the re-sent batches await confirmation again"
     );
     pass_time(&mut local);
-    let r = site.sync();
+    let r = sync(&env);
     assert_eq!((r.records_uploaded, r.records_deleted), (0, 20), "both confirmed now");
     for _ in 0..2 {
         pass_time(&mut local);
-        site.sync();
+        sync(&env);
     }
     let mut expected: Vec<i64> = (1..=30).chain(11..=20).collect();
     expected.sort_unstable();
@@ -317,30 +293,26 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
 
 #[test]
 fn readings_another_program_marked_are_never_sent_nor_deleted_with_a_window() {
-    let site = Site::new(&[("UPLOAD_CONFIRM_SECONDS", "300"), ("BATCH_SIZE", "2")]);
-    let mut local = site.local();
+    let env = Env::new(&[("UPLOAD_CONFIRM_SECONDS", "300"), ("BATCH_SIZE", "2")]);
+    let (mut local, mut remote) = clients(&env);
     insert_readings(&mut local, 0, 5);
     local
         .batch_execute("UPDATE meter_readings SET is_synchronized = true WHERE value IN (2, 4)")
         .expect("marking readings as another program would");
     for _ in 0..3 {
-        site.sync();
+        sync(&env);
         pass_time(&mut local);
     }
-    site.sync();
-    assert_eq!(
-        values(&mut site.remote()),
-        vec![1, 3, 5],
-        "only the unmarked readings go up"
-    );
+    sync(&env);
+    assert_eq!(values(&mut remote), vec![1, 3, 5], "only the unmarked readings go up");
     assert_eq!(values(&mut local), vec![2, 4], "the marked readings are left alone");
     assert_eq!(count(&mut local, "SELECT count(*) FROM sync_upload_batches"), 0);
-    assert_eq!(site.manager().queue_size().expect("queue size"), 0);
+    assert_eq!(manager(&env).queue_size().expect("queue size"), 0);
 }
 
 // ----- Interleavings (quickcheck) -----
 
-/// One thing that happens to a site.
+/// One thing that happens to the edge box or the central database.
 #[derive(Clone, Debug)]
 enum Op {
     /// New readings arrive locally.
@@ -396,9 +368,9 @@ fn crash_after(m: &UploadSyncManager<'_>, steps: u8) {
 
 /// Every reading inserted so far is held locally or remotely (Property 4), and none twice remotely
 /// (Property 2: the remote copy and the local delete go together, the ledger decides every re-send).
-fn check_invariant(site: &Site, inserted: i64, after: &Op) -> Result<(), String> {
-    let remote = values(&mut site.remote());
-    let local = values(&mut site.local());
+fn check_invariant(local: &mut Client, remote: &mut Client, inserted: i64, after: &Op) -> Result<(), String> {
+    let remote = values(remote);
+    let local = values(local);
     let mut distinct = remote.clone();
     distinct.dedup();
     if distinct.len() != remote.len() {
@@ -414,15 +386,15 @@ fn check_invariant(site: &Site, inserted: i64, after: &Op) -> Result<(), String>
 }
 
 fn prop_interleavings_are_exactly_once(ops: Vec<Op>, batch: u8) -> TestResult {
-    with_site(|site| run_interleaving(site, &ops, batch))
+    with_env(|env| run_interleaving(env, &ops, batch))
 }
 
-fn run_interleaving(site: &Site, ops: &[Op], batch: u8) -> TestResult {
-    site.truncate();
-    let mut cfg = site.cfg.clone();
+fn run_interleaving(env: &Env, ops: &[Op], batch: u8) -> TestResult {
+    truncate(env);
+    let mut cfg = env.cfg.clone();
     cfg.batch_size = 1 + u32::from(batch % 6);
-    let m = UploadSyncManager::new(&site.conns, &cfg);
-    let (mut local, mut remote) = (site.local(), site.remote());
+    let m = UploadSyncManager::new(&env.conns, &cfg);
+    let (mut local, mut remote) = clients(env);
     let mut inserted = 0i64;
     for op in ops.iter().take(14) {
         match op {
@@ -445,7 +417,7 @@ fn run_interleaving(site: &Site, ops: &[Op], batch: u8) -> TestResult {
                 }
             }
         }
-        if let Err(e) = check_invariant(site, inserted, op) {
+        if let Err(e) = check_invariant(&mut local, &mut remote, inserted, op) {
             return TestResult::error(e);
         }
     }
@@ -469,11 +441,11 @@ fn run_interleaving(site: &Site, ops: &[Op], batch: u8) -> TestResult {
 }
 
 thread_local! {
-    static SITE: std::cell::RefCell<Option<Site>> = const { std::cell::RefCell::new(None) };
+    static ENV: std::cell::RefCell<Option<Env>> = const { std::cell::RefCell::new(None) };
 }
 
-fn with_site<T>(f: impl FnOnce(&Site) -> T) -> T {
-    SITE.with(|s| f(s.borrow().as_ref().expect("the property's Site")))
+fn with_env<T>(f: impl FnOnce(&Env) -> T) -> T {
+    ENV.with(|e| f(e.borrow().as_ref().expect("the property's Env")))
 }
 
 // **Feature: database-sync-process, Property 2: Upload-delete atomicity**
@@ -483,14 +455,14 @@ fn with_site<T>(f: impl FnOnce(&Site) -> T) -> T {
 // exactly once; at every point in between each reading is on one side or both, never twice on the remote.
 #[test]
 fn interleavings_of_upload_confirmation_crash_and_ledger_loss_are_exactly_once() {
-    /// Drops the site while the thread's runtime is still there, also when the property fails (a panic).
+    /// Drops the Env while the thread's runtime is still there, also when the property fails (a panic).
     struct Clear;
     impl Drop for Clear {
         fn drop(&mut self) {
-            SITE.with(|s| s.borrow_mut().take());
+            ENV.with(|e| e.borrow_mut().take());
         }
     }
-    SITE.with(|s| *s.borrow_mut() = Some(Site::new(&[("UPLOAD_CONFIRM_SECONDS", "300")])));
+    ENV.with(|e| *e.borrow_mut() = Some(Env::new(&[("UPLOAD_CONFIRM_SECONDS", "300")])));
     let _clear = Clear;
     QuickCheck::new()
         .tests(100)
