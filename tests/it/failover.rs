@@ -63,7 +63,7 @@ fn lose_batch(local: &mut Client, remote: &mut Client, batch_id: &str) -> u64 {
     let vals: Vec<i64> = local
         .query(
             "SELECT r.value::int8 FROM sync_upload_batches b JOIN meter_readings r ON r.id = ANY(b.reading_ids)
-             WHERE b.batch_id = $1::uuid",
+             WHERE b.batch_id = $1::text::uuid",
             &[&batch_id],
         )
         .expect("reading a batch's values")
@@ -71,7 +71,10 @@ fn lose_batch(local: &mut Client, remote: &mut Client, batch_id: &str) -> u64 {
         .map(|r| r.get(0))
         .collect();
     let ledger = remote
-        .execute("DELETE FROM sync_upload_ledger WHERE batch_id = $1::uuid", &[&batch_id])
+        .execute(
+            "DELETE FROM sync_upload_ledger WHERE batch_id = $1::text::uuid",
+            &[&batch_id],
+        )
         .expect("deleting a ledger row");
     if ledger == 0 {
         return 0; // never arrived: nothing to lose
@@ -251,7 +254,10 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
     // manual DELETE): the ledger decides, so its readings go up a second time, once.
     assert_eq!(lose_batch(&mut local, &mut remote, &ids[0]), 10);
     remote
-        .execute("DELETE FROM sync_upload_ledger WHERE batch_id = $1::uuid", &[&ids[1]])
+        .execute(
+            "DELETE FROM sync_upload_ledger WHERE batch_id = $1::text::uuid",
+            &[&ids[1]],
+        )
         .expect("deleting a ledger row by hand");
 
     let r = sync(&env);
