@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use postgres::Client;
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult, Testable};
 
 use sync_process::upload::{UploadSyncManager, UploadSyncResult};
 
@@ -327,6 +327,8 @@ enum Op {
     Sync,
     /// The daemon dies after this many protocol steps by hand (claim, upload, finish, ...).
     CrashAfter(u8),
+    /// The daemon dies after this many steps of the confirmation by hand (lookup, delete, re-send, ...).
+    CrashInConfirmation(u8),
     /// The confirmation window passes for every batch awaiting it.
     PassTime,
     /// A failover loses one batch still held locally (the n-th, modulo how many there are): its ledger row and
@@ -336,11 +338,12 @@ enum Op {
 
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Op {
-        match u8::arbitrary(g) % 9 {
+        match u8::arbitrary(g) % 10 {
             0 | 1 => Op::Insert(1 + u8::arbitrary(g) % 12),
             2 | 3 => Op::Sync,
             4 | 5 => Op::CrashAfter(u8::arbitrary(g) % 7),
-            6 => Op::PassTime,
+            6 => Op::CrashInConfirmation(u8::arbitrary(g) % 8),
+            7 => Op::PassTime,
             _ => Op::LoseLedger(u8::arbitrary(g)),
         }
     }
@@ -370,6 +373,56 @@ fn crash_after(m: &UploadSyncManager<'_>, steps: u8) {
         m.finish_batch(&b.batch_id).expect("finish");
         left -= 1;
     }
+}
+
+/// The confirmation step by hand, through the public step functions, stopped ("crashed") after `steps`: the
+/// due batches, ONE ledger lookup, the local delete of those found, then per vanished batch its re-send and its
+/// new acknowledgement. Returns the name of the last step done.
+fn crash_in_confirmation(m: &UploadSyncManager<'_>, steps: u8) -> &'static str {
+    let mut done = 0u8;
+    let mut step = |name: &'static str| {
+        done += 1;
+        (done <= steps).then_some(name)
+    };
+    let mut last = "nothing";
+    let Some(name) = step("due") else { return last };
+    last = name;
+    let due = m.due_for_confirmation().expect("due for confirmation");
+    if due.is_empty() {
+        return last;
+    }
+    let Some(name) = step("ledger lookup") else { return last };
+    last = name;
+    let present = m.batches_in_ledger(&due).expect("ledger lookup");
+    let (found, vanished): (Vec<String>, Vec<String>) = due.into_iter().partition(|id| present.contains(id));
+    let Some(name) = step("delete the confirmed") else {
+        return last;
+    };
+    last = name;
+    m.confirm_batches(&found).expect("deleting the confirmed batches");
+    for id in vanished {
+        let Some(name) = step("re-send") else { return last };
+        last = name;
+        m.resend_batch(&id).expect("re-send");
+        let Some(name) = step("acknowledge again") else {
+            return last;
+        };
+        last = name;
+        m.finish_batch(&id).expect("acknowledge again");
+    }
+    last
+}
+
+/// Cycles with the window passing each time, until nothing is left locally (at most `rounds`).
+fn settle(m: &UploadSyncManager<'_>, local: &mut Client, rounds: usize) -> Result<(), String> {
+    for _ in 0..rounds {
+        pass_time(local);
+        let r = m.sync_readings(Duration::from_secs(600));
+        if !r.success {
+            return Err(format!("sync failed: {r:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Every reading inserted so far is held locally or remotely (Property 4), and none twice remotely
@@ -415,6 +468,9 @@ fn run_interleaving(env: &Env, ops: &[Op], batch: u8) -> TestResult {
                 }
             }
             Op::CrashAfter(steps) => crash_after(&m, *steps),
+            Op::CrashInConfirmation(steps) => {
+                crash_in_confirmation(&m, *steps);
+            }
             Op::PassTime => pass_time(&mut local),
             Op::LoseLedger(n) => {
                 let ids = batch_ids(&mut local);
@@ -428,12 +484,8 @@ fn run_interleaving(env: &Env, ops: &[Op], batch: u8) -> TestResult {
         }
     }
     // The end: cycles with the window passing until everything is confirmed.
-    for _ in 0..6 {
-        pass_time(&mut local);
-        let r = m.sync_readings(Duration::from_secs(600));
-        if !r.success {
-            return TestResult::error(format!("final sync failed: {r:?}"));
-        }
+    if let Err(e) = settle(&m, &mut local, 6) {
+        return TestResult::error(format!("at the end: {e}"));
     }
     let left = count(&mut local, "SELECT count(*) FROM meter_readings")
         + count(&mut local, "SELECT count(*) FROM sync_upload_batches");
@@ -454,13 +506,8 @@ fn with_env<T>(f: impl FnOnce(&Env) -> T) -> T {
     ENV.with(|e| f(e.borrow().as_ref().expect("the property's Env")))
 }
 
-// **Feature: database-sync-process, Property 2: Upload-delete atomicity**
-// **Feature: database-sync-process, Property 4: Data preservation on failure**
-// With a confirmation window, any interleaving of new readings, cycles, crashes between the protocol's steps,
-// the window passing, and failovers that lose batches still held locally ends with every reading on the remote
-// exactly once; at every point in between each reading is on one side or both, never twice on the remote.
-#[test]
-fn interleavings_of_upload_confirmation_crash_and_ledger_loss_are_exactly_once() {
+/// Runs `prop` 100 times (generator size `size`) on one Env with a 300 s window, shared through [`with_env`].
+fn check<A: Testable>(size: usize, prop: A) {
     /// Drops the Env while the thread's runtime is still there, also when the property fails (a panic).
     struct Clear;
     impl Drop for Clear {
@@ -473,6 +520,84 @@ fn interleavings_of_upload_confirmation_crash_and_ledger_loss_are_exactly_once()
     QuickCheck::new()
         .tests(100)
         .max_tests(1000)
-        .rng(Gen::new(12))
-        .quickcheck(prop_interleavings_are_exactly_once as fn(Vec<Op>, u8) -> TestResult);
+        .rng(Gen::new(size))
+        .quickcheck(prop);
+}
+
+// **Feature: database-sync-process, Property 2: Upload-delete atomicity**
+// **Feature: database-sync-process, Property 4: Data preservation on failure**
+// With a confirmation window, any interleaving of new readings, cycles, crashes between the protocol's steps,
+// the window passing, and failovers that lose batches still held locally ends with every reading on the remote
+// exactly once; at every point in between each reading is on one side or both, never twice on the remote.
+#[test]
+fn interleavings_of_upload_confirmation_crash_and_ledger_loss_are_exactly_once() {
+    check(12, prop_interleavings_are_exactly_once as fn(Vec<Op>, u8) -> TestResult);
+}
+
+/// Where a crash inside the confirmation step happens, and what the failover lost before it.
+#[derive(Clone, Debug)]
+struct ConfirmCrash {
+    readings: u8,
+    batch: u8,
+    /// Bit i: batch i lost its ledger row and readings on the remote.
+    lost: u8,
+    steps: u8,
+}
+
+impl Arbitrary for ConfirmCrash {
+    fn arbitrary(g: &mut Gen) -> ConfirmCrash {
+        ConfirmCrash {
+            readings: 1 + u8::arbitrary(g) % 30,
+            batch: 1 + u8::arbitrary(g) % 8,
+            lost: u8::arbitrary(g),
+            steps: u8::arbitrary(g) % 12,
+        }
+    }
+}
+
+fn prop_crash_in_confirmation_is_exactly_once(plan: ConfirmCrash) -> TestResult {
+    with_env(|env| {
+        truncate(env);
+        let mut cfg = env.cfg.clone();
+        cfg.batch_size = u32::from(plan.batch);
+        let m = UploadSyncManager::new(&env.conns, &cfg);
+        let (mut local, mut remote) = clients(env);
+        insert_readings(&mut local, 0, i64::from(plan.readings));
+        if !m.sync_readings(Duration::from_secs(600)).success {
+            return TestResult::error("the first upload failed");
+        }
+        for (i, id) in batch_ids(&mut local).iter().enumerate() {
+            if plan.lost.rotate_right(i as u32) & 1 == 1 {
+                lose_batch(&mut local, &mut remote, id);
+            }
+        }
+        pass_time(&mut local);
+        let crashed_after = crash_in_confirmation(&m, plan.steps);
+        // The restart: nothing in memory survives; the next cycles settle the rest.
+        if let Err(e) = settle(&m, &mut local, 3) {
+            return TestResult::error(format!("after a crash after {crashed_after}: {e}"));
+        }
+        let left = count(&mut local, "SELECT count(*) FROM meter_readings")
+            + count(&mut local, "SELECT count(*) FROM sync_upload_batches");
+        let got = values(&mut remote);
+        if got != (1..=i64::from(plan.readings)).collect::<Vec<i64>>() || left != 0 {
+            return TestResult::error(format!(
+                "after a crash after {crashed_after}: remote {got:?}, {left} rows left locally"
+            ));
+        }
+        TestResult::passed()
+    })
+}
+
+// **Feature: database-sync-process, Property 2: Upload-delete atomicity**
+// **Feature: database-sync-process, Property 4: Data preservation on failure**
+// A crash (kill -9) after any step of the confirmation (after the due list, after the ledger lookup, after the
+// delete of the confirmed batches, after a re-send, after its new acknowledgement), with any set of batches lost
+// by a failover before it, ends with every reading on the remote exactly once after the restart.
+#[test]
+fn a_crash_at_any_point_of_the_confirmation_step_is_exactly_once() {
+    check(
+        30,
+        prop_crash_in_confirmation_is_exactly_once as fn(ConfirmCrash) -> TestResult,
+    );
 }
