@@ -248,6 +248,12 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
         0,
         "awaiting readings are not queued"
     );
+    let (awaiting, age) = manager(&env).awaiting_confirmation().expect("awaiting confirmation");
+    assert_eq!(awaiting, 30, "all 30 await confirmation");
+    assert!(
+        age.is_some_and(|a| a < Duration::from_secs(300)),
+        "acknowledged just now: {age:?}"
+    );
     let ids = batch_ids(&mut local);
     assert_eq!(ids.len(), 3, "three batches await confirmation");
     // Batch 0 is lost as a failover loses it (ledger row and readings); batch 1 loses only its ledger row (a
