@@ -486,6 +486,7 @@ impl Service {
             snap.last_success_unix = Some(status::unix_now());
         }
         snap.records_quarantined_total += result.upload_result.records_quarantined;
+        snap.batches_resent_total = crate::upload::resent_batches();
         snap.last_cycle_duration_ms = Some(duration_ms(took));
         for (stats, part) in snap.parts.iter_mut().zip(part_summaries(result)) {
             stats.failures_total += u64::from(!part.success);

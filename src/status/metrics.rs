@@ -149,7 +149,7 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
         "sync_process_batches_resent_total",
         "counter",
         "Batches uploaded again because their ledger row had vanished from the remote (a failover) since the daemon started.",
-        &[(String::new(), crate::upload::resent_batches().to_string())],
+        &[(String::new(), s.batches_resent_total.to_string())],
     );
     out.family(
         "sync_process_last_success_timestamp_seconds",

@@ -85,6 +85,8 @@ pub struct Snapshot {
     pub cycles_total: u64,
     pub cycle_failures_total: u64,
     pub records_quarantined_total: u64,
+    /// Batches uploaded again because their ledger row had vanished (the confirmation window).
+    pub batches_resent_total: u64,
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

@@ -721,6 +721,7 @@ impl Arbitrary for ArbSnapshot {
             cycles_total: cycles,
             cycle_failures_total: cycles / 2,
             records_quarantined_total: n(g),
+            batches_resent_total: n(g),
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -832,6 +833,7 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
             "sync_process_oldest_awaiting_confirmation_age_seconds",
             st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
         ),
+        ("sync_batches_resent_total", s.batches_resent_total.to_string()),
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),
