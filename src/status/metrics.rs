@@ -143,7 +143,10 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
         "sync_process_oldest_awaiting_confirmation_age_seconds",
         "gauge",
         "Seconds since the oldest batch awaiting confirmation was first acknowledged (0 when none).",
-        &[(String::new(), st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string())],
+        &[(
+            String::new(),
+            st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
+        )],
     );
     out.family(
         "sync_process_batches_resent_total",

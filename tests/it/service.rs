@@ -833,7 +833,7 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
             "sync_process_oldest_awaiting_confirmation_age_seconds",
             st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
         ),
-        ("sync_batches_resent_total", s.batches_resent_total.to_string()),
+        ("sync_process_batches_resent_total", s.batches_resent_total.to_string()),
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),
