@@ -14,6 +14,9 @@ use std::time::Duration;
 use postgres::Client;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult, Testable};
 
+use sync_process::db::Database;
+use sync_process::error::Side;
+use sync_process::status::Fresh;
 use sync_process::upload::{UploadSyncManager, UploadSyncResult};
 
 use crate::support::daemon::run_command;
@@ -253,6 +256,21 @@ fn a_batch_whose_ledger_row_vanishes_is_sent_again_once_and_only_once() {
     assert!(
         age.is_some_and(|a| a < Duration::from_secs(300)),
         "acknowledged just now: {age:?}"
+    );
+    // The status measured at request time says the same: out of queueSize, in awaitingConfirmation.
+    let db = Database::new(Side::Local, &env.cfg.local, &env.cfg).expect("status pool");
+    let fresh = Fresh::with_database(db, Duration::from_secs(60))
+        .expect("status measuring thread")
+        .ask();
+    let m = fresh.now.expect("measured for the request");
+    assert_eq!(
+        (m.queue_size, m.awaiting_confirmation),
+        (0, 30),
+        "fresh status: queue without the awaiting readings"
+    );
+    assert!(
+        m.oldest_awaiting_confirmation_age.is_some_and(|a| a < 300),
+        "fresh: acknowledged just now: {m:?}"
     );
     let ids = batch_ids(&mut local);
     assert_eq!(ids.len(), 3, "three batches await confirmation");
