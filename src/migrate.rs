@@ -29,6 +29,11 @@ pub const LOCAL: &[Migration] = &[
         name: "0002_upload_bookkeeping.sql",
         sql: include_str!("../sql/local/0002_upload_bookkeeping.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_upload_confirmation.sql",
+        sql: include_str!("../sql/local/0003_upload_confirmation.sql"),
+    },
 ];
 
 pub const REMOTE: &[Migration] = &[

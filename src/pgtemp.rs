@@ -447,8 +447,9 @@ pub fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// argv prefix for a server tool: `runuser -u postgres -- <bindir>/<name>` when root.
-fn tool_argv(name: &str) -> Result<Vec<String>> {
+/// argv prefix for a server tool: `runuser -u postgres -- <bindir>/<name>` when root (public for the test
+/// harness, which runs `pg_basebackup` and `pg_ctl` on a standby's data dir).
+pub fn tool_argv(name: &str) -> Result<Vec<String>> {
     let exe = bin_dir()?.join(name).to_string_lossy().into_owned();
     Ok(if is_root() {
         ["runuser", "-u", USER, "--", &exe].map(str::to_owned).to_vec()
@@ -495,8 +496,8 @@ pub fn sh_quote(s: &str) -> String {
 
 /// Detached shell that, once this process is gone, stops the server in `dir` and removes `dir`. Own process
 /// group (survives Ctrl-C), stdio on /dev/null (so a caller's output pipes are not held open). `None` if sh is
-/// missing.
-fn spawn_reaper(dir: &Path) -> Option<Child> {
+/// missing. Public for the test harness's standby servers (kill the returned child to disarm it).
+pub fn spawn_reaper(dir: &Path) -> Option<Child> {
     let argv = tool_argv("pg_ctl").ok()?;
     let dir = sh_quote(&dir.to_string_lossy());
     let script = format!(

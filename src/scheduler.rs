@@ -170,6 +170,8 @@ struct Measurement {
     queue_size: Option<u64>,
     quarantined: Option<u64>,
     oldest_pending_age: Option<Option<Duration>>,
+    /// Readings awaiting confirmation and the age of the oldest acknowledgement among them.
+    awaiting: Option<(u64, Option<u64>)>,
     local_meters: Option<u64>,
     remote_meters: Option<u64>,
     local_tenants: Option<u64>,
@@ -484,6 +486,7 @@ impl Service {
             snap.last_success_unix = Some(status::unix_now());
         }
         snap.records_quarantined_total += result.upload_result.records_quarantined;
+        snap.batches_resent_total = crate::upload::resent_batches();
         snap.last_cycle_duration_ms = Some(duration_ms(took));
         for (stats, part) in snap.parts.iter_mut().zip(part_summaries(result)) {
             stats.failures_total += u64::from(!part.success);
@@ -523,6 +526,10 @@ impl Service {
         }
         if let Some(age) = m.oldest_pending_age {
             st.oldest_pending_age = age.map(|d| d.as_secs());
+        }
+        if let Some((n, age)) = m.awaiting {
+            st.awaiting_confirmation = n;
+            st.oldest_awaiting_confirmation_age = age;
         }
         st.last_cycle_result = Some(result.clone());
         let queue_after = st.queue_size;
@@ -564,6 +571,13 @@ fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
             Ok(age) => Some(age),
             Err(e) => {
                 log::debug!("status: the oldest pending age failed: {e}");
+                None
+            }
+        };
+        m.awaiting = match upload.awaiting_confirmation() {
+            Ok((n, age)) => Some((u64::try_from(n).unwrap_or(0), age.map(|d| d.as_secs()))),
+            Err(e) => {
+                log::debug!("status: counting the readings awaiting confirmation failed: {e}");
                 None
             }
         };

@@ -179,6 +179,9 @@ pub struct Config {
     /// UPLOAD_SOURCE_COLUMN: a column of the remote meter_readings that receives `source_id` (None = none).
     /// A checked identifier; quote it where it is used.
     pub upload_source_column: Option<String>,
+    /// UPLOAD_CONFIRM_SECONDS: how long an acknowledged batch is kept (marked) before the ledger is asked again
+    /// and it is deleted; 0 = deleted at once.
+    pub upload_confirm_seconds: u64,
     /// A ratio of row counts (not a reading), in 0..=1.
     pub download_max_delete_ratio: f64,
     pub migrate_on_start: bool,
@@ -264,6 +267,7 @@ impl Config {
             upload_max_rows_per_second: upload.upload_max_rows_per_second,
             upload_batches_in_flight: upload.upload_batches_in_flight,
             upload_source_column: upload.upload_source_column,
+            upload_confirm_seconds: upload.upload_confirm_seconds,
             download_max_delete_ratio,
             migrate_on_start,
         })
@@ -292,11 +296,12 @@ impl Config {
         s.push_str(&format!("local (sync server):    {}\n", db(&self.local)));
         s.push_str(&format!("remote (client server): {}\n", db(&self.remote)));
         s.push_str(&format!(
-            "sync: interval={}s batch_size={} batches_in_flight={} source_id={} source_column={} \
+            "sync: interval={}s batch_size={} batches_in_flight={} confirm={}s source_id={} source_column={} \
              max_rows_per_second={}\n",
             self.sync_interval.as_secs(),
             self.batch_size,
             self.upload_batches_in_flight,
+            self.upload_confirm_seconds,
             self.source_id,
             self.upload_source_column.as_deref().unwrap_or("(none)"),
             if self.upload_max_rows_per_second == 0 {
@@ -494,6 +499,29 @@ mod tests {
         m.insert("ALERT_WEBHOOK_URL".into(), "http://127.0.0.1:9/enqueue".into());
         let c = Config::from_map(&m).expect("pagerduty at a given URL");
         assert_eq!(c.alert_webhook_url.as_deref(), Some("http://127.0.0.1:9/enqueue"));
+    }
+
+    #[test]
+    fn the_confirmation_window_stays_well_below_the_ledger_retention() {
+        let mut m = valid_map();
+        assert_eq!(
+            Config::from_map(&m).expect("valid").upload_confirm_seconds,
+            0,
+            "off by default"
+        );
+        m.insert("UPLOAD_CONFIRM_SECONDS".into(), "151200".into());
+        assert_eq!(Config::from_map(&m).expect("valid").upload_confirm_seconds, 151_200);
+        m.insert("UPLOAD_CONFIRM_SECONDS".into(), "604800".into());
+        let e = Config::from_map(&m).expect_err("as long as the retention").to_string();
+        assert!(
+            e.contains("UPLOAD_CONFIRM_SECONDS")
+                && e.contains("604800 is too close")
+                && e.contains("604800 s (7 days)")
+                && e.contains("at most 151200 s"),
+            "{e}"
+        );
+        m.insert("UPLOAD_CONFIRM_SECONDS".into(), "-1".into());
+        assert!(Config::from_map(&m).is_err());
     }
 
     #[test]

@@ -192,6 +192,7 @@ pub(super) struct Upload {
     pub upload_max_rows_per_second: u32,
     pub upload_batches_in_flight: u32,
     pub upload_source_column: Option<String>,
+    pub upload_confirm_seconds: u64,
 }
 
 /// `pool_max`: DB_POOL_MAX as read (the remote pool must hold a connection per batch in flight, plus one).
@@ -240,6 +241,7 @@ pub(super) fn upload(r: &mut Reader<'_>, pool_max: u32) -> Upload {
         upload_max_rows_per_second,
         upload_batches_in_flight: in_flight,
         upload_source_column,
+        upload_confirm_seconds: confirm_window(r),
     }
 }
 
@@ -250,6 +252,26 @@ fn is_sql_identifier(v: &str) -> bool {
         && v.len() <= 63
         && !v.starts_with(|c: char| c.is_ascii_digit())
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// UPLOAD_CONFIRM_SECONDS: 0 (off) up to a quarter of the upload ledger's retention, so that the ledger row of
+/// a batch awaiting confirmation is never near its prune age.
+fn confirm_window(r: &mut Reader<'_>) -> u64 {
+    let retention = crate::upload::LEDGER_RETENTION.as_secs();
+    let max = retention / 4;
+    let n = r.int::<u64>("UPLOAD_CONFIRM_SECONDS", 0, u64::from(u32::MAX));
+    if n > max {
+        r.err(
+            "UPLOAD_CONFIRM_SECONDS",
+            format!(
+                "{n} is too close to the upload ledger's retention of {retention} s ({} days): a ledger row must \
+                 never be pruned while its batch awaits confirmation; at most {max} s (a quarter of it) is \
+                 accepted, and a few minutes covers a failover",
+                retention / 86_400
+            ),
+        );
+    }
+    n
 }
 
 /// STATUS_BIND (set to empty: off), STATUS_ALLOWED_HOSTS, SYNC_LOG_RETENTION_DAYS, QUEUE_ALERT_THRESHOLD and

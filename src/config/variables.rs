@@ -139,6 +139,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "a column of the remote meter_readings that receives SYNC_SOURCE_ID (unset or empty = none)",
     ),
     (
+        "UPLOAD_CONFIRM_SECONDS",
+        Some("0"),
+        "keep an acknowledged batch this long, then ask the ledger again before deleting it (0 = delete at once)",
+    ),
+    (
         "DOWNLOAD_MAX_DELETE_RATIO",
         Some("0.5"),
         "refuse a download that would delete more than this share",

@@ -1,11 +1,12 @@
 //! Status values measured at the moment they are asked for (Property 12), without ever blocking the asker.
 //!
 //! Owns: [`Fresh`] (a measuring thread with its own one-connection pool on the local database: never the sync
-//! loop's pools, so neither waits for the other), [`FRESH_SQL`] (queueSize, oldestPendingAge and
-//! quarantinedCount in one statement), [`Answer`] and [`apply`] (pure: a request's answer laid over the
+//! loop's pools, so neither waits for the other), [`FRESH_SQL`] (queueSize, oldestPendingAge, quarantinedCount,
+//! awaitingConfirmation and oldestAwaitingConfirmationAge in one statement), [`Answer`] and [`apply`] (pure: a request's answer laid over the
 //! snapshot, `stale` when it had to fall back on the last measured values). Does not own: when to ask (the
 //! server asks for /status, /metrics and /), the queue's definition (the upload's: `is_synchronized IS NOT
-//! TRUE`, the predicate of the claim index).
+//! TRUE`, the predicate of the claim index, which leaves out the readings awaiting confirmation: they are
+//! marked), what awaits confirmation (the upload's: batch rows with `acknowledged_at` set).
 //!
 //! One statement per request, at most one in flight: requests that arrive while a measurement runs wait for
 //! the next one (which starts after theirs arrived), so concurrent requests share it. A request waits at most
@@ -28,13 +29,17 @@ pub const FRESH_DEADLINE: Duration = Duration::from_millis(500);
 /// The server-side statement_timeout of the status session (or DB_STATEMENT_TIMEOUT_MS when shorter).
 const STATUS_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The queue (the upload's definition: readings not marked `is_synchronized`), the age of its oldest reading by
-/// `created_at` (as the scheduler's measurement), and the quarantine, in one statement. An age, not a reading:
-/// float seconds are fine here.
-pub const FRESH_SQL: &str = "SELECT count(*)::int8, \
-     extract(epoch FROM localtimestamp - min(created_at))::float8, \
-     (SELECT count(*) FROM sync_quarantine)::int8 \
-     FROM meter_readings WHERE is_synchronized IS NOT TRUE";
+/// The queue (the upload's definition: readings not marked `is_synchronized`, so not those awaiting
+/// confirmation), the age of its oldest reading by `created_at` (as the scheduler's measurement), the
+/// quarantine, and the readings awaiting confirmation with the age of their oldest batch's first
+/// acknowledgement (as the upload's `AWAITING_CONFIRMATION`; a partial index keeps it to the batches in the
+/// window), in one statement. Ages, not readings: float seconds are fine here.
+pub const FRESH_SQL: &str = "SELECT q.n, q.age, (SELECT count(*) FROM sync_quarantine)::int8, a.n, a.age \
+     FROM (SELECT count(*)::int8 AS n, extract(epoch FROM localtimestamp - min(created_at))::float8 AS age \
+           FROM meter_readings WHERE is_synchronized IS NOT TRUE) q \
+     CROSS JOIN (SELECT coalesce(sum(cardinality(reading_ids)), 0)::int8 AS n, \
+                 extract(epoch FROM now() - min(uploaded_at))::float8 AS age \
+                 FROM sync_upload_batches WHERE acknowledged_at IS NOT NULL) a";
 
 /// One measurement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +48,10 @@ pub struct Measured {
     /// Seconds; None when the queue is empty.
     pub oldest_pending_age: Option<u64>,
     pub quarantined_count: u64,
+    /// Readings uploaded and kept for UPLOAD_CONFIRM_SECONDS (not in `queue_size`).
+    pub awaiting_confirmation: u64,
+    /// Seconds since the oldest batch awaiting confirmation was first acknowledged; None when none.
+    pub oldest_awaiting_confirmation_age: Option<u64>,
 }
 
 /// What one request got.
@@ -78,6 +87,8 @@ pub fn apply(s: &mut Snapshot, a: &Answer) {
         st.queue_size = m.queue_size;
         st.oldest_pending_age = m.oldest_pending_age;
         st.quarantined_count = m.quarantined_count;
+        st.awaiting_confirmation = m.awaiting_confirmation;
+        st.oldest_awaiting_confirmation_age = m.oldest_awaiting_confirmation_age;
     }
 }
 
@@ -250,11 +261,16 @@ fn measure_once(db: &Database) -> std::result::Result<Measured, (Failure, bool)>
         (failure, conn.is_closed())
     })?;
     let count = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
-    let age: Option<f64> = row.get(1);
+    let secs = |i: usize| -> Option<u64> {
+        let age: Option<f64> = row.get(i);
+        age.map(|s| if s.is_finite() { s.max(0.0) as u64 } else { 0 })
+    };
     Ok(Measured {
         queue_size: count(0),
-        oldest_pending_age: age.map(|s| if s.is_finite() { s.max(0.0) as u64 } else { 0 }),
+        oldest_pending_age: secs(1),
         quarantined_count: count(2),
+        awaiting_confirmation: count(3),
+        oldest_awaiting_confirmation_age: secs(4),
     })
 }
 
@@ -267,6 +283,8 @@ mod tests {
             queue_size: q,
             oldest_pending_age: Some(q * 2),
             quarantined_count: q + 1,
+            awaiting_confirmation: q + 3,
+            oldest_awaiting_confirmation_age: Some(q * 4),
         }
     }
 
@@ -285,6 +303,13 @@ mod tests {
         );
         assert_eq!((s.status.queue_size, s.status.quarantined_count), (137, 138));
         assert_eq!(s.status.oldest_pending_age, Some(274));
+        assert_eq!(
+            (
+                s.status.awaiting_confirmation,
+                s.status.oldest_awaiting_confirmation_age
+            ),
+            (140, Some(548))
+        );
         assert!(!s.status.stale && s.status.local_db_connected);
     }
 

@@ -134,6 +134,27 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
         &[(String::new(), st.quarantined_count.to_string())],
     );
     out.family(
+        "sync_process_readings_awaiting_confirmation",
+        "gauge",
+        "Readings uploaded and kept locally until the confirmation window (UPLOAD_CONFIRM_SECONDS) has passed.",
+        &[(String::new(), st.awaiting_confirmation.to_string())],
+    );
+    out.family(
+        "sync_process_oldest_awaiting_confirmation_age_seconds",
+        "gauge",
+        "Seconds since the oldest batch awaiting confirmation was first acknowledged (0 when none).",
+        &[(
+            String::new(),
+            st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
+        )],
+    );
+    out.family(
+        "sync_process_batches_resent_total",
+        "counter",
+        "Batches uploaded again because their ledger row had vanished from the remote (a failover) since the daemon started.",
+        &[(String::new(), s.batches_resent_total.to_string())],
+    );
+    out.family(
         "sync_process_last_success_timestamp_seconds",
         "gauge",
         "Unix time of the end of the last successful sync cycle (0: none yet).",

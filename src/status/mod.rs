@@ -60,6 +60,11 @@ pub struct SyncStatus {
     pub remote_db_connected: bool,
     pub oldest_pending_age: Option<u64>,
     pub quarantined_count: u64,
+    /// Readings uploaded and kept for UPLOAD_CONFIRM_SECONDS until the ledger is asked again (not in
+    /// `queueSize`).
+    pub awaiting_confirmation: u64,
+    /// Seconds since the oldest batch awaiting confirmation was first acknowledged (null: none).
+    pub oldest_awaiting_confirmation_age: Option<u64>,
     pub consecutive_failures: u32,
     /// The alerts raised and not cleared (names as in the log lines and webhooks), in name order.
     pub active_alerts: Vec<String>,
@@ -80,6 +85,8 @@ pub struct Snapshot {
     pub cycles_total: u64,
     pub cycle_failures_total: u64,
     pub records_quarantined_total: u64,
+    /// Batches uploaded again because their ledger row had vanished (the confirmation window).
+    pub batches_resent_total: u64,
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

@@ -3,7 +3,7 @@
 //! Owns: [`Pipe`] (where the drain stands between steps: the cursor, the batch claimed ahead, the batches in
 //! flight, the one uploaded and not yet deleted), [`Step`], the drain loop with its retry schedule (each
 //! attempt is [`UploadSyncManager::attempt`]: recovery when due, one step, and settling the batches in flight
-//! after an error), RECOVER, and `upload_part` (one batch up, isolating poison on a data error). Does not own:
+//! after an error), RECOVER (followed by the confirmation step, confirm.rs), and `upload_part` (one batch up, isolating poison on a data error). Does not own:
 //! the statements (session.rs, uplink.rs), the probe (poison.rs), the result and counts (mod.rs).
 
 use std::collections::VecDeque;
@@ -93,7 +93,7 @@ impl UploadSyncManager<'_> {
     /// budget), or an error outlasts its retries. Each batch gets the full retry schedule.
     pub(super) fn drain(&self, started: Instant, budget: Duration, stats: &mut Stats) -> Result<Drained> {
         let mut d = Drain {
-            session: Session::new(self.conns),
+            session: self.session(),
             uplink: Uplink::new(
                 self.conns,
                 &self.cfg.source_id,
@@ -131,6 +131,7 @@ impl UploadSyncManager<'_> {
         if d.needs_recovery {
             d.pipe = Pipe::default();
             self.recover(&mut d.session, &mut d.uplink, stats)?;
+            self.confirm(&mut d.session, &mut d.uplink, stats)?;
             d.needs_recovery = false;
         }
         self.step(&mut d.session, &mut d.uplink, &mut d.pipe, stop, stats)
@@ -302,7 +303,7 @@ impl UploadSyncManager<'_> {
     /// UPLOAD one batch through the uplink (`first`: the outcome of a send already waited for), isolating
     /// poison readings on a data error (they are quarantined and the batch narrowed to the good ones, then
     /// sent again). Returns the batch as it now stands in the ledger.
-    fn upload_part(
+    pub(super) fn upload_part(
         &self,
         s: &mut Session,
         up: &mut Uplink,

@@ -12,6 +12,8 @@
 //! - [`fault`] — whose fault a rejection is: the central's own (by cause, worded for an operator) or maybe the
 //!   readings' (probing decides);
 //! - [`capacity`] — the warning when the central's int4 id is past half of its range;
+//! - `confirm.rs` — the confirmation window (UPLOAD_CONFIRM_SECONDS): asking the ledger again before the local
+//!   delete, and sending again a batch whose ledger row vanished (a central that failed over);
 //! - [`sql`] — every statement text.
 //!
 //! Does not own: connections, backoff and the advisory lock guard (db.rs, retry.rs), what counts as
@@ -26,12 +28,16 @@
 //! 3. FINISH — one local statement deletes the batch row and exactly the readings it names.
 //! 4. RECOVER — at the start of a drain and after any error, every claimed batch is looked up in the ledger:
 //!    present -> finish; absent -> upload the same rows under the same id, then finish.
+//! 5. CONFIRM (UPLOAD_CONFIRM_SECONDS = N > 0) — FINISH marks the batch acknowledged and its readings
+//!    `is_synchronized` instead of deleting them; after N seconds one ledger lookup for many batches: present ->
+//!    deleted locally; absent -> uploaded again under the same id, and acknowledged again.
 //!
 //! Values travel as text (`value::text`, `timestamp::text`, `metadata::text`) and are cast back remotely;
 //! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
 
 mod batch;
 pub mod capacity;
+mod confirm;
 mod drain;
 pub mod fault;
 mod poison;
@@ -39,7 +45,7 @@ mod session;
 pub mod sql;
 mod uplink;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +56,7 @@ use crate::db::{ConnectionManager, Side};
 use crate::error::{Error, Result};
 
 pub use batch::{ClaimCursor, ClaimedBatch, QueuedReading, UploadOutcome};
+pub use confirm::resent_batches;
 use drain::Drained;
 use session::Session;
 use uplink::{Order, Uplink};
@@ -187,6 +194,18 @@ impl<'a> UploadSyncManager<'a> {
         Ok(secs.map(|s| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 })))
     }
 
+    /// Readings awaiting confirmation (uploaded, kept for UPLOAD_CONFIRM_SECONDS; not in the queue), and how
+    /// long ago the oldest of their batches was first acknowledged.
+    pub fn awaiting_confirmation(&self) -> Result<(i64, Option<Duration>)> {
+        let row = self.local_one(
+            sql::AWAITING_CONFIRMATION,
+            "counting the readings awaiting confirmation",
+        )?;
+        let secs: Option<f64> = row.get(1);
+        let age = secs.map(|s| Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 }));
+        Ok((row.get(0), age))
+    }
+
     /// One row of a parameterless local query, on a pooled connection (retried per MAX_CONNECTION_RETRIES).
     fn local_one(&self, sql: &str, context: &str) -> Result<postgres::Row> {
         let mut c = self.conns.get(Side::Local)?;
@@ -201,7 +220,7 @@ impl<'a> UploadSyncManager<'a> {
     /// must not claim while another batch overlapping `after` is pending (the drain claims only after
     /// recovery, and continues strictly after the last claimed key).
     pub fn claim_batch(&self, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
-        Session::new(self.conns).claim(self.cfg.batch_size, after)
+        self.session().claim(self.cfg.batch_size, after)
     }
 
     /// UPLOAD: the one remote statement (ledger row + readings, atomic). No retry, no poison handling: a data
@@ -218,31 +237,60 @@ impl<'a> UploadSyncManager<'a> {
     }
 
     /// FINISH: deletes the batch row and exactly the readings it names, in one local statement. Returns the
-    /// readings deleted.
+    /// readings deleted. With UPLOAD_CONFIRM_SECONDS > 0 it acknowledges the batch and marks its readings
+    /// instead (0 deleted).
     pub fn finish_batch(&self, batch_id: &str) -> Result<u64> {
-        Session::new(self.conns).finish(batch_id).map(|(_, deleted)| deleted)
+        self.session().finish(batch_id).map(|(_, deleted)| deleted)
     }
 
     /// FINISH of `batch_id` and CLAIM of the next batch after `after`, in one local statement (one commit
     /// instead of two per batch). Returns the readings deleted and the new batch, if any.
     pub fn finish_and_claim_batch(&self, batch_id: &str, after: &ClaimCursor) -> Result<(u64, Option<ClaimedBatch>)> {
-        Session::new(self.conns).finish_and_claim(batch_id, self.cfg.batch_size, after)
+        self.session().finish_and_claim(batch_id, self.cfg.batch_size, after)
     }
 
-    /// The claimed batches still pending locally (oldest first), by id.
-    pub fn pending_batches(&self) -> Result<Vec<String>> {
-        Ok(Session::new(self.conns)
-            .pending()?
+    // ----- The confirmation's steps (confirm.rs), public so that tests can stop between them. -----
+
+    /// The batches awaiting confirmation whose window has passed (oldest claim first, at most 1000), by id.
+    pub fn due_for_confirmation(&self) -> Result<Vec<String>> {
+        let window = Duration::from_secs(self.cfg.upload_confirm_seconds);
+        Ok(self
+            .session()
+            .due_for_confirmation(window, confirm::CONFIRM_CHUNK)?
             .into_iter()
             .map(|(id, _)| id)
             .collect())
     }
 
-    /// Deletes this source's ledger rows older than `older_than` whose batch is not pending locally.
+    /// Which of `ids` the remote ledger holds: one remote query.
+    pub fn batches_in_ledger(&self, ids: &[String]) -> Result<HashSet<String>> {
+        self.ledger_has(ids.to_vec())
+    }
+
+    /// Deletes the batches `ids` that await confirmation and exactly their readings: one local statement.
+    /// Returns the readings deleted.
+    pub fn confirm_batches(&self, ids: &[String]) -> Result<u64> {
+        self.session().confirm(ids)
+    }
+
+    /// UPLOAD again, under its id, of a batch awaiting confirmation (its readings as kept locally): one remote
+    /// statement. [`UploadSyncManager::finish_batch`] then acknowledges it again.
+    pub fn resend_batch(&self, batch_id: &str) -> Result<UploadOutcome> {
+        let batch = self.session().load_batch(batch_id)?;
+        self.upload_batch(&batch)
+    }
+
+    /// The claimed batches still pending locally (oldest first), by id.
+    pub fn pending_batches(&self) -> Result<Vec<String>> {
+        Ok(self.session().pending()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Deletes this source's ledger rows older than `older_than` whose batch is not held locally (pending or
+    /// awaiting confirmation).
     pub fn prune_ledger(&self, older_than: Duration) -> Result<u64> {
         // Under the upload lock, so that no batch is claimed between reading the pending ids and the delete.
         let mut session = Session::new(self.conns);
-        let keep: Vec<String> = session.pending()?.into_iter().map(|(id, _)| id).collect();
+        let keep: Vec<String> = session.batch_ids()?;
         let secs = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
         let (target, source) = (self.conns.remote.name().clone(), self.cfg.source_id.clone());
         self.conns
@@ -260,6 +308,11 @@ impl<'a> UploadSyncManager<'a> {
                 capacity::id_capacity_warning(c)
                     .map_err(|e| target.err("reading the central id's type and sequence", e))
             })
+    }
+
+    /// The drain's local session: FINISH marks instead of deleting when UPLOAD_CONFIRM_SECONDS > 0.
+    fn session(&self) -> Session<'_> {
+        Session::new(self.conns).confirming(self.cfg.upload_confirm_seconds > 0)
     }
 
     /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).

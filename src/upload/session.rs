@@ -26,6 +26,9 @@ pub(super) struct Session<'a> {
     prepared: HashMap<&'static str, Statement>,
     /// The connection with the upload lock; dropping it releases the lock before the pool gets it back.
     local: Option<AdvisoryLock>,
+    /// UPLOAD_CONFIRM_SECONDS > 0: FINISH marks the batch acknowledged and its readings synchronized instead of
+    /// deleting them (confirm.rs deletes them later).
+    confirm: bool,
 }
 
 impl<'a> Session<'a> {
@@ -34,7 +37,14 @@ impl<'a> Session<'a> {
             conns,
             prepared: HashMap::new(),
             local: None,
+            confirm: false,
         }
+    }
+
+    /// With a confirmation window: FINISH marks instead of deleting.
+    pub fn confirming(mut self, on: bool) -> Session<'a> {
+        self.confirm = on;
+        self
     }
 
     /// Runs a local statement, prepared once per connection. `context` names it in errors.
@@ -107,12 +117,53 @@ impl<'a> Session<'a> {
         Ok(batch_from_rows(&rows, 0))
     }
 
-    /// FINISH: returns (batch rows deleted, readings deleted).
+    /// FINISH: returns (batch rows finished, readings deleted). With a confirmation window the batch is
+    /// acknowledged and its readings marked instead (none deleted).
     pub fn finish(&mut self, batch_id: &str) -> Result<(i64, u64)> {
+        if self.confirm {
+            return self.acknowledge(batch_id).map(|batches| (batches, 0));
+        }
         let context = || format!("deleting the uploaded readings of batch {batch_id}");
         let rows = self.query(sql::FINISH, &[Type::TEXT], &[&batch_id], &context)?;
         let (batches, readings): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
         Ok((batches, readings.max(0) as u64))
+    }
+
+    /// The batch row acknowledged now (the window starts) and its readings marked synchronized. Returns the
+    /// batch rows changed.
+    pub fn acknowledge(&mut self, batch_id: &str) -> Result<i64> {
+        let context = || format!("marking the uploaded readings of batch {batch_id} as awaiting confirmation");
+        let rows = self.query(sql::MARK, &[Type::TEXT], &[&batch_id], &context)?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    /// The batches awaiting confirmation for at least `window`, oldest claim first, at most `limit`: (id, when
+    /// first acknowledged).
+    pub fn due_for_confirmation(&mut self, window: std::time::Duration, limit: i64) -> Result<Vec<(String, String)>> {
+        let secs = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+        let context = || "reading the batches due for confirmation".to_string();
+        let rows = self.query(
+            sql::DUE_FOR_CONFIRMATION,
+            &[Type::INT8, Type::INT8],
+            &[&secs, &limit],
+            &context,
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// CONFIRM: deletes the batches `ids` (awaiting confirmation) and exactly their readings, in one statement.
+    /// Returns the readings deleted.
+    pub fn confirm(&mut self, ids: &[String]) -> Result<u64> {
+        let context = || format!("deleting {} confirmed batch(es) and their readings", ids.len());
+        let rows = self.query(sql::CONFIRM, &[Type::TEXT_ARRAY], &[&ids], &context)?;
+        let deleted: i64 = rows.first().map_or(0, |r| r.get(1));
+        Ok(deleted.max(0) as u64)
+    }
+
+    /// Every local batch id, pending or awaiting confirmation.
+    pub fn batch_ids(&mut self) -> Result<Vec<String>> {
+        let rows = self.query(sql::BATCH_IDS, &[], &[], &|| "reading the upload batch ids".to_string())?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// FINISH of `batch_id` and CLAIM after `after` in one statement: the readings deleted and the next batch,
@@ -125,8 +176,13 @@ impl<'a> Session<'a> {
     ) -> Result<(u64, Option<ClaimedBatch>)> {
         let limit = i64::from(batch_size);
         let context = || format!("deleting the uploaded readings of batch {batch_id} and claiming the next batch");
+        let statement = if self.confirm {
+            sql::MARK_AND_CLAIM
+        } else {
+            sql::FINISH_AND_CLAIM
+        };
         let rows = self.query(
-            sql::FINISH_AND_CLAIM,
+            statement,
             &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
             &[&limit, &after.timestamp, &after.id, &batch_id],
             &context,
@@ -135,7 +191,9 @@ impl<'a> Session<'a> {
         if finished != 1 {
             log::warn!("upload: batch {batch_id} was no longer pending when it was finished");
         }
-        Ok((deleted.max(0) as u64, batch_from_rows(&rows, 2)))
+        // Marked readings are not deleted (yet).
+        let deleted = if self.confirm { 0 } else { deleted.max(0) as u64 };
+        Ok((deleted, batch_from_rows(&rows, 2)))
     }
 
     /// (batch id, number of reading ids), oldest claim first.

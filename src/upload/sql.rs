@@ -76,6 +76,29 @@ macro_rules! finish_ctes {
     };
 }
 
+/// CTEs `$b` (the batch row `$id`, acknowledged: `uploaded_at` set the first time, `acknowledged_at` every
+/// time) and `d` (exactly the readings it names, marked `is_synchronized`: out of the queue). The finish of a
+/// batch when UPLOAD_CONFIRM_SECONDS > 0.
+macro_rules! mark_ctes {
+    ($b:literal, $id:literal) => {
+        concat!(
+            $b,
+            " AS (
+  UPDATE sync_upload_batches SET uploaded_at = coalesce(uploaded_at, now()), acknowledged_at = now()
+  WHERE batch_id = ",
+            $id,
+            "::uuid RETURNING reading_ids
+), d AS (
+  UPDATE meter_readings r SET is_synchronized = true FROM ",
+            $b,
+            " WHERE r.id = ANY(",
+            $b,
+            ".reading_ids) RETURNING 1
+)"
+        )
+    };
+}
+
 /// The remote insert of the readings from five text arrays, in upload order. `$from` is what the arrays are
 /// joined to (`l CROSS JOIN ` for the ledger row), `$m`..`$md` their parameters.
 macro_rules! insert_readings {
@@ -157,6 +180,62 @@ FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
 ORDER BY c.timestamp, c.id"
 );
 
+/// Local. [`FINISH_AND_CLAIM`] with a confirmation window: the finished batch is marked, not deleted (same
+/// columns; `deleted` counts the readings marked).
+pub const MARK_AND_CLAIM: &str = concat!(
+    "
+WITH ",
+    mark_ctes!("f", "$4"),
+    ", ",
+    claim_ctes!(next),
+    "
+SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
+       b.batch_id::text AS batch_text, ",
+    reading_text!("c."),
+    "
+FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
+ORDER BY c.timestamp, c.id"
+);
+
+/// Local. [`FINISH`] with a confirmation window: the batch row is acknowledged and its readings marked (they
+/// leave the queue and stay until the confirmation step). Also acknowledges again a batch sent again.
+pub const MARK: &str = concat!(
+    "
+WITH ",
+    mark_ctes!("b", "$1"),
+    "
+SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)"
+);
+
+/// Local. The batches awaiting confirmation whose window ($1 seconds) has passed, in claim order, at most
+/// $2, with when the remote first acknowledged each (UTC, for the log).
+pub const DUE_FOR_CONFIRMATION: &str = "
+SELECT b.batch_id::text, coalesce(to_char(b.uploaded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '?')
+FROM sync_upload_batches b LEFT JOIN meter_readings r ON r.id = b.reading_ids[1]
+WHERE b.acknowledged_at IS NOT NULL AND b.acknowledged_at <= now() - $1 * interval '1 second'
+ORDER BY r.timestamp NULLS FIRST, r.id, b.claimed_at, b.batch_id
+LIMIT $2";
+
+/// Local. The batches $1 (awaiting confirmation, found in the ledger) and exactly their marked readings,
+/// deleted in one statement.
+pub const CONFIRM: &str = "
+WITH b AS (
+  DELETE FROM sync_upload_batches WHERE batch_id = ANY($1::uuid[]) AND acknowledged_at IS NOT NULL
+  RETURNING reading_ids
+), d AS (
+  DELETE FROM meter_readings r USING b WHERE r.id = ANY(b.reading_ids) AND r.is_synchronized IS TRUE RETURNING 1
+)
+SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM d)";
+
+/// Local. Every batch row, pending or awaiting confirmation (the prune keeps their ledger rows).
+pub const BATCH_IDS: &str = "SELECT batch_id::text FROM sync_upload_batches";
+
+/// Local. Readings awaiting confirmation, and seconds since the oldest of their batches was first
+/// acknowledged (NULL when none).
+pub const AWAITING_CONFIRMATION: &str = "
+SELECT coalesce(sum(cardinality(reading_ids)), 0)::int8, extract(epoch FROM now() - min(uploaded_at))::float8
+FROM sync_upload_batches WHERE acknowledged_at IS NOT NULL";
+
 /// Local. Deletes the batch row and exactly the readings it names.
 pub const FINISH: &str = concat!(
     "
@@ -207,10 +286,12 @@ WITH h AS (
 pub const PROBE: &str = concat!("\n", insert_readings!("", "$1", "$2", "$3", "$4", "$5"));
 
 /// Local. The pending batches in upload order: by the key of their first reading (claims never overlap,
-/// so this is the order they were claimed in, whatever the clock did), empty batches first.
+/// so this is the order they were claimed in, whatever the clock did), empty batches first. Batches awaiting
+/// confirmation are not pending: the remote acknowledged them (the confirmation step settles them).
 pub const PENDING: &str = "
 SELECT b.batch_id::text, cardinality(b.reading_ids)
 FROM sync_upload_batches b LEFT JOIN meter_readings r ON r.id = b.reading_ids[1]
+WHERE b.acknowledged_at IS NULL
 ORDER BY r.timestamp NULLS FIRST, r.id, b.claimed_at, b.batch_id";
 
 /// Local. A pending batch's readings, in the order of its array.

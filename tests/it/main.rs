@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod db;
 mod download;
+mod failover;
 mod harness;
 mod hostile;
 mod journald;

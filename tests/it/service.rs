@@ -699,6 +699,11 @@ impl Arbitrary for ArbSnapshot {
                 opt(g, v)
             },
             quarantined_count: n(g),
+            awaiting_confirmation: n(g),
+            oldest_awaiting_confirmation_age: {
+                let v = n(g);
+                opt(g, v)
+            },
             consecutive_failures: u32::arbitrary(g) % 100,
             active_alerts: if bool::arbitrary(g) {
                 vec!["sync_failures".into()]
@@ -716,6 +721,7 @@ impl Arbitrary for ArbSnapshot {
             cycles_total: cycles,
             cycle_failures_total: cycles / 2,
             records_quarantined_total: n(g),
+            batches_resent_total: n(g),
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -762,7 +768,9 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         "remoteMeterCount": st.remote_meter_count, "localTenantCount": st.local_tenant_count,
         "remoteTenantCount": st.remote_tenant_count, "localDbConnected": st.local_db_connected,
         "remoteDbConnected": st.remote_db_connected, "oldestPendingAge": st.oldest_pending_age,
-        "quarantinedCount": st.quarantined_count, "consecutiveFailures": st.consecutive_failures,
+        "quarantinedCount": st.quarantined_count, "awaitingConfirmation": st.awaiting_confirmation,
+        "oldestAwaitingConfirmationAge": st.oldest_awaiting_confirmation_age,
+        "consecutiveFailures": st.consecutive_failures,
         "activeAlerts": st.active_alerts, "stale": st.stale, "lastCycleResult": null,
     });
     let metrics_reply = status::route("GET", "/metrics", &s, now);
@@ -777,6 +785,9 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         ("sync_process_queued_readings", "gauge"),
         ("sync_process_oldest_pending_reading_age_seconds", "gauge"),
         ("sync_process_quarantined_readings", "gauge"),
+        ("sync_process_readings_awaiting_confirmation", "gauge"),
+        ("sync_process_oldest_awaiting_confirmation_age_seconds", "gauge"),
+        ("sync_process_batches_resent_total", "counter"),
         ("sync_process_last_success_timestamp_seconds", "gauge"),
         ("sync_process_database_up", "gauge"),
         ("sync_process_build_info", "gauge"),
@@ -814,6 +825,15 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
             st.oldest_pending_age.unwrap_or(0).to_string(),
         ),
         ("sync_process_quarantined_readings", st.quarantined_count.to_string()),
+        (
+            "sync_process_readings_awaiting_confirmation",
+            st.awaiting_confirmation.to_string(),
+        ),
+        (
+            "sync_process_oldest_awaiting_confirmation_age_seconds",
+            st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
+        ),
+        ("sync_process_batches_resent_total", s.batches_resent_total.to_string()),
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),

@@ -22,6 +22,7 @@ pub mod pg;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod readings;
+pub mod standby;
 
 use std::path::PathBuf;
 use std::thread;

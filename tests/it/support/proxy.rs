@@ -1,6 +1,7 @@
 //! [`FaultProxy`]: a TCP proxy on std threads that sits between the daemon (or a
 //! test client) and a PostgreSQL server and injects network faults: one-way
-//! latency, cutting live connections, a black hole and refusal.
+//! latency, cutting live connections, a black hole and refusal, and a target that can be re-pointed (a
+//! failover: the same address now reaches another server).
 //!
 //! Each accepted connection gets a supervisor thread; each direction gets a
 //! reader thread that timestamps chunks and a writer thread that sends each
@@ -25,7 +26,8 @@ pub struct FaultProxy {
 }
 
 struct Shared {
-    target: SocketAddr,
+    /// Where new connections go; [`FaultProxy::set_target`] changes it.
+    target: Mutex<SocketAddr>,
     latency_us: AtomicU64,
     blackhole: AtomicBool,
     refuse: AtomicBool,
@@ -54,7 +56,7 @@ impl FaultProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).expect("proxy: binding 127.0.0.1:0");
         let port = listener.local_addr().expect("proxy: local_addr of listener").port();
         let shared = Arc::new(Shared {
-            target,
+            target: Mutex::new(target),
             latency_us: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
             refuse: AtomicBool::new(false),
@@ -120,6 +122,12 @@ impl FaultProxy {
     /// While on, new connections are accepted and closed at once (remote down).
     pub fn set_refuse(&self, on: bool) {
         self.shared.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// New connections go to `target` from now on; live ones stay where they are (cut them with
+    /// [`FaultProxy::cut_all`]).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.shared.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
     /// Connections accepted so far (including refused and black-holed ones).
@@ -197,7 +205,8 @@ fn handle_connection(client: TcpStream, shared: Arc<Shared>) {
             return;
         }
     }
-    let Ok(server) = TcpStream::connect_timeout(&shared.target, CONNECT_TIMEOUT) else {
+    let target = *shared.target.lock().unwrap_or_else(|p| p.into_inner());
+    let Ok(server) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
