@@ -1,13 +1,13 @@
 //! Jitter: spreads waits so that a fleet restarted together, or recovering from one central outage, does not
 //! connect and retry in lockstep (SYNC_JITTER_PERCENT).
 //!
-//! Owns: [`spread`] (a wait shortened by a random share of up to `percent` %: never longer than asked, so a
+//! Owns: [`Ticker`] (the scheduler's cycle clock: the interval's grid, each tick a little early) and [`spread`] (a wait shortened by a random share of up to `percent` %: never longer than asked, so a
 //! tick still comes within SYNC_INTERVAL_SECONDS and a backoff within its schedule; 100 % is "full jitter",
 //! uniform over the whole wait) and the small generator behind it (splitmix64, seeded per process from the
 //! clock, the pid and a counter; not for secrets). Does not own: what is waited for (retry.rs, scheduler.rs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `wait` shortened by a uniformly random share in [0, percent %) of it. `percent` above 100 counts as 100.
 pub fn spread(wait: Duration, percent: u8) -> Duration {
@@ -18,6 +18,51 @@ pub fn spread(wait: Duration, percent: u8) -> Duration {
 pub fn spread_by(wait: Duration, percent: u8, u: f64) -> Duration {
     let share = f64::from(percent.min(100)) / 100.0 * u.clamp(0.0, 1.0);
     wait.saturating_sub(wait.mul_f64(share))
+}
+
+/// The cycle clock: ticks on a grid of SYNC_INTERVAL_SECONDS, each one earlier than its grid point by a random
+/// share of up to SYNC_JITTER_PERCENT (never later, so the interval stays a promise, and the average rate is
+/// the interval's). The first tick, at start, comes after such a random share (of at most a minute) too: a
+/// fleet restarted together spreads out from its first cycle. A cycle that overran its grid points is followed by a tick at once, and
+/// the grid restarts from then (missed ticks are not made up).
+pub struct Ticker {
+    interval: Duration,
+    percent: u8,
+    /// The grid point of the next tick.
+    nominal: Instant,
+    /// When the next tick fires.
+    due: Instant,
+}
+
+impl Ticker {
+    pub fn new(interval: Duration, percent: u8) -> Ticker {
+        let now = Instant::now();
+        // At most a minute's share: a long interval must not postpone the first cycle by minutes.
+        let first = interval.min(Duration::from_secs(60));
+        let lead = first.saturating_sub(spread(first, percent));
+        Ticker {
+            interval,
+            percent,
+            nominal: now + lead,
+            due: now + lead,
+        }
+    }
+
+    /// A channel that delivers the next tick.
+    pub fn channel(&self) -> crossbeam_channel::Receiver<Instant> {
+        crossbeam_channel::at(self.due)
+    }
+
+    /// After a tick fired (and its cycle ran): the next grid point and its jittered time.
+    pub fn advance(&mut self) {
+        let now = Instant::now();
+        self.nominal += self.interval;
+        if self.nominal < now {
+            self.nominal = now;
+        }
+        let early = self.interval.saturating_sub(spread(self.interval, self.percent));
+        self.due = self.nominal.checked_sub(early).unwrap_or(self.nominal).max(now);
+    }
 }
 
 /// A uniform draw in [0, 1).
@@ -48,6 +93,27 @@ fn next() -> u64 {
 mod tests {
     use super::*;
     use quickcheck::{QuickCheck, TestResult};
+
+    #[test]
+    fn ticks_keep_to_the_grid_never_later_and_at_most_the_jitter_earlier() {
+        let interval = Duration::from_millis(200);
+        let mut t = Ticker::new(interval, 30);
+        let start = t.nominal;
+        assert!(t.due <= start && t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= start);
+        for _ in 0..50 {
+            let before = t.nominal;
+            t.advance();
+            assert!(t.nominal >= before + interval || t.nominal >= Instant::now() - Duration::from_millis(5));
+            assert!(t.due <= t.nominal, "a tick never comes after its grid point");
+            assert!(
+                t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= t.nominal,
+                "at most 30 % early"
+            );
+        }
+        let mut none = Ticker::new(interval, 0);
+        none.advance();
+        assert_eq!(none.due, none.nominal, "0 % is the grid itself");
+    }
 
     #[test]
     fn zero_percent_is_the_wait_itself() {

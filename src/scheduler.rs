@@ -625,53 +625,6 @@ fn next_event(
     }
 }
 
-/// The cycle clock: ticks on a grid of SYNC_INTERVAL_SECONDS, each one earlier than its grid point by a random
-/// share of up to SYNC_JITTER_PERCENT (never later, so the interval stays a promise, and the average rate is
-/// the interval's). The first tick, at start, comes after such a random share (of at most a minute) too: a
-/// fleet restarted together spreads out from its first cycle. A cycle that overran its grid points is followed by a tick at once, and
-/// the grid restarts from then (missed ticks are not made up).
-struct Ticker {
-    interval: Duration,
-    percent: u8,
-    /// The grid point of the next tick.
-    nominal: Instant,
-    /// When the next tick fires.
-    due: Instant,
-}
-
-impl Ticker {
-    fn new(interval: Duration, percent: u8) -> Ticker {
-        let now = Instant::now();
-        // At most a minute's share: a long interval must not postpone the first cycle by minutes.
-        let first = interval.min(Duration::from_secs(60));
-        let lead = first.saturating_sub(crate::jitter::spread(first, percent));
-        Ticker {
-            interval,
-            percent,
-            nominal: now + lead,
-            due: now + lead,
-        }
-    }
-
-    /// A channel that delivers the next tick.
-    fn channel(&self) -> Receiver<Instant> {
-        crossbeam_channel::at(self.due)
-    }
-
-    /// After a tick fired (and its cycle ran): the next grid point and its jittered time.
-    fn advance(&mut self) {
-        let now = Instant::now();
-        self.nominal += self.interval;
-        if self.nominal < now {
-            self.nominal = now;
-        }
-        let early = self
-            .interval
-            .saturating_sub(crate::jitter::spread(self.interval, self.percent));
-        self.due = self.nominal.checked_sub(early).unwrap_or(self.nominal).max(now);
-    }
-}
-
 /// `sync-process run`: cycles every SYNC_INTERVAL_SECONDS until SIGTERM/SIGINT. Returns Ok after a signal;
 /// a database being down is never a reason to return.
 pub fn run_daemon(cfg: &Config) -> Result<()> {
@@ -693,7 +646,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
             StatusServer::start(bind, snapshot.clone(), history.clone(), Some(cfg))
         })
     });
-    let mut ticker = Ticker::new(cfg.sync_interval, cfg.jitter_percent);
+    let mut ticker = crate::jitter::Ticker::new(cfg.sync_interval, cfg.jitter_percent);
     let mut tick = ticker.channel();
     let watchdog = watchdog_period()
         .map(crossbeam_channel::tick)
@@ -772,27 +725,6 @@ pub fn run_once(cfg: &Config) -> Result<SyncCycleResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_keep_to_the_grid_never_later_and_at_most_the_jitter_earlier() {
-        let interval = Duration::from_millis(200);
-        let mut t = Ticker::new(interval, 30);
-        let start = t.nominal;
-        assert!(t.due <= start && t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= start);
-        for _ in 0..50 {
-            let before = t.nominal;
-            t.advance();
-            assert!(t.nominal >= before + interval || t.nominal >= Instant::now() - Duration::from_millis(5));
-            assert!(t.due <= t.nominal, "a tick never comes after its grid point");
-            assert!(
-                t.due + interval.mul_f64(0.3) + Duration::from_millis(1) >= t.nominal,
-                "at most 30 % early"
-            );
-        }
-        let mut none = Ticker::new(interval, 0);
-        none.advance();
-        assert_eq!(none.due, none.nominal, "0 % is the grid itself");
-    }
 
     #[test]
     fn guard_is_exclusive_and_released_on_drop() {
