@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver};
 
+mod measure;
+
 use crate::alerts::{Alerts, Observation};
 use crate::config::Config;
 use crate::db::{AdvisoryLock, ConnectionManager, Database, LockKey};
@@ -32,6 +34,7 @@ use crate::signals::SignalThread;
 use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusListener, StatusServer};
 use crate::systemd::{release_free_memory, sd_notify, systemd_status, watchdog_period};
 use crate::upload::{UploadSyncManager, UploadSyncResult};
+use measure::{measure, Measurement};
 
 /// What wakes the main loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,34 +163,6 @@ pub enum CycleOutcome {
     },
     /// Another cycle holds the lock (in this process or another one on the same local database).
     Skipped(String),
-}
-
-/// Measured after a cycle. None: could not be measured (keep the last value).
-#[derive(Clone, Debug, Default)]
-struct Measurement {
-    local_up: bool,
-    remote_up: bool,
-    queue_size: Option<u64>,
-    quarantined: Option<u64>,
-    oldest_pending_age: Option<Option<Duration>>,
-    /// Readings awaiting confirmation and the age of the oldest acknowledgement among them.
-    awaiting: Option<(u64, Option<u64>)>,
-    local_meters: Option<u64>,
-    remote_meters: Option<u64>,
-    local_tenants: Option<u64>,
-    remote_tenants: Option<u64>,
-    /// None when the remote did not answer (the last warnings stay).
-    warnings: Option<Vec<String>>,
-}
-
-fn measured_count(r: Result<i64>, what: &str) -> Option<u64> {
-    match r {
-        Ok(n) => Some(u64::try_from(n).unwrap_or(0)),
-        Err(e) => {
-            log::debug!("status: counting {what} failed: {e}");
-            None
-        }
-    }
 }
 
 /// Both databases, the cycle locks, the status snapshot and the alerts of one process.
@@ -546,60 +521,6 @@ impl Service {
         });
     }
 }
-
-/// Connectivity by `SELECT 1` (one attempt each), then the counts from the sides that answered.
-fn measure(conns: &ConnectionManager, cfg: &Config) -> Measurement {
-    let test = |side: Side| match conns.test(side) {
-        Ok(()) => true,
-        Err(e) => {
-            log::debug!("status: the {side} database does not answer: {e}");
-            false
-        }
-    };
-    let (local_up, remote_up) = (test(Side::Local), test(Side::Remote));
-    let mut m = Measurement {
-        local_up,
-        remote_up,
-        ..Default::default()
-    };
-    let upload = UploadSyncManager::new(conns, cfg);
-    let download = DownloadSyncManager::new(conns, cfg);
-    if local_up {
-        m.queue_size = measured_count(upload.queue_size(), "the queue");
-        m.quarantined = measured_count(upload.quarantined_count(), "the quarantine");
-        m.oldest_pending_age = match upload.oldest_pending_age() {
-            Ok(age) => Some(age),
-            Err(e) => {
-                log::debug!("status: the oldest pending age failed: {e}");
-                None
-            }
-        };
-        m.awaiting = match upload.awaiting_confirmation() {
-            Ok((n, age)) => Some((u64::try_from(n).unwrap_or(0), age.map(|d| d.as_secs()))),
-            Err(e) => {
-                log::debug!("status: counting the readings awaiting confirmation failed: {e}");
-                None
-            }
-        };
-        m.local_meters = measured_count(download.local_meter_count(), "local meters");
-        m.local_tenants = measured_count(download.local_tenant_count(), "local tenants");
-    }
-    if remote_up {
-        m.remote_meters = measured_count(download.remote_meter_count(), "remote meters");
-        m.remote_tenants = measured_count(download.remote_tenant_count(), "remote tenants");
-        m.warnings = match upload.id_capacity_warning() {
-            Ok(w) => Some(w.into_iter().collect()),
-            Err(e) => {
-                log::debug!("status: checking the central id's capacity failed: {e}");
-                None
-            }
-        };
-    }
-    m
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The entry points.
 
 /// Blocks until the next event: shutdown first, then a pending immediate cycle, then whichever of the
 /// shutdown channel and the tick comes first (answering watchdog ticks on the way).
