@@ -161,41 +161,36 @@ pub const CLAIM_FIRST: &str = claim!(first);
 /// Local. The next claim: keyset after the last claimed (timestamp, id).
 pub const CLAIM_NEXT: &str = claim!(next);
 
+/// A settling step (the CTEs `f` and `d` of batch $4) and the CLAIM after ($2, $3), in one statement: the
+/// body of [`FINISH_AND_CLAIM`] and [`MARK_AND_CLAIM`].
+macro_rules! settle_and_claim {
+    ($settle:expr) => {
+        concat!(
+            "
+WITH ",
+            $settle,
+            ", ",
+            claim_ctes!(next),
+            "
+SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
+       b.batch_id::text AS batch_text, ",
+            reading_text!("c."),
+            "
+FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
+ORDER BY c.timestamp, c.id"
+        )
+    };
+}
+
 /// Local. FINISH of batch $4 and CLAIM after ($2, $3) in one statement, so one commit per batch. The claim
 /// sees the queue as it was before the delete (one snapshot), which is right: the finished readings all lie
 /// at or before the key it continues after. Always returns a row: (finished, deleted, NULLs) when nothing
 /// is left to claim.
-pub const FINISH_AND_CLAIM: &str = concat!(
-    "
-WITH ",
-    finish_ctes!("f", "$4"),
-    ", ",
-    claim_ctes!(next),
-    "
-SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
-       b.batch_id::text AS batch_text, ",
-    reading_text!("c."),
-    "
-FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
-ORDER BY c.timestamp, c.id"
-);
+pub const FINISH_AND_CLAIM: &str = settle_and_claim!(finish_ctes!("f", "$4"));
 
 /// Local. [`FINISH_AND_CLAIM`] with a confirmation window: the finished batch is marked, not deleted (same
 /// columns; `deleted` counts the readings marked).
-pub const MARK_AND_CLAIM: &str = concat!(
-    "
-WITH ",
-    mark_ctes!("f", "$4"),
-    ", ",
-    claim_ctes!(next),
-    "
-SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
-       b.batch_id::text AS batch_text, ",
-    reading_text!("c."),
-    "
-FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
-ORDER BY c.timestamp, c.id"
-);
+pub const MARK_AND_CLAIM: &str = settle_and_claim!(mark_ctes!("f", "$4"));
 
 /// Local. [`FINISH`] with a confirmation window: the batch row is acknowledged and its readings marked (they
 /// leave the queue and stay until the confirmation step). Also acknowledges again a batch sent again.
