@@ -199,25 +199,40 @@ impl Bench<'_> {
         seeded
     }
 
-    /// Exactly-once after a full drain.
+    /// Exactly-once after a full drain. With UPLOAD_CONFIRM_SECONDS > 0 (BENCH_DAEMON_ENV) the uploaded readings
+    /// stay locally, marked, in acknowledged batches: those are awaiting confirmation, not left over.
     fn verify(&mut self, seeded: &Seeded) -> Result<(), String> {
         let local: i64 = self
             .local
-            .query_one("SELECT count(*) FROM meter_readings", &[])
+            .query_one(
+                "SELECT count(*) FROM meter_readings WHERE is_synchronized IS NOT TRUE",
+                &[],
+            )
             .map(|r| r.get(0))
             .map_err(|e| e.to_string())?;
-        let pending: i64 = self
+        let (pending, awaiting, marked): (i64, i64, i64) = self
             .local
-            .query_one("SELECT count(*) FROM sync_upload_batches", &[])
-            .map(|r| r.get(0))
+            .query_one(
+                "SELECT (SELECT count(*) FROM sync_upload_batches WHERE acknowledged_at IS NULL), \
+                        (SELECT coalesce(sum(cardinality(reading_ids)), 0)::int8 FROM sync_upload_batches \
+                         WHERE acknowledged_at IS NOT NULL), \
+                        (SELECT count(*) FROM meter_readings WHERE is_synchronized)",
+                &[],
+            )
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .map_err(|e| e.to_string())?;
+        let mut problems = Vec::new();
+        if awaiting != marked {
+            problems.push(format!(
+                "{marked} readings marked locally, {awaiting} named by batches awaiting confirmation"
+            ));
+        }
         let quarantined: i64 = self
             .local
             .query_one("SELECT count(*) FROM sync_quarantine", &[])
             .map(|r| r.get(0))
             .map_err(|e| e.to_string())?;
         let got = digest_of(self.remote);
-        let mut problems = Vec::new();
         if local != 0 {
             problems.push(format!("{local} readings left locally"));
         }

@@ -8,7 +8,8 @@
 //! server tools run as the `postgres` user (`runuser -u postgres --`) and the dir is chowned to it, because
 //! PostgreSQL refuses to run as root. Each server also gets a detached reaper shell that stops it and removes
 //! its dir once this process is gone, which covers `kill -9`, aborts and statics that are never dropped.
-//! [`PgTemp::keep`] disarms both (for `demo --keep`).
+//! [`PgTemp::keep`] disarms both (for `demo --keep`). [`bouncer`]: PgBouncer in front of such a server, for the
+//! pooler tests and the fleet benchmark.
 //!
 //! Does not own: databases inside the server beyond [`PgTemp::create_database`], schemas (migrate.rs) or the
 //! daemon's configuration. Never for production data: fsync is off and every local connection is trusted.
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
+
+pub mod bouncer;
 
 /// Address every throwaway server listens on.
 pub const HOST: &str = "127.0.0.1";

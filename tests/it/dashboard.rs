@@ -94,10 +94,15 @@ fn target_dir() -> PathBuf {
 #[test]
 fn the_dashboard_shows_the_live_queue_in_a_real_browser() {
     chromium();
-    let mut env = Env::builder().remote_via_proxy().vars(&[("BATCH_SIZE", "50")]).build();
+    let mut env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("BATCH_SIZE", "50"), ("UPLOAD_CONFIRM_SECONDS", "3600")])
+        .build();
     let (mut map, addr) = daemon_env(&env);
     let url = format!("http://{addr}/");
     {
+        // Seven readings go up in the first cycle and wait there for their confirmation (an hour).
+        insert_readings(&mut env.local, 7, false);
         let _d = Daemon::spawn(&["run"], &map);
         wait_for_first_cycle(addr);
         insert_readings(&mut env.local, 42, false);
@@ -109,6 +114,12 @@ fn the_dashboard_shows_the_live_queue_in_a_real_browser() {
         assert_eq!(field(&page, "queueSize"), Some("42"), "{page}");
         assert_eq!(field(&page, "stale"), Some("no"));
         assert_eq!(field(&page, "localDbConnected"), Some("yes"));
+        assert_eq!(field(&page, "awaitingConfirmation"), Some("7"), "{page}");
+        let age = field(&page, "oldestAwaitingConfirmationAge").and_then(|a| a.parse::<u64>().ok());
+        assert!(
+            age.is_some_and(|a| a < 3600),
+            "the age of the oldest acknowledgement, in seconds: {page}"
+        );
         assert!(page.contains("<polyline"), "the queue chart is drawn from /history");
         assert!(page.contains("1 cycles from "), "{page}");
         insert_readings(&mut env.local, 8, false);

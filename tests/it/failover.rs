@@ -139,8 +139,9 @@ struct AfterFailover {
 
 /// 300 readings go up and reach the standby; replication is cut; 200 more go up to the primary only; the
 /// primary crashes, the standby is promoted, the daemon's remote address now reaches it; then `sync-process
-/// once` runs `rounds_after` times, `confirm_secs` + 1 s apart (so the window has passed each time).
-fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFailover {
+/// once` runs `rounds_after` times, `confirm_secs` + 1 s apart (so the window has passed each time), with
+/// `in_flight` batches in flight (UPLOAD_BATCHES_IN_FLIGHT).
+fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize, in_flight: u32) -> AfterFailover {
     let mut central = Replicated::start();
     let pair = DbPair {
         local: TestDb::create(PgServer::shared()),
@@ -148,9 +149,14 @@ fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFail
     };
     let front = central.front.port().to_string();
     let confirm = confirm_secs.to_string();
+    let in_flight = in_flight.to_string();
     let env = Env::builder()
         .on(pair)
-        .vars(&[("UPLOAD_CONFIRM_SECONDS", &confirm), ("BATCH_SIZE", "50")])
+        .vars(&[
+            ("UPLOAD_CONFIRM_SECONDS", &confirm),
+            ("BATCH_SIZE", "50"),
+            ("UPLOAD_BATCHES_IN_FLIGHT", &in_flight),
+        ])
         .edit(|_, map| {
             map.insert("POSTGRES_CLIENT_PORT".into(), front.clone());
         })
@@ -202,7 +208,7 @@ fn fail_over_during_uploads(confirm_secs: u64, rounds_after: usize) -> AfterFail
 fn with_a_confirmation_window_a_failover_loses_nothing() {
     // Round 1 confirms the first 300 (their ledger rows are on the standby) and sends the last 200 again under
     // their batch ids; round 2 confirms those.
-    let after = fail_over_during_uploads(2, 2);
+    let after = fail_over_during_uploads(2, 2, 1);
     assert_eq!(
         after.remote,
         (1..=500).collect::<Vec<i64>>(),
@@ -217,10 +223,23 @@ fn with_a_confirmation_window_a_failover_loses_nothing() {
 }
 
 #[test]
+fn with_batches_in_flight_and_a_window_a_failover_loses_nothing() {
+    // Four batches in flight on four remote connections: the confirmation still finds each batch by its ledger
+    // row, whichever connection committed it, and sends the lost ones again once.
+    let after = fail_over_during_uploads(2, 2, 4);
+    assert_eq!(
+        after.remote,
+        (1..=500).collect::<Vec<i64>>(),
+        "every reading exactly once on the promoted standby"
+    );
+    assert_eq!((after.local_left, after.batches_left), (0, 0), "nothing left locally");
+}
+
+#[test]
 fn without_a_confirmation_window_a_failover_loses_the_last_batches() {
     // Why UPLOAD_CONFIRM_SECONDS exists: with 0 the last 200 readings were deleted locally as soon as the old
     // primary acknowledged them, and the promoted standby never had them. They are gone.
-    let after = fail_over_during_uploads(0, 1);
+    let after = fail_over_during_uploads(0, 1, 1);
     assert_eq!(
         after.remote,
         (1..=300).collect::<Vec<i64>>(),
