@@ -246,6 +246,19 @@ impl fmt::Display for Error {
                 readings,
                 controls,
                 first_error,
+            } if *controls == 0 => write!(
+                f,
+                "the {target} rejects every one of the {readings} readings of batch {batch_id}, and no other \
+                 reading is queued to tell readings at fault from a central that rejects everything: nothing \
+                 quarantined, the batch stays claimed until a reading from outside it is accepted; first error: \
+                 {first_error}"
+            ),
+            Error::RejectsEverything {
+                target,
+                batch_id,
+                readings,
+                controls,
+                first_error,
             } => write!(
                 f,
                 "the {target} rejects every one of the {readings} readings of batch {batch_id} for a data reason, \

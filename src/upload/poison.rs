@@ -36,9 +36,9 @@ impl UploadSyncManager<'_> {
     /// each part under a savepoint (so later parts see earlier good ones, exactly as the real insert would),
     /// then rolls the whole transaction back. Changes nothing anywhere.
     ///
-    /// When every reading of a batch of several is rejected, the batch alone cannot tell poison (these rows)
-    /// from a remote that rejects everything (a schema change): a few queued readings from outside the batch
-    /// are probed the same way. If one of them passes, the batch's readings are poison and are quarantined;
+    /// When every reading of a batch of several is rejected (or its only reading, with XX000), the batch alone
+    /// cannot tell poison (these rows) from a remote that rejects everything (a schema change): a few queued
+    /// readings from outside the batch are probed the same way. If one of them passes, the batch's readings are poison and are quarantined;
     /// if none does (or there is none), it is [`Error::RejectsEverything`] and nothing is quarantined.
     pub(super) fn isolate_rejected(
         &self,
@@ -70,7 +70,10 @@ impl UploadSyncManager<'_> {
             );
             return Ok(Isolation::Unexplained);
         }
-        if bad.len() == n && n > 1 {
+        // A lone reading rejected with a data error is at fault; one rejected with XX000 is not proved so (Citus
+        // reports a worker's rejection so, but so does a fault of the central's own): controls decide.
+        let unproved = n > 1 || bad.iter().all(|(_, _, state)| state.as_deref() == Some("XX000"));
+        if bad.len() == n && unproved {
             let (controls, passed) = self.probe_controls(s, batch)?;
             if passed == 0 {
                 return Err(Error::RejectsEverything {

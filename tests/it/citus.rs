@@ -267,6 +267,43 @@ fn by_site_poison_rejected_by_a_worker_is_quarantined() {
     poison_rejected_by_a_worker(Layout::BySite);
 }
 
+/// A lone reading rejected with XX000 proves nothing on its own (a fault of the central's own reads the same):
+/// it is held, not quarantined, until a queued reading from outside its batch passes the same probe.
+#[test]
+fn a_lone_reading_rejected_by_a_worker_waits_for_a_control_before_quarantine() {
+    let env = CitusEnv::new(Layout::ByMeter, &[("BATCH_SIZE", "100")]);
+    env.remote()
+        .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_thirteen CHECK (value <> 13)")
+        .expect("constraint");
+    let mut l = env.local();
+    insert_readings(&mut l, 1, "2024-03-01 00:00:00", "1 minute");
+    l.batch_execute("UPDATE meter_readings SET value = 13")
+        .expect("poisoning the reading");
+    let r = env.manager().sync_readings(Duration::from_secs(3600));
+    assert!(!r.success, "{r:?}");
+    assert_eq!(r.records_quarantined, 0, "{r:?}");
+    let error = r.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("no other reading is queued") && error.contains("no_thirteen"),
+        "the error says why nothing was quarantined, and the worker's message: {error}"
+    );
+    assert!(quarantine::list(&env.env.conns.local).expect("list").is_empty());
+    assert_eq!(
+        count(&mut l, "SELECT count(*) FROM meter_readings"),
+        1,
+        "the reading is kept queued"
+    );
+
+    insert_readings(&mut l, 5, "2024-03-02 00:00:00", "1 minute");
+    let r = env.manager().sync_readings(Duration::from_secs(3600));
+    assert!(r.success, "{r:?}");
+    assert_eq!((r.records_uploaded, r.records_quarantined), (5, 1), "{r:?}");
+    let q = quarantine::list(&env.env.conns.local).expect("list");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].error.contains("no_thirteen"), "{q:?}");
+    assert_eq!(count(&mut env.remote(), "SELECT count(*) FROM meter_readings"), 5);
+}
+
 // ----- The ledger key reported against a shard -----
 
 /// A batch uploaded twice: the second time Citus reports the duplicate ledger key against the shard's
