@@ -7,7 +7,8 @@
 //! its sites at the same moment (each with its own SYNC_SOURCE_ID), then waits for all of them. Figures per
 //! case: wall time until the last site finished, aggregate readings/s and its ratio to one site alone through
 //! the same pooler, CPU of the central server and of PgBouncer per 1,000 readings, the most central backends
-//! seen (sampled every 50 ms). Every case is checked: the central holds every reading exactly once (count,
+//! seen (sampled every 50 ms; the table shows the lowest over the rounds, as PgBouncer keeps its pool open
+//! between cases). Every case is checked: the central holds every reading exactly once (count,
 //! and count of distinct (meter, timestamp)), in timestamp order per site, and every site's queue is empty.
 //!
 //! BENCH_FLEET_CASES (default "1:direct,1:pooler,20:pooler,50:pooler"): sites and path of each case;
@@ -114,14 +115,18 @@ fn main() {
 
     // The site databases: copies of the migrated `bench` database of the local server.
     {
-        let mut local = servers.local_client();
+        // From the maintenance database: a template must have no other session.
+        let mut local = pgtemp::client_config(pgtemp::HOST, servers.local.port(), "postgres")
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connecting to the local server: {e}"));
         for i in 0..max_sites {
             let name = site_db(i);
-            local
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} TEMPLATE {DB}"
-                ))
-                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name} TEMPLATE {DB}"),
+            ] {
+                local.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            }
         }
     }
     let env_of = |case: &Case, i: usize| -> BTreeMap<String, String> {
@@ -185,7 +190,7 @@ fn main() {
                 .map(|r| r.pooler_cpu.as_secs_f64() * 1e6 / total)
                 .collect(),
         );
-        let backends = runs[k].iter().map(|r| r.peak_backends).max().unwrap_or(0);
+        let backends = runs[k].iter().map(|r| r.peak_backends).min().unwrap_or(0);
         println!(
             "| {} | {wall:.2} s | {} | {ratio} | {cpu:.1} ms | {pooler:.1} ms | {backends} |",
             case.label(),
@@ -201,7 +206,11 @@ fn rate(runs: &[Run], readings: i64) -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Every site's queue filled anew (100 meters per site, one reading per meter and minute), the central emptied.
@@ -215,10 +224,10 @@ fn reseed(servers: &Servers, sites: usize, readings: i64) {
              INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
              SELECT 'site-{i}-m' || (g % 100), timestamp '2026-01-01' + g * interval '1 minute',
                     (g * 7 % 100000)::numeric / 100, 'kWh', NULL
-             FROM generate_series(1, {readings}) g;
-             VACUUM ANALYZE meter_readings;"
+             FROM generate_series(1, {readings}) g"
         ))
-        .unwrap_or_else(|e| panic!("seeding {}: {e}", site_db(i)));
+        .and_then(|_| c.batch_execute("VACUUM ANALYZE meter_readings"))
+        .unwrap_or_else(|e| panic!("seeding {}: {e:?}", site_db(i)));
     }
     servers
         .remote_client()
@@ -297,7 +306,7 @@ fn verify(servers: &Servers, sites: usize, readings: i64) -> Result<(), String> 
                    FROM meter_readings) x",
             &[],
         )
-        .map_err(|e| format!("counting on the central: {e}"))?;
+        .map_err(|e| format!("counting on the central: {e:?}"))?;
     let (n, distinct, back): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     let expected = sites as i64 * readings;
     if n != expected || distinct != expected {

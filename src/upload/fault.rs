@@ -2,7 +2,8 @@
 //!
 //! Owns: recognising, from a remote error, the central database's own faults by their cause — no partition
 //! for a reading's timestamp (23514 with no constraint name), a sequence at its maximum (2200H), a feature the
-//! central does not support (0A000), a missing grant (42501), a missing column or table (42703, 42P01) — and
+//! central does not support (0A000), a missing grant (42501), a missing column or table (42703, 42P01), a Citus
+//! table distributed by a column the upload does not fill (22004, "the partition column ...") — and
 //! wording each for an operator (which table, which timestamp range or sequence, what to do)
 //! ([`CentralFault`]); whether an error may be about the readings, so that probing decides ([`maybe_data`]:
 //! SQLSTATE classes 22 and 23, and Citus's XX000, which its COPY path reports for a worker's rejection); the
@@ -36,6 +37,9 @@ pub enum CentralFault {
     },
     /// 42703 / 42P01: a column or table the upload writes does not exist on the central.
     MissingColumnOrTable { message: String, sqlstate: &'static str },
+    /// 22004 from Citus, "the partition column of table T should have a value" (or "cannot be NULL"): the table
+    /// is distributed by a column the upload does not fill (by site, without UPLOAD_SOURCE_COLUMN).
+    UnfilledDistributionColumn { table: String, message: String },
 }
 
 /// The first and last timestamp of a batch (claim order is timestamp order), for the messages.
@@ -68,6 +72,19 @@ impl CentralFault {
                 .unwrap_or_else(|| "meter_readings".to_string());
             let key = db.detail().and_then(partition_key).map(str::to_string);
             return Some(CentralFault::NoPartition { table, key });
+        }
+        if *code == SqlState::NULL_VALUE_NOT_ALLOWED {
+            if let Some(rest) = message.strip_prefix("the partition column of table ") {
+                if let Some(table) = rest
+                    .strip_suffix(" should have a value")
+                    .or_else(|| rest.strip_suffix(" cannot be NULL"))
+                {
+                    return Some(CentralFault::UnfilledDistributionColumn {
+                        table: table.to_string(),
+                        message,
+                    });
+                }
+            }
         }
         if *code == SqlState::SEQUENCE_GENERATOR_LIMIT_EXCEEDED {
             return Some(CentralFault::SequenceAtMaximum {
@@ -104,6 +121,7 @@ impl CentralFault {
             CentralFault::Unsupported { .. } => "0A000",
             CentralFault::MissingGrant { .. } => "42501",
             CentralFault::MissingColumnOrTable { sqlstate, .. } => sqlstate,
+            CentralFault::UnfilledDistributionColumn { .. } => "22004",
         }
     }
 
@@ -153,6 +171,11 @@ impl CentralFault {
             CentralFault::MissingColumnOrTable { message, sqlstate } => format!(
                 "the central schema does not match what the upload writes: {message} (SQLSTATE {sqlstate}): run `sync-process migrate \
                  --remote-only` as the owner, or add the column (see sql/remote/ and UPLOAD_SOURCE_COLUMN); {held}"
+            ),
+            CentralFault::UnfilledDistributionColumn { table, message } => format!(
+                "the central table {table} is distributed (Citus) by a column the upload does not fill: {message} \
+                 (SQLSTATE 22004): set UPLOAD_SOURCE_COLUMN to that column so each reading carries SYNC_SOURCE_ID \
+                 (README, \"On Citus\", the layout by site); {held}"
             ),
         }
     }
@@ -306,5 +329,14 @@ mod tests {
         assert!(seq
             .describe(&span, "r")
             .contains("ALTER SEQUENCE meter_readings_id_seq AS bigint"));
+        let unfilled = CentralFault::UnfilledDistributionColumn {
+            table: "public.meter_readings".into(),
+            message: "the partition column of table public.meter_readings should have a value".into(),
+        };
+        let text = unfilled.describe(&span, "r");
+        assert!(
+            text.contains("UPLOAD_SOURCE_COLUMN") && text.contains("public.meter_readings"),
+            "{text}"
+        );
     }
 }

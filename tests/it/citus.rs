@@ -304,6 +304,41 @@ fn a_lone_reading_rejected_by_a_worker_waits_for_a_control_before_quarantine() {
     assert_eq!(count(&mut env.remote(), "SELECT count(*) FROM meter_readings"), 5);
 }
 
+/// Layout (b) without UPLOAD_SOURCE_COLUMN: the central's table is distributed by a column the upload leaves
+/// empty. That is the central's setup, not the readings: the part fails naming the variable to set, nothing is
+/// quarantined, and with the variable set every reading goes up once.
+#[test]
+fn by_site_without_the_source_column_is_a_central_fault_naming_the_variable() {
+    let (pair, workers) = citus_pair();
+    let mut env = Env::builder().on(pair).vars(&[("BATCH_SIZE", "50")]).build();
+    apply_layout(&mut env.remote, Layout::BySite);
+    let env = CitusEnv {
+        env,
+        layout: Layout::BySite,
+        _workers: workers,
+    };
+    let mut l = env.local();
+    insert_readings(&mut l, 120, "2024-03-01 00:00:00", "1 minute");
+    let original = snapshot(&mut l);
+    let r = env.manager().sync_readings(Duration::from_secs(3600));
+    assert!(!r.success, "{r:?}");
+    assert_eq!(r.records_quarantined, 0, "{r:?}");
+    let error = r.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("UPLOAD_SOURCE_COLUMN") && error.contains("22004"),
+        "the error names the variable to set: {error}"
+    );
+    assert!(quarantine::list(&env.env.conns.local).expect("list").is_empty());
+    assert_eq!(count(&mut l, "SELECT count(*) FROM meter_readings"), 120);
+
+    let mut map = env.env.map.clone();
+    map.insert("UPLOAD_SOURCE_COLUMN".into(), SITE_COLUMN.into());
+    let out = run_command(&["once"], &map);
+    assert!(out.status.success(), "once: {}\n{}", out.stdout, out.stderr);
+    assert_exactly_once(&mut l, &mut env.remote(), &original);
+    env.assert_site_column();
+}
+
 // ----- The ledger key reported against a shard -----
 
 /// A batch uploaded twice: the second time Citus reports the duplicate ledger key against the shard's
