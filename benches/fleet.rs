@@ -103,7 +103,6 @@ fn main() {
             pool_size: pool,
             min_pool_size: 2,
             max_clients: 1000,
-            users: Vec::new(),
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));

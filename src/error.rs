@@ -246,25 +246,26 @@ impl fmt::Display for Error {
                 readings,
                 controls,
                 first_error,
-            } if *controls == 0 => write!(
-                f,
-                "the {target} rejects every one of the {readings} readings of batch {batch_id}, and no other \
-                 reading is queued to tell readings at fault from a central that rejects everything: nothing \
-                 quarantined, the batch stays claimed until a reading from outside it is accepted; first error: \
-                 {first_error}"
-            ),
-            Error::RejectsEverything {
-                target,
-                batch_id,
-                readings,
-                controls,
-                first_error,
-            } => write!(
-                f,
-                "the {target} rejects every one of the {readings} readings of batch {batch_id} for a data reason, \
-                 and {controls} other queued reading(s) too (a schema change such as a new NOT NULL column?); \
-                 nothing quarantined, the batch stays claimed; first error: {first_error}"
-            ),
+            } => {
+                write!(
+                    f,
+                    "the {target} rejects every one of the {readings} readings of batch {batch_id}"
+                )?;
+                if *controls == 0 {
+                    f.write_str(
+                        ", and no other reading is queued to tell readings at fault from a central that rejects \
+                         everything: nothing quarantined, the batch stays claimed until a reading from outside it \
+                         is accepted",
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        " for a data reason, and {controls} other queued reading(s) too (a schema change such as a \
+                         new NOT NULL column?); nothing quarantined, the batch stays claimed"
+                    )?;
+                }
+                write!(f, "; first error: {first_error}")
+            }
             Error::CentralFault {
                 target, context, cause, ..
             } => write!(f, "{target}: {context}: {cause}"),

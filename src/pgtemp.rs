@@ -508,15 +508,20 @@ pub fn spawn_reaper(dir: &Path) -> Option<Child> {
         pid = std::process::id(),
         pg_ctl = argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" "),
     );
+    detached_shell(&script).ok()
+}
+
+/// `sh -c script` in its own process group (survives Ctrl-C), in `/`, stdio on /dev/null: the watcher shells of
+/// the servers here and of [`bouncer`].
+fn detached_shell(script: &str) -> std::io::Result<Child> {
     Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", script])
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .ok()
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! does the same.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
-use super::{client_config, free_port, is_root, unique_temp_dir, HOST, USER};
+use super::{chown_to_postgres, client_config, detached_shell, free_port, is_root, unique_temp_dir, HOST, USER};
 use crate::error::{Error, Result};
 
 /// Where Debian's package puts the binary.
@@ -43,8 +42,6 @@ pub struct BouncerOptions {
     pub min_pool_size: u32,
     /// Client connections accepted in all: `max_client_conn`.
     pub max_clients: u32,
-    /// Users besides `postgres` in the auth file (trusted, no password).
-    pub users: Vec<String>,
 }
 
 impl Default for BouncerOptions {
@@ -54,7 +51,6 @@ impl Default for BouncerOptions {
             pool_size: 4,
             min_pool_size: 2,
             max_clients: 500,
-            users: Vec::new(),
         }
     }
 }
@@ -92,23 +88,16 @@ impl PgBouncer {
             min = options.min_pool_size,
             clients = options.max_clients,
         );
-        let users: String = std::iter::once(USER)
-            .chain(options.users.iter().map(String::as_str))
-            .map(|u| format!("\"{u}\" \"\"\n"))
-            .collect();
+        let users = format!("\"{USER}\" \"\"\n");
         for (name, text) in [("pgbouncer.ini", ini.as_str()), ("users.txt", users.as_str())] {
             let path = dir.join(name);
             fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            if is_root() {
+                chown_to_postgres(&path)?;
+            }
         }
         if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", &format!("{USER}:")])
-                .arg(&dir)
-                .status()
-                .map_err(|e| Error::io("running chown".to_string(), e))?;
-            if !status.success() {
-                return Err(Error::Other(format!("chown -R {USER}: {d} failed")));
-            }
+            chown_to_postgres(&dir)?;
         }
         let run = if is_root() {
             format!("runuser -u {USER} -- {BINARY}")
@@ -124,15 +113,8 @@ impl PgBouncer {
              kill -TERM $(cat {pidfile}) 2>/dev/null; sleep 1; rm -rf {d}",
             me = std::process::id(),
         );
-        let watcher = Command::new("sh")
-            .args(["-c", &script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::io("starting PgBouncer's watcher shell".to_string(), e))?;
+        let watcher =
+            detached_shell(&script).map_err(|e| Error::io("starting PgBouncer's watcher shell".to_string(), e))?;
         let bouncer = PgBouncer {
             dir,
             port,
