@@ -16,6 +16,7 @@ use crate::support::daemon::{run_command, Daemon};
 use crate::support::env::count;
 use crate::support::pg::{env_map_for, DbPair, PgServer, TestDb, HOST};
 use crate::support::pgbouncer::{BouncerOptions, PgBouncer, PoolMode};
+use crate::support::SetOnDrop;
 
 /// `n` readings of site `site`: meter ids `<site>-<k>`, distinct `seq` in the metadata.
 fn insert_readings(c: &mut Client, site: &str, n: i64) {
@@ -135,8 +136,8 @@ fn full_cycle_through(mode: PoolMode) {
                 let _ = c.simple_query("SELECT pg_sleep(0.003)");
             }
         });
+        let _quiet = SetOnDrop(&quiet);
         full_cycle_body(mode, &pair, &bouncer, &env);
-        quiet.store(true, Ordering::Relaxed);
     });
 }
 
@@ -166,9 +167,8 @@ fn full_cycle_body(mode: PoolMode, pair: &DbPair, bouncer: &PgBouncer, env: &BTr
                 thread::sleep(Duration::from_millis(20));
             }
         });
-        let out = run_command(&["once"], &env);
-        stop.store(true, Ordering::Relaxed);
-        out
+        let _stop = SetOnDrop(&stop);
+        run_command(&["once"], &env)
     });
     assert_ok("once after the kills", &out);
     assert_site_exactly_once(&mut central, &mut local, "site-a", 6000);
@@ -244,6 +244,7 @@ fn five_sites_through_one_pgbouncer_into_one_central() {
                 thread::sleep(Duration::from_millis(10));
             }
         });
+        let _stop = SetOnDrop(&stop);
         let sites: Vec<_> = envs
             .iter()
             .enumerate()
@@ -259,7 +260,6 @@ fn five_sites_through_one_pgbouncer_into_one_central() {
         for (r, name) in sites.into_iter().zip(&names) {
             assert_ok(&format!("{name}: once after a kill"), &r.join().expect("site thread"));
         }
-        stop.store(true, Ordering::Relaxed);
     });
     let mut central = central_db.client();
     for (l, s) in locals.iter().zip(&names) {

@@ -33,6 +33,16 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     sync_process::pgtemp::unique_temp_dir(prefix).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Sets the flag when dropped: a sampler thread that loops until its flag is set stops even when the test
+/// body beside it panics (inside `thread::scope`, a panic would otherwise wait for the sampler forever).
+pub struct SetOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Polls `cond` every 20 ms until it is true (returns true) or `timeout` passes (false).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
