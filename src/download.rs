@@ -30,7 +30,8 @@
 //!
 //! Memory: full rows are held for at most three chunks at a time (the local and remote rows of the chunk being
 //! written, the next chunk's remote rows being read), whatever the number of differing rows. What grows with
-//! that number is only per-key bookkeeping: the keys and digests of step 2, and the ids the result reports
+//! that number is only per-key bookkeeping: the keys and digests of step 2 (the recorded ones too, and the
+//! digests to record, which a first download after an upgrade holds for every row), and the ids the result reports
 //! (kept end to end in 64 KiB pages until the result is built) with a bit set of changed columns per updated
 //! row and the first 101 characters of each new row's name for its log line (BENCHMARKS.md has the bytes
 //! per differing key). The remote reads of a chunk happen while the local transaction is open (idle in
@@ -322,14 +323,19 @@ impl<'a> DownloadSyncManager<'a> {
         let ratio = self.cfg.download_max_delete_ratio;
         let policy = self.cfg.download_conflict_policy;
 
-        // 1. Bucket digests, and those of the digests recorded when the local rows were last mirrored.
-        let (remote, local) = self.on_both(|side| self.bucket_digests(side, spec));
-        let local = local.map_err(|e| Failure::db(spec, e))?;
+        // 1. Bucket digests; on the local side also those of the digests recorded when the rows were last
+        //    mirrored (while the remote is still computing its own).
+        let (remote, local) = self.on_both(|side| {
+            let rows = self.bucket_digests(side, spec)?;
+            let stored = (side == Side::Local).then(|| self.stored_bucket_digests(spec));
+            Ok((rows, stored))
+        });
+        let (local, stored) = local.map_err(|e| Failure::db(spec, e))?;
         let local_total: u64 = local.values().map(|(n, _)| u64::try_from(*n).unwrap_or(0)).sum();
         *local_rows = Some(local_total);
-        let remote = remote.map_err(|e| Failure::db(spec, e))?;
+        let (remote, _) = remote.map_err(|e| Failure::db(spec, e))?;
         let remote_total: u64 = remote.values().map(|(n, _)| u64::try_from(*n).unwrap_or(0)).sum();
-        let stored = self.stored_bucket_digests(spec)?;
+        let stored = stored.unwrap_or_else(|| Ok(BTreeMap::new()))?;
         let buckets = examined_buckets(&local, &remote, &stored);
         log::debug!(
             "{}: {} of {} buckets differ ({local_total} rows local, {remote_total} remote)",

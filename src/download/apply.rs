@@ -100,7 +100,7 @@ impl DownloadSyncManager<'_> {
                 .map_err(|e| db.err(format!("deleting {} {} rows", chunk.len(), spec.table), e))?;
         }
         let applied = self.stream(&mut tx, spec, plan, limits)?;
-        record_digests(&mut tx, db, spec, rec)?;
+        record_digests(&mut tx, db, spec, rec, &applied.extra_deletes)?;
         let deleted = plan.deletes.len() + applied.extra_deletes.len();
         recheck(deleted as u64).map_err(|m| Stop::Refused(Failure::new("guard", spec, m)))?;
         tx.commit()
@@ -223,19 +223,20 @@ impl DownloadSyncManager<'_> {
     }
 }
 
-/// The digests of what the transaction leaves, recorded in it: every written key's anew from its row as
-/// written (dropped when the row is gone), the rows equal on both sides as read in step 2, and the digests of
-/// keys on neither side dropped. A conflict kept by keep-local is in none of these lists: its digest stays.
+/// The digests of what the transaction leaves, recorded in it: every updated or inserted key's anew from its
+/// row as written, the rows equal on both sides as read in step 2; the digests of the deleted keys (planned,
+/// or `extra_deletes`) and of keys on neither side dropped. A conflict kept by keep-local is in none of these
+/// lists: its digest stays.
 fn record_digests(
     tx: &mut postgres::Transaction<'_>,
     db: &Database,
     spec: &TableSpec,
     rec: &Reconciled,
+    extra_deletes: &[String],
 ) -> std::result::Result<(), Stop> {
     let context = |n: usize| format!("recording the digests of {n} {} rows", spec.table);
     let refresh = spec.refresh_digests_sql();
-    let plan = &rec.plan;
-    for keys in [&plan.deletes, &plan.changed, &plan.new] {
+    for keys in [&rec.plan.changed, &rec.plan.new] {
         for chunk in keys.chunks(CHUNK) {
             tx.execute_typed(&refresh, &[(&chunk, Type::TEXT_ARRAY)])
                 .map_err(|e| db.err(context(chunk.len()), e))?;
@@ -249,9 +250,11 @@ fn record_digests(
             .map_err(|e| db.err(context(chunk.len()), e))?;
     }
     let forget = spec.forget_digests_sql();
-    for chunk in rec.forget.chunks(CHUNK) {
-        tx.execute_typed(&forget, &[(&chunk, Type::TEXT_ARRAY)])
-            .map_err(|e| db.err(format!("dropping {} recorded {} digests", chunk.len(), spec.table), e))?;
+    for keys in [&rec.plan.deletes[..], extra_deletes, &rec.forget[..]] {
+        for chunk in keys.chunks(CHUNK) {
+            tx.execute_typed(&forget, &[(&chunk, Type::TEXT_ARRAY)])
+                .map_err(|e| db.err(format!("dropping {} recorded {} digests", chunk.len(), spec.table), e))?;
+        }
     }
     Ok(())
 }

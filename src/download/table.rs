@@ -254,17 +254,15 @@ impl TableSpec {
     }
 
     /// Local, in the download's transaction after the writes: records the digest of each key in `$1::text[]`
-    /// from its row as it now is (the rows just written, whose locks this transaction holds), or drops it when
-    /// the row is gone.
+    /// from its row as it now is (the rows just written, whose locks this transaction holds). A key without a
+    /// row is skipped (the deleted ones are dropped by [`Self::forget_digests_sql`]).
     pub fn refresh_digests_sql(&self) -> String {
         format!(
-            "WITH cur AS (SELECT k, b, d FROM ({source}) s WHERE k = ANY($1::text[])), \
-             gone AS (DELETE FROM {rows} AND key = ANY($1::text[]) AND key NOT IN (SELECT k FROM cur)) \
-             INSERT INTO {DIGEST_TABLE} (table_name, key, bucket, digest) SELECT '{table}', k, b, d FROM cur \
+            "INSERT INTO {DIGEST_TABLE} (table_name, key, bucket, digest) \
+             SELECT '{table}', k, b, d FROM ({source}) s WHERE k = ANY($1::text[]) \
              ON CONFLICT (table_name, key) DO UPDATE SET bucket = EXCLUDED.bucket, digest = EXCLUDED.digest, \
              mirrored_at = LOCALTIMESTAMP",
             source = self.digest_source(),
-            rows = self.digest_rows(),
             table = self.table
         )
     }
