@@ -239,6 +239,60 @@ fn the_delete_guard_applies_before_the_policy() {
 }
 
 #[test]
+fn a_failed_download_records_no_digest_and_a_missing_table_names_the_fix() {
+    let mut env = mirrored();
+    env.local
+        .execute("UPDATE meters SET name = 'local' WHERE meter_id = 'm-1'", &[])
+        .expect("local edit");
+    // The commit fails (a deferred trigger), after the rows and their digests were written in the transaction.
+    env.local
+        .batch_execute(
+            "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN IF NEW.name = 'boom' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER refuse_boom AFTER UPDATE ON meters DEFERRABLE INITIALLY DEFERRED
+               FOR EACH ROW EXECUTE FUNCTION refuse_boom();",
+        )
+        .expect("a trigger that fails the commit");
+    env.remote
+        .execute("UPDATE meters SET name = 'boom' WHERE meter_id = 'm-9'", &[])
+        .expect("remote edit");
+    let recorded = |env: &mut Env| -> Vec<(String, i64)> {
+        env.local
+            .query("SELECT key, digest FROM sync_mirror_digest ORDER BY 1", &[])
+            .expect("reading digests")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let before = recorded(&mut env);
+    let m = DownloadSyncManager::new(&env.conns, &env.cfg).sync_meter_configurations();
+    assert!(
+        !m.success && m.error.as_deref().unwrap_or("").contains("refused at commit") && m.conflict_meter_ids.is_empty(),
+        "{m:?}"
+    );
+    assert_eq!(recorded(&mut env), before, "the digests roll back with the rows");
+    assert_eq!(rows(&mut env.local, "meters")["m-1"][0].as_deref(), Some("local"));
+    env.local
+        .execute("DROP TRIGGER refuse_boom ON meters", &[])
+        .expect("dropping the trigger");
+    assert_eq!(
+        meters(&env, REMOTE).conflict_meter_ids,
+        ids(&["m-1"]),
+        "still a conflict, then overwritten"
+    );
+
+    env.local
+        .execute("DROP TABLE sync_mirror_digest", &[])
+        .expect("dropping the bookkeeping");
+    let t = DownloadSyncManager::new(&env.conns, &env.cfg).sync_tenant_data();
+    let e = t.error.unwrap_or_default();
+    assert!(
+        !t.success && e.contains("tenant: ") && e.contains("sync_mirror_digest is missing: run `sync-process migrate`"),
+        "{e}"
+    );
+}
+
+#[test]
 fn rows_mirrored_before_digests_were_kept_are_no_conflicts_and_get_recorded() {
     let mut env = mirrored();
     // As after an upgrade: the rows are there, the digests are not; one row differs from the remote.
