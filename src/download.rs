@@ -66,6 +66,11 @@ pub use diff::{
 };
 pub use table::{Column, Kind, TableSpec, BUCKET_MASK, DIGEST_TABLE, METERS, TENANTS};
 
+/// Conflicts logged one by one per table and download; beyond it one line counts the rest (all are in the
+/// result). Bounds the log, and the rows read for the warnings, when a whole table was edited locally
+/// (keep-local reports it every cycle).
+pub const CONFLICT_LINES: usize = 1_000;
+
 /// Keys per read of full rows and rows per local write statement: bounds the size of one message and the
 /// memory of a download (at most three chunks of full rows are held at once; see the module docs).
 pub const CHUNK: usize = 5_000;
@@ -436,9 +441,10 @@ impl<'a> DownloadSyncManager<'a> {
         })
     }
 
-    /// Per conflict, the columns in which the local row differs from the remote one (a
-    /// [`diff::changed_mask`]; 0 when a side has no row), read from both sides [`CHUNK`] keys at a time.
+    /// Per conflict logged one by one (the first [`CONFLICT_LINES`]), the columns in which the local row
+    /// differs from the remote one (a [`diff::changed_mask`]; 0 when a side has no row), read from both sides.
     fn conflict_masks(&self, spec: &TableSpec, conflicts: &[Conflict]) -> std::result::Result<Vec<u64>, Failure> {
+        let conflicts = &conflicts[..conflicts.len().min(CONFLICT_LINES)];
         let keys: Vec<String> = conflicts
             .iter()
             .filter(|c| c.kind == ConflictKind::Changed)
@@ -612,12 +618,22 @@ impl<'a> DownloadSyncManager<'a> {
     }
 }
 
-/// One warning per conflict: the key, the differing columns (never the values), what the policy did.
+/// One warning per conflict (up to [`CONFLICT_LINES`], then one line for the rest): the key, the differing
+/// columns (never the values), what the policy did.
 fn report_conflicts(spec: &TableSpec, conflicts: &[Conflict], masks: &[u64], policy: ConflictPolicy) {
     for (c, &mask) in conflicts.iter().zip(masks) {
         log::warn!(
             "{}",
             conflict_line(spec, &c.key, c.kind, &diff::mask_fields(spec, mask), policy)
+        );
+    }
+    if conflicts.len() > masks.len() {
+        log::warn!(
+            "{}: {} more conflicts not logged one by one (DOWNLOAD_CONFLICT_POLICY={}; every conflicting key is in \
+             the result)",
+            spec.table,
+            conflicts.len() - masks.len(),
+            policy.as_str()
         );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use sync_process::config::ConflictPolicy;
-use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantSyncResult};
+use sync_process::download::{DownloadSyncManager, MeterSyncResult, TenantSyncResult, CONFLICT_LINES};
 
 use crate::support::env::{count, Env};
 
@@ -552,4 +552,31 @@ fn property_8_conflicts_follow_the_policy_against_the_servers() {
         .max_tests(1000)
         .rng(Gen::new(10))
         .quickcheck(prop_conflicts_against_the_servers as fn(Case) -> TestResult);
+}
+
+#[test]
+fn a_table_edited_locally_as_a_whole_logs_a_bounded_number_of_lines() {
+    let mut env = Env::new(&[("DOWNLOAD_CONFLICT_POLICY", "keep-local")]);
+    let n = CONFLICT_LINES + 5;
+    env.remote
+        .execute(
+            "INSERT INTO meters (meter_id, name, meter_type, unit) \
+             SELECT 'm-' || lpad(g::text, 5, '0'), 'Meter', 'electric', 'kWh' FROM generate_series(1, $1::int4) g",
+            &[&(n as i32)],
+        )
+        .expect("seeding the remote");
+    assert_eq!(meters(&env, KEEP).new_meters, n as u64);
+    env.local
+        .execute("UPDATE meters SET unit = 'Wh'", &[])
+        .expect("editing every meter locally");
+    let (out, json) = env.once_json();
+    let ids = json["meterDownloadResult"]["conflictMeterIds"].as_array().map(Vec::len);
+    assert_eq!(ids, Some(n), "every conflict is in the result");
+    let lines = out.stderr.lines().filter(|l| l.contains("conflict: meter m-")).count();
+    assert_eq!(lines, CONFLICT_LINES, "one line each for the first {CONFLICT_LINES}");
+    assert!(
+        out.stderr.contains("meters: 5 more conflicts not logged one by one"),
+        "{}",
+        out.stderr.len()
+    );
 }
