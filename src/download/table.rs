@@ -325,6 +325,23 @@ mod tests {
             .update_sql()
             .contains("metadata = u.v3::jsonb, updated_at = u.v4::timestamp, synced_at"));
         assert_eq!(METERS.checked_columns().len(), 7);
+        // The recorded digests are bucketed exactly as the rows are (step 1 compares their sums per bucket).
+        let rows_bucket = bucket_expr("tenant_id::text");
+        assert!(TENANTS.bucket_digests_sql().contains(&rows_bucket));
+        assert!(TENANTS.refresh_digests_sql().contains(&rows_bucket));
+        assert!(TENANTS
+            .record_digests_sql()
+            .contains(&rows_bucket.replace("tenant_id::text", "u.k")));
+        for sql in [
+            TENANTS.stored_bucket_digests_sql(),
+            TENANTS.stored_row_digests_sql(),
+            TENANTS.forget_digests_sql(),
+        ] {
+            assert!(
+                sql.contains("FROM sync_mirror_digest WHERE table_name = 'tenant'"),
+                "{sql}"
+            );
+        }
         // diff::changed_mask keeps the changed columns of a row in a u64.
         assert!(METERS.columns.len() < 64 && TENANTS.columns.len() < 64);
     }
