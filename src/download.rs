@@ -13,16 +13,25 @@
 //!    bucket crossed the link; no local write).
 //! 2. for the buckets that differ, both servers: each row's key and 64-bit digest, merged by [`diff::plan`]
 //!    into the keys to delete (local only), to compare (digests differ) and to insert (remote only).
-//! 3. the delete guard, on the keys to delete and the row counts, before anything is written.
+//!    The local side also reads the digests recorded when its rows were last mirrored (local bookkeeping,
+//!    `sync_mirror_digest`): a bucket where they differ from the local rows is looked into too, and
+//!    [`diff::reconcile`] finds the rows changed locally since (conflicts) and applies
+//!    DOWNLOAD_CONFLICT_POLICY: remote-wins writes them like any other row, keep-local leaves them out.
+//! 3. the delete guard, on the keys to delete and the row counts, before anything is written (before the
+//!    policy: rows that keep-local leaves count as deletions).
 //! 4. ONE local transaction: the deletes; then the keys to compare, [`CHUNK`] keys at a time in key order
 //!    (that chunk's full rows from both sides, [`diff::diff_rows`], the local column limits checked, the
 //!    updates written); then the keys to insert likewise. A reader thread fetches the next chunk's remote
 //!    rows while this one is written. The guard is checked again on what was actually deleted, then commit.
-//!    synced_at is set on each written row; unchanged rows are never written.
+//!    synced_at is set on each written row; unchanged rows are never written. The digests of the written rows
+//!    are recorded anew from the rows as written (and those of rows equal on both sides, when not yet
+//!    recorded as they are) in the same transaction; a conflict kept by keep-local keeps its old digest, so
+//!    it is found again next cycle until the local change is undone.
 //!
 //! Memory: full rows are held for at most three chunks at a time (the local and remote rows of the chunk being
 //! written, the next chunk's remote rows being read), whatever the number of differing rows. What grows with
-//! that number is only per-key bookkeeping: the keys and digests of step 2, and the ids the result reports
+//! that number is only per-key bookkeeping: the keys and digests of step 2 (the recorded ones too, and the
+//! digests to record, which a first download after an upgrade holds for every row), and the ids the result reports
 //! (kept end to end in 64 KiB pages until the result is built) with a bit set of changed columns per updated
 //! row and the first 101 characters of each new row's name for its log line (BENCHMARKS.md has the bytes
 //! per differing key). The remote reads of a chunk happen while the local transaction is open (idle in
@@ -46,15 +55,21 @@ use postgres::types::Type;
 use postgres::GenericClient;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ConflictPolicy};
 use crate::db::{ConnectionManager, Side};
 use crate::error::{Error, Result};
 
 pub use diff::{
-    change_lines, changed_fields, check_rows, delete_guard, diff_rows, differing_buckets, plan, BucketDigest, Diff,
-    Limit, Plan, Rows, Update, Values,
+    change_lines, changed_fields, check_rows, conflict_line, delete_guard, diff_rows, differing_buckets,
+    examined_buckets, plan, reconcile, BucketDigest, Conflict, ConflictKind, Diff, Limit, Plan, Reconciled, Rows,
+    Update, Values,
 };
-pub use table::{Column, Kind, TableSpec, BUCKET_MASK, METERS, TENANTS};
+pub use table::{Column, Kind, TableSpec, BUCKET_MASK, DIGEST_TABLE, METERS, TENANTS};
+
+/// Conflicts logged one by one per table and download; beyond it one line counts the rest (all are in the
+/// result). Bounds the log, and the rows read for the warnings, when a whole table was edited locally
+/// (keep-local reports it every cycle).
+pub const CONFLICT_LINES: usize = 1_000;
 
 /// Keys per read of full rows and rows per local write statement: bounds the size of one message and the
 /// memory of a download (at most three chunks of full rows are held at once; see the module docs).
@@ -72,6 +87,9 @@ pub struct MeterSyncResult {
     pub new_meter_ids: Vec<String>,
     pub updated_meter_ids: Vec<String>,
     pub deleted_meter_ids: Vec<String>,
+    /// Meters changed (or deleted) locally since they were last mirrored and now different from the remote,
+    /// whatever DOWNLOAD_CONFLICT_POLICY did with them; sorted.
+    pub conflict_meter_ids: Vec<String>,
     pub error: Option<String>,
     pub duration: u64,
 }
@@ -97,6 +115,9 @@ pub struct TenantSyncResult {
     pub updated_tenant_ids: Vec<String>,
     pub deleted_tenant_ids: Vec<String>,
     pub tenant_changes: Vec<TenantChange>,
+    /// Tenants changed (or deleted) locally since they were last mirrored and now different from the remote,
+    /// whatever DOWNLOAD_CONFLICT_POLICY did with them; sorted.
+    pub conflict_tenant_ids: Vec<String>,
     pub error: Option<String>,
     pub duration: u64,
 }
@@ -109,6 +130,8 @@ struct Outcome {
     /// Per updated key, its differing columns as a [`diff::changed_mask`].
     updated_masks: Vec<u64>,
     deleted_ids: Vec<String>,
+    /// Keys in conflict with a local change (see [`diff::reconcile`]).
+    conflict_ids: Vec<String>,
     /// Rows in the local table after the download.
     total: u64,
 }
@@ -163,6 +186,7 @@ impl<'a> DownloadSyncManager<'a> {
                 new_meter_ids: o.new_ids,
                 updated_meter_ids: o.updated_ids,
                 deleted_meter_ids: o.deleted_ids,
+                conflict_meter_ids: o.conflict_ids,
                 error: None,
                 duration,
             },
@@ -199,6 +223,7 @@ impl<'a> DownloadSyncManager<'a> {
                     .collect(),
                 updated_tenant_ids: o.updated_ids,
                 deleted_tenant_ids: o.deleted_ids,
+                conflict_tenant_ids: o.conflict_ids,
                 error: None,
                 duration,
             },
@@ -301,15 +326,22 @@ impl<'a> DownloadSyncManager<'a> {
     /// The download itself (see the module docs for the steps). `local_rows` is set as soon as known.
     fn download(&self, spec: &TableSpec, local_rows: &mut Option<u64>) -> std::result::Result<Outcome, Failure> {
         let ratio = self.cfg.download_max_delete_ratio;
+        let policy = self.cfg.download_conflict_policy;
 
-        // 1. Bucket digests.
-        let (remote, local) = self.on_both(|side| self.bucket_digests(side, spec));
-        let local = local.map_err(|e| Failure::db(spec, e))?;
+        // 1. Bucket digests; on the local side also those of the digests recorded when the rows were last
+        //    mirrored (while the remote is still computing its own).
+        let (remote, local) = self.on_both(|side| {
+            let rows = self.bucket_digests(side, spec)?;
+            let stored = (side == Side::Local).then(|| self.stored_bucket_digests(spec));
+            Ok((rows, stored))
+        });
+        let (local, stored) = local.map_err(|e| Failure::db(spec, e))?;
         let local_total: u64 = local.values().map(|(n, _)| u64::try_from(*n).unwrap_or(0)).sum();
         *local_rows = Some(local_total);
-        let remote = remote.map_err(|e| Failure::db(spec, e))?;
+        let (remote, _) = remote.map_err(|e| Failure::db(spec, e))?;
         let remote_total: u64 = remote.values().map(|(n, _)| u64::try_from(*n).unwrap_or(0)).sum();
-        let buckets = differing_buckets(&local, &remote);
+        let stored = stored.unwrap_or_else(|| Ok(BTreeMap::new()))?;
+        let buckets = examined_buckets(&local, &remote, &stored);
         log::debug!(
             "{}: {} of {} buckets differ ({local_total} rows local, {remote_total} remote)",
             spec.table,
@@ -325,36 +357,51 @@ impl<'a> DownloadSyncManager<'a> {
         // An empty remote is refused before anything else is read.
         delete_guard(local_total, remote_total, 0, ratio).map_err(|m| Failure::new("guard", spec, m))?;
 
-        // 2. Row digests of the differing buckets, merged into what is to be done.
+        // 2. Row digests of those buckets (and their recorded digests), merged into what is to be done.
         let (remote, local) = self.on_both(|side| self.row_digests(side, spec, &buckets));
         let remote = sorted_digests(spec, Side::Remote, remote.map_err(|e| Failure::db(spec, e))?)?;
         let local = sorted_digests(spec, Side::Local, local.map_err(|e| Failure::db(spec, e))?)?;
-        let plan = plan(local, remote);
+        let stored = self.stored_row_digests(spec, &buckets)?;
+        let rec = reconcile(local, remote, stored, policy);
 
-        // 3. The delete guard, before anything is written: the keys to delete are known from the digests.
-        delete_guard(local_total, remote_total, plan.deletes.len() as u64, ratio)
+        // 3. The delete guard, before anything is written (and before the policy): the keys to delete are
+        //    known from the digests.
+        delete_guard(local_total, remote_total, rec.guard_deletes, ratio)
             .map_err(|m| Failure::new("guard", spec, m))?;
-        if plan.is_empty() {
+        // The columns in which each conflicting row differs, for its warning, read before it is overwritten.
+        let conflict_masks = self.conflict_masks(spec, &rec.conflicts)?;
+        if rec.writes_nothing() {
+            report_conflicts(spec, &rec.conflicts, &conflict_masks, policy);
             return Ok(Outcome {
+                conflict_ids: rec.conflicts.into_iter().map(|c| c.key).collect(),
                 total: local_total,
                 ..Default::default()
             });
         }
-        let limits = if plan.changed.is_empty() && plan.new.is_empty() {
+        let limits = if rec.plan.changed.is_empty() && rec.plan.new.is_empty() {
             Vec::new()
         } else {
             self.local_limits(spec)?
         };
 
-        // 4. One transaction, chunk by chunk; the guard again on what was deleted, then commit.
+        // 4. One transaction, chunk by chunk, the digests recorded; the guard again on what was deleted, then
+        //    commit.
         let recheck = |deletes: u64| delete_guard(local_total, remote_total, deletes, ratio);
-        let applied = self.apply(spec, &plan, &limits, &recheck)?;
-        let Plan {
-            deletes: mut deleted_ids,
-            changed,
-            new,
-        } = plan;
-        drop((changed, new));
+        let applied = self.apply(spec, &rec, &limits, &recheck)?;
+        report_conflicts(spec, &rec.conflicts, &conflict_masks, policy);
+        let Reconciled {
+            plan:
+                Plan {
+                    deletes: mut deleted_ids,
+                    changed,
+                    new,
+                },
+            conflicts,
+            record,
+            forget,
+            ..
+        } = rec;
+        drop((changed, new, record, forget));
         if applied.unchanged > 0 {
             log::warn!(
                 "{}: {} rows had different digests on the two servers but equal values (changed during the \
@@ -389,8 +436,77 @@ impl<'a> DownloadSyncManager<'a> {
             updated_ids: applied.updated.to_vec(),
             updated_masks: applied.masks,
             deleted_ids,
+            conflict_ids: conflicts.into_iter().map(|c| c.key).collect(),
             total,
         })
+    }
+
+    /// Per conflict logged one by one (the first [`CONFLICT_LINES`]), the columns in which the local row
+    /// differs from the remote one (a [`diff::changed_mask`]; 0 when a side has no row), read from both sides.
+    fn conflict_masks(&self, spec: &TableSpec, conflicts: &[Conflict]) -> std::result::Result<Vec<u64>, Failure> {
+        let conflicts = &conflicts[..conflicts.len().min(CONFLICT_LINES)];
+        let keys: Vec<String> = conflicts
+            .iter()
+            .filter(|c| c.kind == ConflictKind::Changed)
+            .map(|c| c.key.clone())
+            .collect();
+        let mut masks = BTreeMap::new();
+        for chunk in keys.chunks(CHUNK) {
+            let (remote, local) = self.on_both(|side| self.rows(side, spec, chunk));
+            let remote = index_rows(spec, Side::Remote, remote.map_err(|e| Failure::db(spec, e))?)?;
+            let local = index_rows(spec, Side::Local, local.map_err(|e| Failure::db(spec, e))?)?;
+            for u in diff_rows(local, remote).updates {
+                masks.insert(u.key, diff::changed_mask(&u.changed));
+            }
+        }
+        Ok(conflicts
+            .iter()
+            .map(|c| masks.get(&c.key).copied().unwrap_or(0))
+            .collect())
+    }
+
+    fn stored_bucket_digests(&self, spec: &TableSpec) -> std::result::Result<BTreeMap<i32, BucketDigest>, Failure> {
+        let db = &self.conns.local;
+        let sql = spec.stored_bucket_digests_sql();
+        let context = format!("reading the recorded {} digests ({DIGEST_TABLE})", spec.table);
+        self.conns
+            .with_conn(Side::Local, &format!("{context} from the {}", db.name()), |c| {
+                let rows = c.query_typed(&sql, &[]).map_err(|e| db.err(&context, e))?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+                    .collect::<std::result::Result<_, postgres::Error>>()
+                    .map_err(|e| db.err(&context, e))
+            })
+            .map_err(|e| unmigrated(spec, e))
+    }
+
+    /// The recorded digests of the rows in `buckets`, sorted by key.
+    fn stored_row_digests(
+        &self,
+        spec: &TableSpec,
+        buckets: &[i32],
+    ) -> std::result::Result<Vec<(String, i64)>, Failure> {
+        let db = &self.conns.local;
+        let sql = spec.stored_row_digests_sql();
+        let context = format!(
+            "reading the recorded {} digests of {} buckets",
+            spec.table,
+            buckets.len()
+        );
+        let mut out = self
+            .conns
+            .with_conn(Side::Local, &format!("{context} from the {}", db.name()), |c| {
+                let rows = c
+                    .query_typed(&sql, &[(&buckets, Type::INT4_ARRAY)])
+                    .map_err(|e| db.err(&context, e))?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<std::result::Result<Vec<(String, i64)>, postgres::Error>>()
+                    .map_err(|e| db.err(&context, e))
+            })
+            .map_err(|e| unmigrated(spec, e))?;
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Runs `op` for the remote on a scoped thread and for the local side on this one, concurrently.
@@ -499,6 +615,39 @@ impl<'a> DownloadSyncManager<'a> {
                     .ok_or_else(|| Failure::new("schema", spec, format!("the local table has no column {c}")))
             })
             .collect()
+    }
+}
+
+/// One warning per conflict (up to [`CONFLICT_LINES`], then one line for the rest): the key, the differing
+/// columns (never the values), what the policy did.
+fn report_conflicts(spec: &TableSpec, conflicts: &[Conflict], masks: &[u64], policy: ConflictPolicy) {
+    for (c, &mask) in conflicts.iter().zip(masks) {
+        log::warn!(
+            "{}",
+            conflict_line(spec, &c.key, c.kind, &diff::mask_fields(spec, mask), policy)
+        );
+    }
+    if conflicts.len() > masks.len() {
+        log::warn!(
+            "{}: {} more conflicts not logged one by one (DOWNLOAD_CONFLICT_POLICY={}; every conflicting key is in \
+             the result)",
+            spec.table,
+            conflicts.len() - masks.len(),
+            policy.as_str()
+        );
+    }
+}
+
+/// A failure to read the recorded digests; a missing table is named with its fix.
+fn unmigrated(spec: &TableSpec, e: Error) -> Failure {
+    if e.sqlstate() == Some("42P01") {
+        Failure::new(
+            "schema",
+            spec,
+            format!("{e}: the local bookkeeping table {DIGEST_TABLE} is missing: run `sync-process migrate`"),
+        )
+    } else {
+        Failure::db(spec, e)
     }
 }
 

@@ -34,6 +34,11 @@ pub const LOCAL: &[Migration] = &[
         name: "0003_upload_confirmation.sql",
         sql: include_str!("../sql/local/0003_upload_confirmation.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_mirror_digest.sql",
+        sql: include_str!("../sql/local/0004_mirror_digest.sql"),
+    },
 ];
 
 pub const REMOTE: &[Migration] = &[

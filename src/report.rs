@@ -97,6 +97,12 @@ pub fn cycle_result_lines(cycle: u64, r: &SyncCycleResult) -> Vec<(log::Level, S
         e.clone()
             .unwrap_or_else(|| "failed without an error message".to_string())
     };
+    // Conflicts with local changes (DOWNLOAD_CONFLICT_POLICY), when there are any.
+    let conflicts = |n: usize| match n {
+        0 => String::new(),
+        1 => ", 1 conflict".to_string(),
+        n => format!(", {n} conflicts"),
+    };
     let u = &r.upload_result;
     if u.success {
         lines.push((
@@ -145,8 +151,13 @@ pub fn cycle_result_lines(cycle: u64, r: &SyncCycleResult) -> Vec<(log::Level, S
         lines.push((
             I,
             format!(
-                "meter download succeeded in {} ms: {} new, {} updated, {} deleted, {} meters",
-                m.duration, m.new_meters, m.updated_meters, m.deleted_meters, m.total_meters
+                "meter download succeeded in {} ms: {} new, {} updated, {} deleted, {} meters{}",
+                m.duration,
+                m.new_meters,
+                m.updated_meters,
+                m.deleted_meters,
+                m.total_meters,
+                conflicts(m.conflict_meter_ids.len())
             ),
         ));
     } else {
@@ -160,8 +171,13 @@ pub fn cycle_result_lines(cycle: u64, r: &SyncCycleResult) -> Vec<(log::Level, S
         lines.push((
             I,
             format!(
-                "tenant download succeeded in {} ms: {} new, {} updated, {} deleted, {} tenants",
-                t.duration, t.new_tenants, t.updated_tenants, t.deleted_tenants, t.total_tenants
+                "tenant download succeeded in {} ms: {} new, {} updated, {} deleted, {} tenants{}",
+                t.duration,
+                t.new_tenants,
+                t.updated_tenants,
+                t.deleted_tenants,
+                t.total_tenants,
+                conflicts(t.conflict_tenant_ids.len())
             ),
         ));
     } else {

@@ -123,6 +123,39 @@ impl FromStr for WebhookFormat {
     }
 }
 
+/// DOWNLOAD_CONFLICT_POLICY: what a download does with a mirrored row changed locally since it was last
+/// mirrored (download/diff.rs, [`reconcile`](crate::download::reconcile)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// Overwrite it with the remote's values (re-insert it when it was deleted locally), and report it.
+    #[default]
+    RemoteWins,
+    /// Leave it as it is, and report it again every cycle until the local change is undone.
+    KeepLocal,
+}
+
+impl ConflictPolicy {
+    pub const ACCEPTED: &'static str = "remote-wins|keep-local";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::RemoteWins => "remote-wins",
+            ConflictPolicy::KeepLocal => "keep-local",
+        }
+    }
+}
+
+impl FromStr for ConflictPolicy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<ConflictPolicy, ()> {
+        Ok(match s {
+            "remote-wins" => ConflictPolicy::RemoteWins,
+            "keep-local" => ConflictPolicy::KeepLocal,
+            _ => return Err(()),
+        })
+    }
+}
+
 /// One database's connection settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DbConfig {
@@ -184,6 +217,8 @@ pub struct Config {
     pub upload_confirm_seconds: u64,
     /// A ratio of row counts (not a reading), in 0..=1.
     pub download_max_delete_ratio: f64,
+    /// DOWNLOAD_CONFLICT_POLICY.
+    pub download_conflict_policy: ConflictPolicy,
     pub migrate_on_start: bool,
 }
 
@@ -238,7 +273,8 @@ impl Config {
         let (log_level, log_file) = read::logging(&mut r);
         let upload = read::upload(&mut r, pool.pool_max);
         let status = read::status_and_alerts(&mut r);
-        let (download_max_delete_ratio, migrate_on_start) = read::download_and_migrations(&mut r);
+        let (download_max_delete_ratio, download_conflict_policy, migrate_on_start) =
+            read::download_and_migrations(&mut r);
         r.finish()?;
         Ok(Config {
             local,
@@ -269,6 +305,7 @@ impl Config {
             upload_source_column: upload.upload_source_column,
             upload_confirm_seconds: upload.upload_confirm_seconds,
             download_max_delete_ratio,
+            download_conflict_policy,
             migrate_on_start,
         })
     }
@@ -361,8 +398,11 @@ impl Config {
             }
         ));
         s.push_str(&format!(
-            "download: max_delete_ratio={} | sync_logs retention: {} days | migrate_on_start={}",
-            self.download_max_delete_ratio, self.sync_log_retention_days, self.migrate_on_start
+            "download: max_delete_ratio={} conflict_policy={} | sync_logs retention: {} days | migrate_on_start={}",
+            self.download_max_delete_ratio,
+            self.download_conflict_policy.as_str(),
+            self.sync_log_retention_days,
+            self.migrate_on_start
         ));
         s
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::variables::{contract_index, default_of};
-use super::{ConfigError, ConfigErrors, DbConfig, Secret, SslMode, WebhookFormat};
+use super::{ConfigError, ConfigErrors, ConflictPolicy, DbConfig, Secret, SslMode, WebhookFormat};
 
 /// Collects errors while reading typed values out of the map. On a bad value a reader records the error and
 /// returns a placeholder that is never used: `Config::from_map` then returns the errors, not a `Config`.
@@ -429,8 +429,8 @@ fn allowed_hosts(r: &mut Reader<'_>) -> Vec<String> {
     hosts
 }
 
-/// DOWNLOAD_MAX_DELETE_RATIO and MIGRATE_ON_START.
-pub(super) fn download_and_migrations(r: &mut Reader<'_>) -> (f64, bool) {
+/// DOWNLOAD_MAX_DELETE_RATIO, DOWNLOAD_CONFLICT_POLICY and MIGRATE_ON_START.
+pub(super) fn download_and_migrations(r: &mut Reader<'_>) -> (f64, ConflictPolicy, bool) {
     let v = r.or_default("DOWNLOAD_MAX_DELETE_RATIO");
     let ratio = match v.parse::<f64>() {
         Ok(x) if (0.0..=1.0).contains(&x) => x,
@@ -442,7 +442,20 @@ pub(super) fn download_and_migrations(r: &mut Reader<'_>) -> (f64, bool) {
             0.0
         }
     };
-    (ratio, r.boolean("MIGRATE_ON_START"))
+    let v = r.or_default("DOWNLOAD_CONFLICT_POLICY");
+    let policy = match v.to_ascii_lowercase().parse::<ConflictPolicy>() {
+        Ok(p) => p,
+        Err(()) => {
+            let msg = format!(
+                "{:?} is not a conflict policy ({})",
+                shorten(v),
+                ConflictPolicy::ACCEPTED
+            );
+            r.err("DOWNLOAD_CONFLICT_POLICY", msg);
+            ConflictPolicy::RemoteWins
+        }
+    };
+    (ratio, policy, r.boolean("MIGRATE_ON_START"))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -60,6 +60,28 @@ fn batches_in_flight_need_a_remote_connection_each_plus_one() {
 }
 
 #[test]
+fn download_conflict_policy_names_the_bad_value_and_the_accepted_ones() {
+    let mut m = valid_map();
+    let c = Config::from_map(&m).expect("valid");
+    assert_eq!(c.download_conflict_policy, ConflictPolicy::RemoteWins);
+    assert!(c.summary().contains("conflict_policy=remote-wins"), "{}", c.summary());
+    for (v, want) in [
+        ("keep-local", ConflictPolicy::KeepLocal),
+        ("Keep-Local", ConflictPolicy::KeepLocal),
+        ("remote-wins", ConflictPolicy::RemoteWins),
+    ] {
+        m.insert("DOWNLOAD_CONFLICT_POLICY".into(), v.into());
+        assert_eq!(Config::from_map(&m).expect(v).download_conflict_policy, want);
+    }
+    m.insert("DOWNLOAD_CONFLICT_POLICY".into(), "local-wins".into());
+    let e = Config::from_map(&m).expect_err("unknown policy").to_string();
+    assert!(
+        e.contains("DOWNLOAD_CONFLICT_POLICY: \"local-wins\" is not a conflict policy (remote-wins|keep-local)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn webhook_formats_and_the_routing_key() {
     let mut m = valid_map();
     let c = Config::from_map(&m).expect("valid");
@@ -175,6 +197,7 @@ fn defaults_are_the_contract_ones() {
     assert_eq!(c.alert_after_failures, 3);
     assert_eq!(c.upload_max_rows_per_second, 0);
     assert_eq!(c.download_max_delete_ratio, 0.5);
+    assert_eq!(c.download_conflict_policy, ConflictPolicy::RemoteWins);
     assert!(!c.migrate_on_start);
     assert!(!c.source_id.is_empty());
 }

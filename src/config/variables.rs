@@ -148,6 +148,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         Some("0.5"),
         "refuse a download that would delete more than this share",
     ),
+    (
+        "DOWNLOAD_CONFLICT_POLICY",
+        Some("remote-wins"),
+        "remote-wins|keep-local: a mirrored row changed locally is overwritten, or kept; reported either way",
+    ),
     ("MIGRATE_ON_START", Some("false"), "run migrations when `run` starts"),
 ];
 

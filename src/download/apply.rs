@@ -1,5 +1,5 @@
 //! The local transaction of one download: the deletes, then the keys to compare and to insert chunk by
-//! chunk, with the remote rows read ahead on a second thread.
+//! chunk, with the remote rows read ahead on a second thread, then the digests of what it left recorded.
 //!
 //! Owns: [`Applied`] (what the transaction wrote), [`Stop`] (why it stopped without committing: a local
 //! database error, retried whole when transient, or a failure that is final), and the writes themselves.
@@ -10,8 +10,8 @@ use postgres::types::{ToSql, Type};
 
 use super::text_list::TextList;
 use super::{
-    check_rows, diff, diff_rows, index_rows, read_rows, DownloadSyncManager, Failure, Limit, Plan, Rows, TableSpec,
-    Values, CHUNK,
+    check_rows, diff, diff_rows, index_rows, read_rows, DownloadSyncManager, Failure, Limit, Plan, Reconciled, Rows,
+    TableSpec, Values, CHUNK,
 };
 use crate::db::{Database, Side};
 use crate::error::Error;
@@ -62,13 +62,13 @@ impl DownloadSyncManager<'_> {
     pub(super) fn apply(
         &self,
         spec: &TableSpec,
-        plan: &Plan,
+        rec: &Reconciled,
         limits: &[Limit],
         recheck: &dyn Fn(u64) -> std::result::Result<(), String>,
     ) -> std::result::Result<Applied, Failure> {
         let what = format!("writing the {} download to the {}", spec.table, self.conns.local.name());
         let attempt = self.conns.with_conn(Side::Local, &what, |c| {
-            match self.write(c, spec, plan, limits, recheck) {
+            match self.write(c, spec, rec, limits, recheck) {
                 Ok(applied) => Ok(Attempt::Committed(applied)),
                 Err(Stop::Local(e)) => Err(e),
                 Err(Stop::Refused(failure)) => Ok(Attempt::Refused(failure)),
@@ -85,11 +85,12 @@ impl DownloadSyncManager<'_> {
         &self,
         c: &mut postgres::Client,
         spec: &TableSpec,
-        plan: &Plan,
+        rec: &Reconciled,
         limits: &[Limit],
         recheck: &dyn Fn(u64) -> std::result::Result<(), String>,
     ) -> std::result::Result<Applied, Stop> {
         let db: &Database = &self.conns.local;
+        let plan = &rec.plan;
         let delete_sql = spec.delete_sql();
         let mut tx = c
             .transaction()
@@ -99,6 +100,7 @@ impl DownloadSyncManager<'_> {
                 .map_err(|e| db.err(format!("deleting {} {} rows", chunk.len(), spec.table), e))?;
         }
         let applied = self.stream(&mut tx, spec, plan, limits)?;
+        record_digests(&mut tx, db, spec, rec, &applied.extra_deletes)?;
         let deleted = plan.deletes.len() + applied.extra_deletes.len();
         recheck(deleted as u64).map_err(|m| Stop::Refused(Failure::new("guard", spec, m)))?;
         tx.commit()
@@ -219,6 +221,42 @@ impl DownloadSyncManager<'_> {
             Ok(applied)
         })
     }
+}
+
+/// The digests of what the transaction leaves, recorded in it: every updated or inserted key's anew from its
+/// row as written, the rows equal on both sides as read in step 2; the digests of the deleted keys (planned,
+/// or `extra_deletes`) and of keys on neither side dropped. A conflict kept by keep-local is in none of these
+/// lists: its digest stays.
+fn record_digests(
+    tx: &mut postgres::Transaction<'_>,
+    db: &Database,
+    spec: &TableSpec,
+    rec: &Reconciled,
+    extra_deletes: &[String],
+) -> std::result::Result<(), Stop> {
+    let context = |n: usize| format!("recording the digests of {n} {} rows", spec.table);
+    let refresh = spec.refresh_digests_sql();
+    for keys in [&rec.plan.changed, &rec.plan.new] {
+        for chunk in keys.chunks(CHUNK) {
+            tx.execute_typed(&refresh, &[(&chunk, Type::TEXT_ARRAY)])
+                .map_err(|e| db.err(context(chunk.len()), e))?;
+        }
+    }
+    let record = spec.record_digests_sql();
+    for chunk in rec.record.chunks(CHUNK) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let digests: Vec<i64> = chunk.iter().map(|(_, d)| *d).collect();
+        tx.execute_typed(&record, &[(&keys, Type::TEXT_ARRAY), (&digests, Type::INT8_ARRAY)])
+            .map_err(|e| db.err(context(chunk.len()), e))?;
+    }
+    let forget = spec.forget_digests_sql();
+    for keys in [&rec.plan.deletes[..], extra_deletes, &rec.forget[..]] {
+        for chunk in keys.chunks(CHUNK) {
+            tx.execute_typed(&forget, &[(&chunk, Type::TEXT_ARRAY)])
+                .map_err(|e| db.err(format!("dropping {} recorded {} digests", chunk.len(), spec.table), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// One update or insert statement: the keys as `$1`, each column's values as `$2..`, all text arrays.

@@ -3,8 +3,10 @@
 //! Owns: comparing bucket digests ([`differing_buckets`]) and row digests ([`plan`]: which keys to delete,
 //! compare in full, insert), the row diff ([`diff_rows`]: inserts, updates with the differing columns,
 //! deletes), the delete guard ([`delete_guard`]), the check of remote rows against the local column limits
-//! ([`check_rows`]) and the wording of the per-row log lines ([`change_lines`], [`new_line`],
-//! [`changed_line`], [`deleted_line`]). Does not own: SQL (table.rs) or running it (download.rs).
+//! ([`check_rows`]), the conflicts with local changes ([`examined_buckets`], [`reconcile`]: the three-way
+//! merge of local, remote and last-mirrored digests under a [`ConflictPolicy`]) and the wording of the
+//! per-row log lines ([`change_lines`], [`new_line`], [`changed_line`], [`deleted_line`],
+//! [`conflict_line`]). Does not own: SQL (table.rs) or running it (download.rs).
 //!
 //! Values are compared as the text the servers produced (see table.rs): for JSON that text is jsonb's
 //! canonical output, so text equality is JSON value equality up to number spelling (`1.5` and `1.50` are
@@ -14,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::table::TableSpec;
+use crate::config::ConflictPolicy;
 
 /// The compared values of one row, in schema order; `None` is SQL NULL.
 pub type Values = Vec<Option<String>>;
@@ -109,6 +112,145 @@ pub fn plan(local: Vec<(String, i64)>, remote: Vec<(String, i64)>) -> Plan {
         }
     }
     plan
+}
+
+/// Buckets to look into: those where the local rows differ from the remote ones ([`differing_buckets`]), and
+/// those where the local rows differ from the digests recorded when they were last mirrored (`stored`: a row
+/// changed, deleted or added locally, or digests not recorded yet). Ascending, no duplicates. Empty: the
+/// three agree, nothing to do.
+pub fn examined_buckets(
+    local: &BTreeMap<i32, BucketDigest>,
+    remote: &BTreeMap<i32, BucketDigest>,
+    stored: &BTreeMap<i32, BucketDigest>,
+) -> Vec<i32> {
+    let mut out = differing_buckets(local, remote);
+    out.extend(differing_buckets(local, stored));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// How a row was changed locally since it was last mirrored, when that makes it a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Changed locally, and now different from the remote row (which may have changed too, or not).
+    Changed,
+    /// Deleted locally while the remote still has it.
+    DeletedLocally,
+    /// Changed locally while the remote deleted it.
+    DeletedRemotely,
+}
+
+/// One conflict: a row whose local digest is not the one recorded when it was last mirrored, and whose
+/// local state is not the remote's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub key: String,
+    pub kind: ConflictKind,
+}
+
+/// The outcome of [`reconcile`]: what to write, what to report, which digests to record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The rows to write: [`plan`]'s, less the conflicts that keep-local leaves alone. After they are written,
+    /// the digest of each of these keys is recorded anew from the row as written (or dropped when it is gone).
+    pub plan: Plan,
+    /// Keys only local, whatever the policy does with them: what the delete guard judges (it applies first).
+    pub guard_deletes: u64,
+    /// Every conflict, sorted by key (under remote-wins they are also in `plan`; under keep-local not).
+    pub conflicts: Vec<Conflict>,
+    /// Digests to record for rows not written: equal on both sides, and recorded differently or not at all
+    /// (`(key, local digest)`, sorted by key).
+    pub record: Vec<(String, i64)>,
+    /// Recorded digests of keys on neither side, to drop.
+    pub forget: Vec<String>,
+}
+
+impl Reconciled {
+    /// Nothing to write: no row and no digest (conflicts may still be reported).
+    pub fn writes_nothing(&self) -> bool {
+        self.plan.is_empty() && self.record.is_empty() && self.forget.is_empty()
+    }
+}
+
+/// Merges the row digests of the local rows, the remote rows and the digests recorded when the rows were
+/// last mirrored (`stored`), each sorted by key (bytewise) without duplicates, into what the download does.
+///
+/// Per key (L local, R remote, S recorded digest; `-` absent):
+/// - L = R: nothing to write; S becomes L if it is not already (a first download after an upgrade records
+///   every digest so; a local change that now equals the remote is no conflict).
+/// - L ≠ R, both present: updated. A conflict ([`ConflictKind::Changed`]) when S is present and ≠ L.
+/// - L present, R `-`: deleted. A conflict ([`ConflictKind::DeletedRemotely`]) when S is present and ≠ L.
+/// - L `-`, R present: inserted. A conflict ([`ConflictKind::DeletedLocally`]) when S is present.
+/// - both `-`: S, if any, is dropped.
+///
+/// An absent S is never a conflict: a row mirrored before digests were kept counts as unchanged. A row
+/// changed only remotely (L = S) is never a conflict. Under [`ConflictPolicy::KeepLocal`] a conflict is left
+/// out of the plan and its S kept, so it is found again next cycle until the local change is undone (L = S
+/// again) or matches the remote (L = R). Consumes the lists: keys are moved, copied only for conflicts.
+pub fn reconcile(
+    local: Vec<(String, i64)>,
+    remote: Vec<(String, i64)>,
+    stored: Vec<(String, i64)>,
+    policy: ConflictPolicy,
+) -> Reconciled {
+    let keep = policy == ConflictPolicy::KeepLocal;
+    let mut out = Reconciled::default();
+    let mut local = local.into_iter().peekable();
+    let mut remote = remote.into_iter().peekable();
+    let mut stored = stored.into_iter().peekable();
+    loop {
+        let (in_l, in_r, in_s) = {
+            let heads = [local.peek(), remote.peek(), stored.peek()];
+            let Some(min) = heads.iter().flatten().map(|(k, _)| k).min() else {
+                break;
+            };
+            let has = |h: &Option<&(String, i64)>| h.is_some_and(|(k, _)| k == min);
+            (has(&heads[0]), has(&heads[1]), has(&heads[2]))
+        };
+        let l = if in_l { local.next() } else { None };
+        let r = if in_r { remote.next() } else { None };
+        let s = if in_s { stored.next() } else { None };
+        let sd = s.as_ref().map(|(_, d)| *d);
+        let (key, ld, rd) = match (l, r, s) {
+            (Some((k, ld)), r, _) => (k, Some(ld), r.map(|(_, d)| d)),
+            (None, Some((k, rd)), _) => (k, None, Some(rd)),
+            (None, None, Some((k, _))) => (k, None, None),
+            (None, None, None) => break,
+        };
+        let changed_locally = |ld: i64| sd.is_some_and(|sd| sd != ld);
+        let conflict = match (ld, rd) {
+            (Some(ld), Some(rd)) if ld == rd => {
+                if sd != Some(ld) {
+                    out.record.push((key, ld));
+                }
+                continue;
+            }
+            (Some(ld), Some(_)) => changed_locally(ld).then_some(ConflictKind::Changed),
+            (Some(ld), None) => {
+                out.guard_deletes += 1;
+                changed_locally(ld).then_some(ConflictKind::DeletedRemotely)
+            }
+            (None, Some(_)) => sd.is_some().then_some(ConflictKind::DeletedLocally),
+            (None, None) => {
+                out.forget.push(key);
+                continue;
+            }
+        };
+        if let Some(kind) = conflict {
+            if keep {
+                out.conflicts.push(Conflict { key, kind });
+                continue;
+            }
+            out.conflicts.push(Conflict { key: key.clone(), kind });
+        }
+        match (ld, rd) {
+            (Some(_), Some(_)) => out.plan.changed.push(key),
+            (Some(_), None) => out.plan.deletes.push(key),
+            _ => out.plan.new.push(key),
+        }
+    }
+    out
 }
 
 /// The changes that turn `local` into `remote`.
@@ -261,6 +403,46 @@ pub fn deleted_line(spec: &TableSpec, key: &str) -> String {
     format!("{} {} deleted (gone from the remote)", spec.noun, printable(key))
 }
 
+/// The warning for one conflict: the key, what happened on each side, the columns in which the local row
+/// differs from the remote one (`fields`; never the values), and what the policy did.
+pub fn conflict_line(
+    spec: &TableSpec,
+    key: &str,
+    kind: ConflictKind,
+    fields: &[String],
+    policy: ConflictPolicy,
+) -> String {
+    let differs = if fields.is_empty() {
+        String::new()
+    } else {
+        format!(" (differs from the remote in: {})", fields.join(", "))
+    };
+    let what = match kind {
+        ConflictKind::Changed => format!("was changed locally since it was last mirrored{differs}"),
+        ConflictKind::DeletedLocally => {
+            "was deleted locally since it was last mirrored, the remote still has it".into()
+        }
+        ConflictKind::DeletedRemotely => {
+            "was changed locally since it was last mirrored and deleted on the remote".into()
+        }
+    };
+    let done = match (policy, kind) {
+        (ConflictPolicy::RemoteWins, ConflictKind::Changed) => "overwritten with the remote's values",
+        (ConflictPolicy::RemoteWins, ConflictKind::DeletedLocally) => "inserted again from the remote",
+        (ConflictPolicy::RemoteWins, ConflictKind::DeletedRemotely) => "deleted",
+        (ConflictPolicy::KeepLocal, ConflictKind::DeletedLocally) => {
+            "left deleted; reported every cycle until the local change is undone"
+        }
+        (ConflictPolicy::KeepLocal, _) => "kept as it is; reported every cycle until the local change is undone",
+    };
+    format!(
+        "conflict: {} {} {what}: {done} (DOWNLOAD_CONFLICT_POLICY={})",
+        spec.noun,
+        printable(key),
+        policy.as_str()
+    )
+}
+
 /// The part of a row's label column (its name) that a log line can show: at most 101 characters, which
 /// [`new_line`] prints exactly as it prints the whole label (100 characters and "..."). Empty when NULL.
 pub fn label<'a>(spec: &TableSpec, values: &'a Values) -> &'a str {
@@ -301,7 +483,7 @@ pub fn mask_fields(spec: &TableSpec, mask: u64) -> Vec<String> {
 mod tests {
     use super::super::table::{METERS, TENANTS};
     use super::*;
-    use quickcheck::{Arbitrary, Gen, QuickCheck};
+    use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
     const CASES: u64 = 300;
 
@@ -525,6 +707,250 @@ mod tests {
     #[test]
     fn property_8_chunked_download_equals_the_whole_diff() {
         qc().quickcheck(prop_chunked_plan_equals_whole_diff as fn(States, u8) -> bool);
+    }
+
+    /// A mirror's history for the conflict model: `base` was mirrored to both sides (its digests recorded,
+    /// except for the keys in `unrecorded`: rows mirrored before digests were kept), then both sides were
+    /// edited: rows changed, deleted, added, on one side, the other, or both.
+    #[derive(Clone, Debug)]
+    struct History {
+        base: Rows,
+        unrecorded: Vec<String>,
+        local: Rows,
+        remote: Rows,
+        policy: ConflictPolicy,
+    }
+
+    fn edited(g: &mut Gen, base: &Rows) -> Rows {
+        let mut out = base.clone();
+        for key in KEYS {
+            let fresh = state(g).into_values().next();
+            match (u8::arbitrary(g) % 6, out.get_mut(*key)) {
+                (3, Some(row)) => {
+                    let i = usize::arbitrary(g) % row.len();
+                    row[i] = g.choose(VALUES).copied().flatten().map(str::to_string);
+                }
+                (4, Some(_)) => {
+                    out.remove(*key);
+                }
+                (5, _) | (4, None) => {
+                    if let Some(row) = fresh {
+                        out.insert(key.to_string(), row);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    impl Arbitrary for History {
+        fn arbitrary(g: &mut Gen) -> History {
+            let base = state(g);
+            let unrecorded = base.keys().filter(|_| u8::arbitrary(g) % 5 == 0).cloned().collect();
+            let local = edited(g, &base);
+            let remote = edited(g, &base);
+            let policy = if bool::arbitrary(g) {
+                ConflictPolicy::KeepLocal
+            } else {
+                ConflictPolicy::RemoteWins
+            };
+            History {
+                base,
+                unrecorded,
+                local,
+                remote,
+                policy,
+            }
+        }
+    }
+
+    fn digests(rows: &Rows) -> Vec<(String, i64)> {
+        rows.iter().map(|(k, v)| (k.clone(), digest(v))).collect()
+    }
+
+    /// One download as download.rs runs it, on states held in memory: reconcile, write the plan (remote
+    /// values), record the digests (anew for written keys, as told for the others). Returns the conflicts.
+    fn download(
+        local: &mut Rows,
+        remote: &Rows,
+        stored: &mut BTreeMap<String, i64>,
+        policy: ConflictPolicy,
+    ) -> Option<Vec<Conflict>> {
+        let stored_list: Vec<(String, i64)> = stored.iter().map(|(k, d)| (k.clone(), *d)).collect();
+        let r = reconcile(digests(local), digests(remote), stored_list, policy);
+        let only_local = local.keys().filter(|k| !remote.contains_key(*k)).count() as u64;
+        if r.guard_deletes != only_local {
+            return None;
+        }
+        for key in &r.plan.deletes {
+            local.remove(key);
+        }
+        for key in r.plan.changed.iter().chain(&r.plan.new) {
+            local.insert(key.clone(), remote.get(key)?.clone());
+        }
+        for key in r.plan.deletes.iter().chain(&r.plan.changed).chain(&r.plan.new) {
+            match local.get(key) {
+                Some(v) => stored.insert(key.clone(), digest(v)),
+                None => stored.remove(key),
+            };
+        }
+        for (key, d) in &r.record {
+            stored.insert(key.clone(), *d);
+        }
+        for key in &r.forget {
+            stored.remove(key);
+        }
+        Some(r.conflicts)
+    }
+
+    // **Feature: database-sync-process, Property 8: Meter configuration upsert correctness**
+    // (and 13 for tenants; with local changes, DOWNLOAD_CONFLICT_POLICY) For any mirrored base state, random
+    // local edits, remote edits and both (changes, deletes, additions), some rows mirrored before digests were
+    // kept: the download reports exactly the rows changed or deleted locally since they were last mirrored
+    // that now differ from the remote (a row changed only remotely, or not recorded yet, is never reported);
+    // the final local state is the remote one under remote-wins, and under keep-local the remote one except
+    // for the conflicting rows, left as they are, reported again next cycle, and mirrored once the local
+    // change is undone.
+    fn prop_conflicts(h: History) -> TestResult {
+        let mut stored: BTreeMap<String, i64> = h
+            .base
+            .iter()
+            .filter(|(k, _)| !h.unrecorded.contains(k))
+            .map(|(k, v)| (k.clone(), digest(v)))
+            .collect();
+        let recorded = stored.clone();
+        let changed_locally = |k: &String| recorded.contains_key(k) && h.local.get(k) != h.base.get(k);
+        let keys: std::collections::BTreeSet<&String> =
+            h.local.keys().chain(h.remote.keys()).chain(h.base.keys()).collect();
+        let want: Vec<String> = keys
+            .iter()
+            .filter(|k| changed_locally(k) && h.local.get(**k) != h.remote.get(**k))
+            .map(|k| k.to_string())
+            .collect();
+        let mut local = h.local.clone();
+        let Some(got) = download(&mut local, &h.remote, &mut stored, h.policy) else {
+            return TestResult::error("wrong guard count, or a changed key the remote lacks");
+        };
+        let got_keys: Vec<String> = got.iter().map(|c| c.key.clone()).collect();
+        if got_keys != want {
+            return TestResult::error(format!("conflicts {got_keys:?}, want {want:?}"));
+        }
+        for c in &got {
+            let kind = match (h.local.contains_key(&c.key), h.remote.contains_key(&c.key)) {
+                (true, true) => ConflictKind::Changed,
+                (false, true) => ConflictKind::DeletedLocally,
+                _ => ConflictKind::DeletedRemotely,
+            };
+            if c.kind != kind {
+                return TestResult::error(format!("{c:?}: want {kind:?}"));
+            }
+        }
+        // Never a row changed on the remote side only.
+        if got.iter().any(|c| h.local.get(&c.key) == h.base.get(&c.key)) {
+            return TestResult::error("a row changed only remotely was reported");
+        }
+        let mut want_local = h.remote.clone();
+        if h.policy == ConflictPolicy::KeepLocal {
+            for k in &want {
+                match h.local.get(k) {
+                    Some(v) => want_local.insert(k.clone(), v.clone()),
+                    None => want_local.remove(k),
+                };
+            }
+        }
+        if local != want_local {
+            return TestResult::error(format!("local {local:?}, want {want_local:?}"));
+        }
+        // Every row not kept is recorded as it now is; a kept one keeps its old digest.
+        for k in &keys {
+            let want_digest = if h.policy == ConflictPolicy::KeepLocal && want.contains(k) {
+                recorded.get(*k).copied()
+            } else {
+                local.get(*k).map(digest)
+            };
+            if stored.get(*k).copied() != want_digest {
+                return TestResult::error(format!("digest of {k:?}"));
+            }
+        }
+        // The next cycle: remote-wins has nothing left; keep-local reports the same rows again.
+        let Some(again) = download(&mut local, &h.remote, &mut stored, h.policy) else {
+            return TestResult::error("second cycle");
+        };
+        let again: Vec<String> = again.into_iter().map(|c| c.key).collect();
+        let want_again = if h.policy == ConflictPolicy::KeepLocal {
+            want.clone()
+        } else {
+            Vec::new()
+        };
+        if again != want_again || local != want_local {
+            return TestResult::error(format!("second cycle reported {again:?}, want {want_again:?}"));
+        }
+        if h.policy == ConflictPolicy::RemoteWins {
+            return TestResult::passed();
+        }
+        // The local changes undone (the rows as last mirrored): no conflict, the mirror equals the remote.
+        for k in &want {
+            match h.base.get(k) {
+                Some(v) => local.insert(k.clone(), v.clone()),
+                None => local.remove(k),
+            };
+        }
+        match download(&mut local, &h.remote, &mut stored, h.policy) {
+            Some(c) if c.is_empty() && local == h.remote => TestResult::passed(),
+            other => TestResult::error(format!("after undoing: {other:?}, local {local:?}")),
+        }
+    }
+
+    #[test]
+    fn property_8_conflicts_are_exactly_the_local_changes_and_follow_the_policy() {
+        qc().quickcheck(prop_conflicts as fn(History) -> TestResult);
+    }
+
+    #[test]
+    fn examined_buckets_include_local_changes_and_missing_digests() {
+        let m = |v: &[(i32, BucketDigest)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        let local = m(&[(1, (1, 10)), (2, (1, 20)), (3, (2, 30))]);
+        let remote = m(&[(1, (1, 10)), (2, (1, 21)), (3, (2, 30)), (5, (1, 50))]);
+        let stored = m(&[(1, (1, 10)), (2, (1, 20)), (4, (1, 40))]);
+        // 2: remote change; 3: no digests yet; 4: deleted locally; 5: new remotely.
+        assert_eq!(examined_buckets(&local, &remote, &stored), vec![2, 3, 4, 5]);
+        assert!(examined_buckets(&local, &local, &local).is_empty());
+    }
+
+    #[test]
+    fn conflict_lines_name_the_key_the_fields_and_the_policy() {
+        let fields = vec!["name".to_string(), "unit".to_string()];
+        assert_eq!(
+            conflict_line(
+                &METERS,
+                "m-1",
+                ConflictKind::Changed,
+                &fields,
+                ConflictPolicy::RemoteWins
+            ),
+            "conflict: meter m-1 was changed locally since it was last mirrored (differs from the remote in: \
+             name, unit): overwritten with the remote's values (DOWNLOAD_CONFLICT_POLICY=remote-wins)"
+        );
+        assert_eq!(
+            conflict_line(
+                &TENANTS,
+                "t\n1",
+                ConflictKind::DeletedLocally,
+                &[],
+                ConflictPolicy::KeepLocal
+            ),
+            "conflict: tenant t\\n1 was deleted locally since it was last mirrored, the remote still has it: left \
+             deleted; reported every cycle until the local change is undone (DOWNLOAD_CONFLICT_POLICY=keep-local)"
+        );
+        assert!(conflict_line(
+            &METERS,
+            "m",
+            ConflictKind::DeletedRemotely,
+            &[],
+            ConflictPolicy::RemoteWins
+        )
+        .ends_with("and deleted on the remote: deleted (DOWNLOAD_CONFLICT_POLICY=remote-wins)"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Owns: [`TableSpec`] (table, key column, compared columns in schema order with their kind),
 //! [`METERS`] and [`TENANTS`], and the SQL text the download runs on each side: the per-bucket digests, the
 //! per-row digests of some buckets, the rows of some keys, the local column limits and the three local
-//! writes (delete, update, insert through `unnest` of array parameters). Does not own: running the SQL or
+//! writes (delete, update, insert through `unnest` of array parameters), and the statements on the recorded
+//! digests of the last mirrored rows ([`DIGEST_TABLE`]: their per-bucket sums and rows, recording them from
+//! the rows as written or as given, dropping them). Does not own: running the SQL or
 //! deciding anything (download.rs), comparing rows (diff.rs).
 //!
 //! Every compared value crosses the wire as text: `::text` for text and TIMESTAMP (sessions pin
@@ -98,6 +100,15 @@ pub const BUCKET_MASK: i64 = 4095;
 /// The bucket of a row whose key is NULL (only possible on a remote without a primary key).
 pub const NULL_KEY_BUCKET: i32 = -1;
 
+/// Local bookkeeping (sql/local/0004_mirror_digest.sql): per mirrored row, the digest of its values as the
+/// download last left them, with the key's bucket.
+pub const DIGEST_TABLE: &str = "sync_mirror_digest";
+
+/// The bucket of the text expression `key`: the same expression for the rows and for the recorded digests.
+fn bucket_expr(key: &str) -> String {
+    format!("coalesce((hashtextextended({key} COLLATE \"C\", 0) & {BUCKET_MASK})::int4, {NULL_KEY_BUCKET})")
+}
+
 impl TableSpec {
     /// The compared columns as text, in schema order, comma-separated.
     fn value_exprs(&self) -> String {
@@ -121,12 +132,11 @@ impl TableSpec {
     fn digest_source(&self) -> String {
         format!(
             "SELECT {key}::text AS k, \
-             coalesce((hashtextextended({key}::text COLLATE \"C\", 0) & {mask})::int4, {null_bucket}) AS b, \
+             {bucket} AS b, \
              hashtextextended(row({key}::text, {values})::text, 0) AS d \
              FROM {table}",
             key = self.key,
-            mask = BUCKET_MASK,
-            null_bucket = NULL_KEY_BUCKET,
+            bucket = bucket_expr(&format!("{}::text", self.key)),
             values = self.value_exprs(),
             table = self.table,
         )
@@ -224,6 +234,57 @@ impl TableSpec {
         )
     }
 
+    /// `WHERE` of this table's recorded digests (the table names are constants of this file, never input).
+    fn digest_rows(&self) -> String {
+        format!("{DIGEST_TABLE} WHERE table_name = '{}'", self.table)
+    }
+
+    /// Local, step 1: `(bucket, rows, digest)` of the recorded digests, summed as [`Self::bucket_digests_sql`]
+    /// sums the rows: equal when every row is recorded as it is.
+    pub fn stored_bucket_digests_sql(&self) -> String {
+        format!(
+            "SELECT bucket, count(*)::int4, hashtextextended(sum(digest)::text, 0) FROM {} GROUP BY bucket",
+            self.digest_rows()
+        )
+    }
+
+    /// Local, step 2: `(key, digest)` of the recorded digests in the buckets `$1::int4[]`.
+    pub fn stored_row_digests_sql(&self) -> String {
+        format!("SELECT key, digest FROM {} AND bucket = ANY($1)", self.digest_rows())
+    }
+
+    /// Local, in the download's transaction after the writes: records the digest of each key in `$1::text[]`
+    /// from its row as it now is (the rows just written, whose locks this transaction holds). A key without a
+    /// row is skipped (the deleted ones are dropped by [`Self::forget_digests_sql`]).
+    pub fn refresh_digests_sql(&self) -> String {
+        format!(
+            "INSERT INTO {DIGEST_TABLE} (table_name, key, bucket, digest) \
+             SELECT '{table}', k, b, d FROM ({source}) s WHERE k = ANY($1::text[]) \
+             ON CONFLICT (table_name, key) DO UPDATE SET bucket = EXCLUDED.bucket, digest = EXCLUDED.digest, \
+             mirrored_at = LOCALTIMESTAMP",
+            source = self.digest_source(),
+            table = self.table
+        )
+    }
+
+    /// Local, in the download's transaction: records the digests `$2::int8[]` of the keys `$1::text[]` (rows
+    /// not written, equal on both sides: their digests as read in step 2).
+    pub fn record_digests_sql(&self) -> String {
+        format!(
+            "INSERT INTO {DIGEST_TABLE} (table_name, key, bucket, digest) \
+             SELECT '{table}', u.k, {bucket}, u.d FROM unnest($1::text[], $2::int8[]) AS u(k, d) \
+             ON CONFLICT (table_name, key) DO UPDATE SET bucket = EXCLUDED.bucket, digest = EXCLUDED.digest, \
+             mirrored_at = LOCALTIMESTAMP",
+            table = self.table,
+            bucket = bucket_expr("u.k")
+        )
+    }
+
+    /// Local, in the download's transaction: drops the recorded digests of the keys `$1::text[]`.
+    pub fn forget_digests_sql(&self) -> String {
+        format!("DELETE FROM {} AND key = ANY($1::text[])", self.digest_rows())
+    }
+
     /// The key then the compared columns: the columns whose local limits are checked.
     pub fn checked_columns(&self) -> Vec<&'static str> {
         std::iter::once(self.key)
@@ -264,6 +325,23 @@ mod tests {
             .update_sql()
             .contains("metadata = u.v3::jsonb, updated_at = u.v4::timestamp, synced_at"));
         assert_eq!(METERS.checked_columns().len(), 7);
+        // The recorded digests are bucketed exactly as the rows are (step 1 compares their sums per bucket).
+        let rows_bucket = bucket_expr("tenant_id::text");
+        assert!(TENANTS.bucket_digests_sql().contains(&rows_bucket));
+        assert!(TENANTS.refresh_digests_sql().contains(&rows_bucket));
+        assert!(TENANTS
+            .record_digests_sql()
+            .contains(&rows_bucket.replace("tenant_id::text", "u.k")));
+        for sql in [
+            TENANTS.stored_bucket_digests_sql(),
+            TENANTS.stored_row_digests_sql(),
+            TENANTS.forget_digests_sql(),
+        ] {
+            assert!(
+                sql.contains("FROM sync_mirror_digest WHERE table_name = 'tenant'"),
+                "{sql}"
+            );
+        }
         // diff::changed_mask keeps the changed columns of a row in a u64.
         assert!(METERS.columns.len() < 64 && TENANTS.columns.len() < 64);
     }

@@ -155,6 +155,22 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
         &[(String::new(), s.batches_resent_total.to_string())],
     );
     out.family(
+        "sync_process_download_conflicts_total",
+        "counter",
+        "Mirrored rows found changed locally since they were last mirrored (DOWNLOAD_CONFLICT_POLICY), per table; \
+         keep-local counts a conflict again every cycle until it is undone.",
+        &[
+            (
+                labels(&[("table", "meters")]),
+                s.download_conflicts_total[0].to_string(),
+            ),
+            (
+                labels(&[("table", "tenant")]),
+                s.download_conflicts_total[1].to_string(),
+            ),
+        ],
+    );
+    out.family(
         "sync_process_last_success_timestamp_seconds",
         "gauge",
         "Unix time of the end of the last successful sync cycle (0: none yet).",

@@ -87,6 +87,9 @@ pub struct Snapshot {
     pub records_quarantined_total: u64,
     /// Batches uploaded again because their ledger row had vanished (the confirmation window).
     pub batches_resent_total: u64,
+    /// Conflicts with local changes reported by the downloads (meters, tenants), counted each cycle they are
+    /// reported (keep-local reports a conflict every cycle until it is undone).
+    pub download_conflicts_total: [u64; 2],
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod db;
 mod download;
+mod download_conflict;
 mod failover;
 mod harness;
 mod hostile;

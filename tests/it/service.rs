@@ -722,6 +722,7 @@ impl Arbitrary for ArbSnapshot {
             cycle_failures_total: cycles / 2,
             records_quarantined_total: n(g),
             batches_resent_total: n(g),
+            download_conflicts_total: [n(g), n(g)],
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -788,6 +789,7 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         ("sync_process_readings_awaiting_confirmation", "gauge"),
         ("sync_process_oldest_awaiting_confirmation_age_seconds", "gauge"),
         ("sync_process_batches_resent_total", "counter"),
+        ("sync_process_download_conflicts_total", "counter"),
         ("sync_process_last_success_timestamp_seconds", "gauge"),
         ("sync_process_database_up", "gauge"),
         ("sync_process_build_info", "gauge"),
@@ -837,6 +839,14 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),
+        ),
+        (
+            "sync_process_download_conflicts_total{table=\"meters\"}",
+            s.download_conflicts_total[0].to_string(),
+        ),
+        (
+            "sync_process_download_conflicts_total{table=\"tenant\"}",
+            s.download_conflicts_total[1].to_string(),
         ),
         (
             "sync_process_database_up{database=\"local\"}",

@@ -25,6 +25,7 @@ pub const METER_KEYS: &[&str] = &[
     "newMeterIds",
     "updatedMeterIds",
     "deletedMeterIds",
+    "conflictMeterIds",
     "error",
     "duration",
 ];
@@ -38,6 +39,7 @@ pub const TENANT_KEYS: &[&str] = &[
     "updatedTenantIds",
     "deletedTenantIds",
     "tenantChanges",
+    "conflictTenantIds",
     "error",
     "duration",
 ];
