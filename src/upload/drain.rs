@@ -14,6 +14,7 @@ use super::batch::{ClaimedBatch, QueuedReading, UploadOutcome};
 use super::fault::{verdict, CentralFault, Span, Verdict};
 use super::poison::{Isolation, MAX_UNEXPLAINED_REJECTIONS};
 use super::session::Session;
+use super::sizer::Sizer;
 use super::uplink::{ledger_lookup, InFlight, Order, Uplink};
 use super::{Stats, UploadSyncManager};
 use crate::db::Side;
@@ -35,9 +36,11 @@ enum Step {
     Stopped,
 }
 
-/// Where the drain stands between steps. Cleared by recovery, which settles every pending batch.
-#[derive(Default)]
+/// Where the drain stands between steps. Cleared by recovery, which settles every pending batch (and the
+/// batch size starts again from BATCH_SIZE).
 struct Pipe {
+    /// How many readings the next claim asks for (BATCH_SIZE_MAX).
+    sizer: Sizer,
     /// The key of the newest claimed batch: the next claim continues after it. None: from the start.
     cursor: Option<super::ClaimCursor>,
     /// Claimed ahead (while the batch before it was uploading), not yet sent.
@@ -49,6 +52,16 @@ struct Pipe {
 }
 
 impl Pipe {
+    fn new(sizer: Sizer) -> Pipe {
+        Pipe {
+            sizer,
+            cursor: None,
+            next: None,
+            in_flight: VecDeque::new(),
+            uploaded: None,
+        }
+    }
+
     /// Sends `batch` after the batches in flight (chained to the newest of them when several may overlap).
     fn send(&mut self, up: &mut Uplink, batch: ClaimedBatch) -> Result<()> {
         let batch = Arc::new(batch);
@@ -100,7 +113,7 @@ impl UploadSyncManager<'_> {
                 self.cfg.upload_source_column.as_deref(),
                 self.cfg.upload_batches_in_flight,
             ),
-            pipe: Pipe::default(),
+            pipe: self.fresh_pipe(),
             needs_recovery: true,
         };
         let what = format!(
@@ -129,7 +142,7 @@ impl UploadSyncManager<'_> {
 
     fn recover_then_step(&self, d: &mut Drain, stop: &dyn Fn() -> bool, stats: &mut Stats) -> Result<Step> {
         if d.needs_recovery {
-            d.pipe = Pipe::default();
+            d.pipe = self.fresh_pipe();
             self.recover(&mut d.session, &mut d.uplink, stats)?;
             self.confirm(&mut d.session, &mut d.uplink, stats)?;
             d.needs_recovery = false;
@@ -198,7 +211,7 @@ impl UploadSyncManager<'_> {
                 let _ = up.wait(sent);
             }
             local?;
-            *pipe = Pipe::default();
+            *pipe = self.fresh_pipe();
             log::debug!(
                 "upload: batch {} ran out of turn; settling the batches in flight again",
                 batch.batch_id
@@ -219,21 +232,28 @@ impl UploadSyncManager<'_> {
         Ok(Step::Delivered)
     }
 
+    /// A pipe with nothing pending, whose claims start again at BATCH_SIZE.
+    fn fresh_pipe(&self) -> Pipe {
+        Pipe::new(Sizer::new(self.cfg.batch_size, self.cfg.batch_size_max))
+    }
+
     /// The next batch after the newest claimed one (None at the end of the queue), finishing the batch
     /// uploaded last in the same statement. Sets the cursor to the new batch's key.
     fn claim_ahead(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
         let Some(after) = pipe.cursor.take() else {
             return Ok(None);
         };
+        let limit = pipe.sizer.limit();
         let claimed = match pipe.uploaded.take() {
             Some(prev) => {
                 let t0 = Instant::now();
-                let (deleted, next) = s.finish_and_claim(&prev, self.cfg.batch_size, &after)?;
+                let (deleted, next) = s.finish_and_claim(&prev, limit, &after)?;
                 finished(&prev, deleted, t0, stats);
                 next
             }
-            None => s.claim(self.cfg.batch_size, Some(&after))?,
+            None => s.claim(limit, Some(&after))?,
         };
+        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
         // At the end of the queue the cursor stays cleared: the next claim starts from the beginning.
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
@@ -247,7 +267,9 @@ impl UploadSyncManager<'_> {
             return Ok(Some(b));
         }
         self.finish_uploaded(s, pipe, stats)?;
-        let claimed = s.claim(self.cfg.batch_size, None)?;
+        let limit = pipe.sizer.limit();
+        let claimed = s.claim(limit, None)?;
+        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
     }

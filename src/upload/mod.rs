@@ -8,6 +8,7 @@
 //! - `session.rs` — the local connection of a drain, holding the upload lock, and the local statements;
 //! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
 //! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
+//! - `sizer.rs` — how many readings the next claim asks for (BATCH_SIZE growing up to BATCH_SIZE_MAX, pure);
 //! - `poison.rs` — probing a rejected batch and quarantining what it rejects;
 //! - [`fault`] — whose fault a rejection is: the central's own (by cause, worded for an operator) or maybe the
 //!   readings' (probing decides);
@@ -21,7 +22,8 @@
 //! (scheduler.rs).
 //!
 //! The protocol (ARCHITECTURE.md, "The upload protocol", is the long form):
-//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings in (timestamp, id) order after a
+//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings (up to BATCH_SIZE_MAX while a backlog
+//!    remains, sizer.rs; at most about 2 MiB of row data) in (timestamp, id) order after a
 //!    remembered key and records them as a batch (random uuid, the reading ids in upload order).
 //! 2. UPLOAD — one remote statement inserts the ledger row (source, batch id) and the readings; it is its own
 //!    transaction. A unique violation on the ledger key means the batch is already in.
@@ -42,6 +44,7 @@ mod drain;
 pub mod fault;
 mod poison;
 mod session;
+mod sizer;
 pub mod sql;
 mod uplink;
 

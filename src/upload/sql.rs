@@ -29,9 +29,22 @@ macro_rules! reading_text {
     };
 }
 
-/// CTEs `c` (the next `$1` queued readings in claim order: `first` from the start of the queue, `next`
-/// after the key ($2, $3), keyset paging over `idx_meter_readings_claim`) and `b` (their batch row, with a
-/// random id and the reading ids in claim order).
+/// The byte bound of a claim, as a literal for [`claim_ctes!`]: [`CLAIM_MAX_BYTES`].
+macro_rules! claim_max_bytes {
+    () => {
+        "2097152"
+    };
+}
+
+/// A claim takes readings only while their row data (the stored size of their columns, as `pg_column_size`
+/// counts it: TOAST-compressed values count compressed) adds up to at most this many bytes, and always at least
+/// one reading: a 1 MB metadata row makes a batch of two, not one of 5 GB.
+pub const CLAIM_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// CTEs `c` (the next `$1` queued readings in claim order, cut where their row data passes
+/// [`CLAIM_MAX_BYTES`] but at least one: `first` from the start of the queue, `next` after the key ($2, $3),
+/// keyset paging over `idx_meter_readings_claim`; the running sum streams, so the scan stops at `$1` rows and
+/// reads no value to size it) and `b` (their batch row, with a random id and the reading ids in claim order).
 macro_rules! claim_ctes {
     (first) => {
         claim_ctes!("")
@@ -42,11 +55,19 @@ macro_rules! claim_ctes {
     ($after:literal) => {
         concat!(
             "c AS (
-  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
-  WHERE ",
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM (
+    SELECT id, meter_id, timestamp, value, unit, metadata, row_number() OVER w AS n,
+           sum(16 + pg_column_size(meter_id) + pg_column_size(value) + pg_column_size(unit)
+               + coalesce(pg_column_size(metadata), 0)) OVER w AS bytes
+    FROM meter_readings
+    WHERE ",
             $after,
             "is_synchronized IS NOT TRUE
-  ORDER BY timestamp, id LIMIT $1
+    WINDOW w AS (ORDER BY timestamp, id ROWS UNBOUNDED PRECEDING)
+    ORDER BY timestamp, id LIMIT $1
+  ) AS q WHERE q.n = 1 OR q.bytes <= ",
+            claim_max_bytes!(),
+            "
 ), b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)
   SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
@@ -398,9 +419,13 @@ mod tests {
         assert_eq!(
             words(CLAIM_NEXT),
             words(
-                "WITH c AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings \
+                "WITH c AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM ( \
+                 SELECT id, meter_id, timestamp, value, unit, metadata, row_number() OVER w AS n, \
+                 sum(16 + pg_column_size(meter_id) + pg_column_size(value) + pg_column_size(unit) \
+                 + coalesce(pg_column_size(metadata), 0)) OVER w AS bytes FROM meter_readings \
                  WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE \
-                 ORDER BY timestamp, id LIMIT $1 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
+                 WINDOW w AS (ORDER BY timestamp, id ROWS UNBOUNDED PRECEDING) \
+                 ORDER BY timestamp, id LIMIT $1 ) AS q WHERE q.n = 1 OR q.bytes <= 2097152 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
                  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0 \
                  RETURNING batch_id ) \
                  SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text, \
@@ -444,6 +469,14 @@ mod tests {
                  JOIN meter_readings r ON r.id = u.id WHERE b.batch_id = $1::uuid ORDER BY u.ord"
             )
         );
+    }
+
+    #[test]
+    fn the_claims_byte_bound_is_the_constant() {
+        assert_eq!(claim_max_bytes!().parse::<usize>().ok(), Some(CLAIM_MAX_BYTES));
+        for claim in [CLAIM_FIRST, CLAIM_NEXT, FINISH_AND_CLAIM, MARK_AND_CLAIM] {
+            assert!(claim.contains(&format!("q.bytes <= {CLAIM_MAX_BYTES}")), "{claim}");
+        }
     }
 
     #[test]
