@@ -462,6 +462,8 @@ impl Service {
         }
         snap.records_quarantined_total += result.upload_result.records_quarantined;
         snap.batches_resent_total = crate::upload::resent_batches();
+        snap.upload_batches_total = crate::upload::uploaded_batches();
+        snap.upload_chain_breaks_total = crate::upload::chain_breaks();
         snap.last_cycle_duration_ms = Some(duration_ms(took));
         for (stats, part) in snap.parts.iter_mut().zip(part_summaries(result)) {
             stats.failures_total += u64::from(!part.success);

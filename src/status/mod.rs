@@ -87,6 +87,10 @@ pub struct Snapshot {
     pub records_quarantined_total: u64,
     /// Batches uploaded again because their ledger row had vanished (the confirmation window).
     pub batches_resent_total: u64,
+    /// Batches uploaded (each one ledger row), and chain breaks among them (UPLOAD_BATCHES_IN_FLIGHT > 1: a
+    /// batch in flight came back out of turn and the batches in flight were sent again).
+    pub upload_batches_total: u64,
+    pub upload_chain_breaks_total: u64,
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

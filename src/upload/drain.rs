@@ -207,6 +207,7 @@ impl UploadSyncManager<'_> {
             // the new chain head), and the pipeline starts afresh. (Sending them all again at once breaks again
             // as often as not: batches sent within a millisecond on different connections can reach the server
             // in either order.)
+            stats.chain_breaks += 1;
             for (_, sent) in pipe.in_flight.drain(..) {
                 let _ = up.wait(sent);
             }

@@ -49,6 +49,7 @@ pub mod sql;
 mod uplink;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,11 @@ pub struct UploadSyncResult {
     /// the `central_fault` alert.
     #[serde(skip)]
     pub central_fault: Option<String>,
+    /// Batches uploaded by this part, and how often the chain broke among them (several in flight).
+    #[serde(skip)]
+    pub batches: u64,
+    #[serde(skip)]
+    pub chain_breaks: u64,
 }
 
 /// Counters of one drain.
@@ -96,6 +102,25 @@ struct Stats {
     deleted: u64,
     quarantined: u64,
     batches: u64,
+    /// With several batches in flight: how often a batch came back out of turn (the chain broke and the
+    /// batches in flight were sent again).
+    chain_breaks: u64,
+}
+
+/// Batches uploaded since this process started (for /metrics).
+static UPLOADED_BATCHES: AtomicU64 = AtomicU64::new(0);
+/// Chain breaks since this process started (for /metrics).
+static CHAIN_BREAKS: AtomicU64 = AtomicU64::new(0);
+
+/// Batches this process uploaded (each one ledger row).
+pub fn uploaded_batches() -> u64 {
+    UPLOADED_BATCHES.load(Ordering::Relaxed)
+}
+
+/// How often a batch in flight came back out of turn in this process (UPLOAD_BATCHES_IN_FLIGHT > 1): each
+/// one makes the drain wait for the batches in flight and send them again one by one.
+pub fn chain_breaks() -> u64 {
+    CHAIN_BREAKS.load(Ordering::Relaxed)
 }
 
 pub struct UploadSyncManager<'a> {
@@ -114,6 +139,8 @@ impl<'a> UploadSyncManager<'a> {
         let started = Instant::now();
         let mut stats = Stats::default();
         let outcome = self.drain(started, budget, &mut stats);
+        UPLOADED_BATCHES.fetch_add(stats.batches, Ordering::Relaxed);
+        CHAIN_BREAKS.fetch_add(stats.chain_breaks, Ordering::Relaxed);
         let duration = started.elapsed();
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let mut result = UploadSyncResult {
@@ -125,13 +152,23 @@ impl<'a> UploadSyncManager<'a> {
             duration: ms,
             backlog_remains: false,
             central_fault: None,
+            batches: stats.batches,
+            chain_breaks: stats.chain_breaks,
         };
-        let summary = format!(
+        let mut summary = format!(
             "{} readings uploaded, {} deleted locally, {} quarantined, {} batches in {ms} ms",
             stats.uploaded, stats.deleted, stats.quarantined, stats.batches
         );
+        if self.cfg.upload_batches_in_flight > 1 {
+            summary.push_str(&format!(
+                " ({} in flight, {} chain breaks)",
+                self.cfg.upload_batches_in_flight, stats.chain_breaks
+            ));
+        }
         match outcome {
             // The scheduler logs the part's result at info (Property 11); this adds the batch count.
+            // With several in flight also at info: the chain breaks are worth seeing.
+            Ok(Drained::Empty) if self.cfg.upload_batches_in_flight > 1 => log::info!("upload: {summary}; queue empty"),
             Ok(Drained::Empty) => log::debug!("upload: {summary}; queue empty"),
             Ok(Drained::Stopped) => {
                 result.backlog_remains = self.backlog_exists();

@@ -270,8 +270,9 @@ WITH ",
 );
 
 /// Remote. [`UPLOAD`] that also makes this batch the site's chain head (UPLOAD_BATCHES_IN_FLIGHT > 1, with
-/// no older batch in flight). The head row is locked until commit, so a batch sent after this one waits.
-/// `updated_at` comes from the proposed row (its default, `now()`): Citus refuses a non-IMMUTABLE function in
+/// no older batch in flight, or sent again: it takes no turn lock, so a batch after it that failed before
+/// and still holds its shared wait on this id never blocks it). A batch sent after this one finds its head
+/// once it commits ([`UPLOAD_AFTER`] looks again every millisecond meanwhile). `updated_at` comes from the proposed row (its default, `now()`): Citus refuses a non-IMMUTABLE function in
 /// the DO UPDATE SET of an insert into a distributed or reference table.
 pub const UPLOAD_LEAD: &str = concat!(
     "
@@ -283,17 +284,15 @@ WITH h AS (
     ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h")
 );
 
-/// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: the update of the site's head row
-/// waits for $9's statement to commit or roll back (row lock), then re-reads the row. Only if the head is
-/// then $9 does it move to this batch and are the ledger row and readings inserted, so readings reach the
-/// remote in claim order. Otherwise nothing is inserted (0 rows): the batch is sent again.
+/// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: `sync_upload_turn`
+/// (sql/remote/0004_upload_turn.sql) waits for its turn (for $9 to commit, also when this statement reached
+/// the server first; at most $10 ms while $9 is neither in nor in flight) and moves the site's head from $9
+/// to this batch. Only then are the ledger row and readings inserted, so readings reach the remote in claim
+/// order. Otherwise nothing is inserted (0 rows): the batch is sent again.
 pub const UPLOAD_AFTER: &str = concat!(
     "
 WITH h AS (
-  UPDATE sync_upload_chain
-  SET head = CASE WHEN head = $9::uuid THEN $2::uuid ELSE head END, updated_at = now()
-  WHERE source_id = $1
-  RETURNING head = $2::uuid AS moved
+  SELECT sync_upload_turn($1, $2::uuid, $9::uuid, $10) AS moved
 ), ",
     ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h WHERE h.moved")
 );

@@ -722,6 +722,8 @@ impl Arbitrary for ArbSnapshot {
             cycle_failures_total: cycles / 2,
             records_quarantined_total: n(g),
             batches_resent_total: n(g),
+            upload_batches_total: n(g),
+            upload_chain_breaks_total: n(g),
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -788,6 +790,8 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         ("sync_process_readings_awaiting_confirmation", "gauge"),
         ("sync_process_oldest_awaiting_confirmation_age_seconds", "gauge"),
         ("sync_process_batches_resent_total", "counter"),
+        ("sync_process_upload_batches_total", "counter"),
+        ("sync_process_upload_chain_breaks_total", "counter"),
         ("sync_process_last_success_timestamp_seconds", "gauge"),
         ("sync_process_database_up", "gauge"),
         ("sync_process_build_info", "gauge"),
@@ -834,6 +838,11 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
             st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
         ),
         ("sync_process_batches_resent_total", s.batches_resent_total.to_string()),
+        ("sync_process_upload_batches_total", s.upload_batches_total.to_string()),
+        (
+            "sync_process_upload_chain_breaks_total",
+            s.upload_chain_breaks_total.to_string(),
+        ),
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),
