@@ -16,6 +16,7 @@ use super::poison::{Isolation, MAX_UNEXPLAINED_REJECTIONS};
 use super::session::Session;
 use super::sizer::Sizer;
 use super::uplink::{ledger_lookup, InFlight, Order, Uplink};
+use super::width::Width;
 use super::{Stats, UploadSyncManager};
 use crate::db::Side;
 use crate::error::{Error, Result};
@@ -41,6 +42,8 @@ enum Step {
 struct Pipe {
     /// How many readings the next claim asks for (BATCH_SIZE_MAX).
     sizer: Sizer,
+    /// How many batches are kept in flight now (up to UPLOAD_BATCHES_IN_FLIGHT).
+    width: Width,
     /// The key of the newest claimed batch: the next claim continues after it. None: from the start.
     cursor: Option<super::ClaimCursor>,
     /// Claimed ahead (while the batch before it was uploading), not yet sent.
@@ -52,9 +55,10 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(sizer: Sizer) -> Pipe {
+    fn new(sizer: Sizer, width: Width) -> Pipe {
         Pipe {
             sizer,
+            width,
             cursor: None,
             next: None,
             in_flight: VecDeque::new(),
@@ -63,10 +67,13 @@ impl Pipe {
     }
 
     /// Sends `batch` after the batches in flight (chained to the newest of them when several may overlap).
+    /// Alone at a width of one it goes as the plain statement: nothing is sent after it until it is back
+    /// (the width changes only then), so nothing is ever chained to it.
     fn send(&mut self, up: &mut Uplink, batch: ClaimedBatch) -> Result<()> {
         let batch = Arc::new(batch);
         let order = match self.in_flight.back() {
             Some((before, _)) => Order::After(before.batch_id.clone()),
+            None if self.width.now() == 1 => Order::Serial,
             None => up.alone(),
         };
         let sent = up.send(Arc::clone(&batch), order)?;
@@ -164,6 +171,7 @@ impl UploadSyncManager<'_> {
         stop: &dyn Fn() -> bool,
         stats: &mut Stats,
     ) -> Result<Step> {
+        let started = Instant::now();
         // Batches already claimed are delivered first (the batches in flight complete).
         if pipe.in_flight.is_empty() {
             let batch = match pipe.next.take() {
@@ -179,7 +187,7 @@ impl UploadSyncManager<'_> {
             };
             pipe.send(up, batch)?;
         }
-        while pipe.in_flight.len() < up.width() && !stop() {
+        while pipe.in_flight.len() < pipe.width.now() && !stop() {
             let batch = match pipe.next.take() {
                 Some(b) => b,
                 None => match self.claim_ahead(s, pipe, stats)? {
@@ -198,7 +206,9 @@ impl UploadSyncManager<'_> {
         let Some((batch, sent)) = pipe.in_flight.pop_front() else {
             return Err(Error::Internal("upload: no batch in flight".into()));
         };
+        let (local_work, waiting) = (started.elapsed(), Instant::now());
         let outcome = up.wait(sent);
+        pipe.width.observe(local_work, waiting.elapsed());
         if matches!(outcome, Ok(UploadOutcome::OutOfTurn)) {
             // The chain broke: the batch ahead of this one was not in when it ran (the site's very first chained
             // upload, a rejected batch, or the network delivered this one first). Every batch still in flight
@@ -221,7 +231,11 @@ impl UploadSyncManager<'_> {
             return Ok(Step::Delivered);
         }
         let batch = self.upload_part(s, up, batch, Some(outcome), stats)?;
-        pipe.next = local?;
+        // The local claim ran only when nothing was claimed ahead: a batch claimed ahead and not sent yet (the
+        // width went down, or a stop) stays next.
+        if let Some(claimed) = local? {
+            pipe.next = Some(claimed);
+        }
         // The batch uploaded before this one is still pending only where no claim ran (the end of the queue).
         self.finish_uploaded(s, pipe, stats)?;
         pipe.uploaded = Some(batch.batch_id.clone());
@@ -235,7 +249,10 @@ impl UploadSyncManager<'_> {
 
     /// A pipe with nothing pending, whose claims start again at BATCH_SIZE.
     fn fresh_pipe(&self) -> Pipe {
-        Pipe::new(Sizer::new(self.cfg.batch_size, self.cfg.batch_size_max))
+        Pipe::new(
+            Sizer::new(self.cfg.batch_size, self.cfg.batch_size_max),
+            Width::new(self.cfg.upload_batches_in_flight as usize),
+        )
     }
 
     /// The next batch after the newest claimed one (None at the end of the queue), finishing the batch

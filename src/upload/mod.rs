@@ -9,6 +9,8 @@
 //! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
 //! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
 //! - `sizer.rs` — how many readings the next claim asks for (BATCH_SIZE growing up to BATCH_SIZE_MAX, pure);
+//! - `width.rs` — how many batches are in flight now (up to UPLOAD_BATCHES_IN_FLIGHT: more only where the
+//!   drain waits for the link, pure);
 //! - `poison.rs` — probing a rejected batch and quarantining what it rejects;
 //! - [`fault`] — whose fault a rejection is: the central's own (by cause, worded for an operator) or maybe the
 //!   readings' (probing decides);
@@ -47,6 +49,7 @@ mod session;
 mod sizer;
 pub mod sql;
 mod uplink;
+mod width;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

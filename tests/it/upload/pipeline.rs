@@ -257,11 +257,16 @@ fn a_batch_that_reaches_the_server_first_waits_for_the_batch_ahead_of_it() {
     assert_eq!(count(&mut r1, "SELECT count(*) FROM sync_upload_ledger"), 4);
 }
 
-// With several batches in flight on loopback, breaks of the chain are rare: counted by the drain (and shown in
-// /metrics as sync_process_upload_chain_breaks_total), fewer than one per 100 batches.
+// With several batches in flight through a link with some latency (5 ms each way: the drain keeps several in
+// flight), breaks of the chain are rare: counted by the drain (and shown in /metrics as
+// sync_process_upload_chain_breaks_total), fewer than one per 100 batches.
 #[test]
 fn batches_in_flight_rarely_break_the_chain() {
-    let env = Env::new(&[("UPLOAD_BATCHES_IN_FLIGHT", "4"), ("BATCH_SIZE", "20")]);
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("UPLOAD_BATCHES_IN_FLIGHT", "4"), ("BATCH_SIZE", "20")])
+        .build();
+    env.proxy().set_latency(Duration::from_millis(5));
     let mut l = env.pair.local.client();
     insert_readings(&mut l, 8_000, "2024-01-01 00:00:00", "1 second");
     let original = snapshot(&mut l);
@@ -271,9 +276,42 @@ fn batches_in_flight_rarely_break_the_chain() {
     let (batches, breaks) = (r.batches, r.chain_breaks);
     assert!(batches >= 400, "{batches} batches");
     assert!(breaks * 100 < batches, "{breaks} chain breaks in {batches} batches");
+    assert_eq!(
+        count(&mut env.pair.remote.client(), "SELECT count(*) FROM sync_upload_chain"),
+        1,
+        "the batches went up chained"
+    );
     // The process-wide counters behind /metrics moved at least as much (other tests may drain meanwhile).
     assert!(upload::uploaded_batches() - batches0 >= batches);
     assert!(upload::chain_breaks() - breaks0 >= breaks);
+    assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
+    assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
+}
+
+// On loopback the drain soon keeps fewer batches in flight (more only pay where it waits for the link), and
+// through a link with latency it keeps more again: across those changes of width (a batch claimed ahead
+// while the width goes down waits its turn) every reading arrives once and in claim order.
+#[test]
+fn batches_in_flight_arrive_once_and_in_order_as_the_width_changes() {
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("UPLOAD_BATCHES_IN_FLIGHT", "4"), ("BATCH_SIZE", "10")])
+        .build();
+    let mut l = env.pair.local.client();
+    insert_readings(&mut l, 6_000, "2024-01-01 00:00:00", "1 second");
+    let original = snapshot(&mut l);
+    let r = thread::scope(|s| {
+        let drain = s.spawn(|| sync_with(&env.conns, &env.cfg));
+        // Latency on and off while the drain runs: the width goes up and down.
+        let mut on = false;
+        while !drain.is_finished() {
+            thread::sleep(Duration::from_millis(150));
+            on = !on;
+            env.proxy().set_latency(Duration::from_millis(if on { 3 } else { 0 }));
+        }
+        drain.join().expect("the drain thread panicked")
+    });
+    assert!(r.success && r.records_uploaded == 6_000, "{r:?}");
     assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
     assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
 }
