@@ -36,10 +36,12 @@ pub(super) struct Uplink<'a> {
     recent: Duration,
 }
 
-/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql).
+/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql and
+/// 0004_upload_turn.sql).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Order {
-    /// One batch at a time: the plain statement.
+    /// One batch at a time (UPLOAD_BATCHES_IN_FLIGHT = 1, or the drain's width is down to one and nothing is
+    /// in flight): the plain statement, the chain untouched.
     Serial,
     /// Several may overlap and none older is in flight: this batch becomes the site's chain head.
     Lead,
