@@ -6,7 +6,8 @@
 --   * INSERT, SELECT and DELETE on sync_upload_ledger (the upload writes a ledger row per batch in the same
 --     statement as its readings; recovery looks batch ids up; pruning deletes this site's old rows);
 --   * INSERT, SELECT and UPDATE on sync_upload_chain (with UPLOAD_BATCHES_IN_FLIGHT > 1: the site's head row
---     that keeps overlapping uploads in order);
+--     that keeps overlapping uploads in order), and EXECUTE on sync_upload_turn (an upload waiting for the one
+--     before it; it runs with the caller's rights);
 --   * SELECT on meters and tenant (the download mirrors them; the digests are plain SELECTs).
 -- Nothing else: it cannot read, update or delete readings, cannot change meters or tenants, cannot create,
 -- alter or drop anything (no DDL), is not a superuser, cannot create roles or databases, cannot replicate.
@@ -88,6 +89,7 @@ WHERE pg_get_serial_sequence('meter_readings', 'id') IS NOT NULL
 GRANT INSERT, SELECT, DELETE ON TABLE sync_upload_ledger TO :"role";
 -- The upload chain (UPLOAD_BATCHES_IN_FLIGHT > 1): this site's head row, inserted once, then updated.
 GRANT INSERT, SELECT, UPDATE ON TABLE sync_upload_chain TO :"role";
+GRANT EXECUTE ON FUNCTION sync_upload_turn(text, uuid, uuid, integer) TO :"role";
 
 -- Download: read the configuration.
 GRANT SELECT ON TABLE meters, tenant TO :"role";

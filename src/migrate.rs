@@ -57,6 +57,11 @@ pub const REMOTE: &[Migration] = &[
         name: "0003_upload_chain.sql",
         sql: include_str!("../sql/remote/0003_upload_chain.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_upload_turn.sql",
+        sql: include_str!("../sql/remote/0004_upload_turn.sql"),
+    },
 ];
 
 pub fn migrations(side: Side) -> &'static [Migration] {

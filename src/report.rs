@@ -275,6 +275,8 @@ mod tests {
                 duration: small(g),
                 backlog_remains: bool::arbitrary(g),
                 central_fault: None,
+                batches: small(g),
+                chain_breaks: 0,
             };
             let meter_error = arb_error(g);
             let meters = MeterSyncResult {

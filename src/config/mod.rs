@@ -182,6 +182,8 @@ pub struct Config {
     pub remote: DbConfig,
     pub sync_interval: Duration,
     pub batch_size: u32,
+    /// BATCH_SIZE_MAX: batches grow from `batch_size` up to this while a backlog remains (= `batch_size`: off).
+    pub batch_size_max: u32,
     pub max_connection_retries: u32,
     pub max_query_retries: u32,
     pub retry_base_delay: Duration,
@@ -281,6 +283,7 @@ impl Config {
             remote,
             sync_interval: cycle.sync_interval,
             batch_size: cycle.batch_size,
+            batch_size_max: cycle.batch_size_max,
             max_connection_retries: cycle.max_connection_retries,
             max_query_retries: cycle.max_query_retries,
             retry_base_delay: cycle.retry_base_delay,
@@ -333,10 +336,11 @@ impl Config {
         s.push_str(&format!("local (sync server):    {}\n", db(&self.local)));
         s.push_str(&format!("remote (client server): {}\n", db(&self.remote)));
         s.push_str(&format!(
-            "sync: interval={}s batch_size={} batches_in_flight={} confirm={}s source_id={} source_column={} \
+            "sync: interval={}s batch_size={} batch_size_max={} batches_in_flight={} confirm={}s source_id={} source_column={} \
              max_rows_per_second={}\n",
             self.sync_interval.as_secs(),
             self.batch_size,
+            self.batch_size_max,
             self.upload_batches_in_flight,
             self.upload_confirm_seconds,
             self.source_id,

@@ -131,10 +131,11 @@ pub(super) fn databases(r: &mut Reader<'_>) -> (DbConfig, DbConfig) {
     (local, remote)
 }
 
-/// SYNC_INTERVAL_SECONDS, BATCH_SIZE and the retries.
+/// SYNC_INTERVAL_SECONDS, BATCH_SIZE (and BATCH_SIZE_MAX) and the retries.
 pub(super) struct Cycle {
     pub sync_interval: Duration,
     pub batch_size: u32,
+    pub batch_size_max: u32,
     pub max_connection_retries: u32,
     pub max_query_retries: u32,
     pub retry_base_delay: Duration,
@@ -142,14 +143,40 @@ pub(super) struct Cycle {
 }
 
 pub(super) fn cycle(r: &mut Reader<'_>) -> Cycle {
+    let sync_interval = Duration::from_secs(r.int::<u64>("SYNC_INTERVAL_SECONDS", 1, 86_400));
+    let batch_size = r.int::<u32>("BATCH_SIZE", 1, BATCH_SIZE_LIMIT);
     Cycle {
-        sync_interval: Duration::from_secs(r.int::<u64>("SYNC_INTERVAL_SECONDS", 1, 86_400)),
-        batch_size: r.int::<u32>("BATCH_SIZE", 1, 100_000),
+        sync_interval,
+        batch_size,
+        batch_size_max: batch_size_max(r, batch_size),
         max_connection_retries: r.int::<u32>("MAX_CONNECTION_RETRIES", 0, 20),
         max_query_retries: r.int::<u32>("MAX_QUERY_RETRIES", 0, 20),
         retry_base_delay: Duration::from_millis(r.int::<u64>("RETRY_BASE_DELAY_MS", 1, 600_000)),
         jitter_percent: r.int::<u8>("SYNC_JITTER_PERCENT", 0, 100),
     }
+}
+
+/// The upper limit of BATCH_SIZE and BATCH_SIZE_MAX.
+const BATCH_SIZE_LIMIT: u32 = 100_000;
+
+/// BATCH_SIZE_MAX: unset (or empty) = `batch_size` (batches do not grow); else at least BATCH_SIZE, at most
+/// BATCH_SIZE's own limit.
+fn batch_size_max(r: &mut Reader<'_>, batch_size: u32) -> u32 {
+    if r.raw("BATCH_SIZE_MAX").is_none() {
+        return batch_size;
+    }
+    let max = r.int::<u32>("BATCH_SIZE_MAX", 1, BATCH_SIZE_LIMIT);
+    if r.has_error("BATCH_SIZE_MAX") || r.has_error("BATCH_SIZE") {
+        return batch_size;
+    }
+    if max < batch_size {
+        r.err(
+            "BATCH_SIZE_MAX",
+            format!("{max} is below BATCH_SIZE {batch_size} (batches grow from BATCH_SIZE up to BATCH_SIZE_MAX)"),
+        );
+        return batch_size;
+    }
+    max
 }
 
 /// DB_POOL_MAX and the DB_* timeouts.

@@ -42,6 +42,38 @@ fn the_source_column_is_an_sql_identifier_or_none() {
 }
 
 #[test]
+fn batch_size_max_defaults_to_batch_size_and_is_never_below_it() {
+    let mut m = valid_map();
+    m.insert("BATCH_SIZE".into(), "250".into());
+    let c = Config::from_map(&m).expect("valid");
+    assert_eq!((c.batch_size, c.batch_size_max), (250, 250));
+    m.insert("BATCH_SIZE_MAX".into(), "".into());
+    assert_eq!(Config::from_map(&m).expect("empty = unset").batch_size_max, 250);
+    m.insert("BATCH_SIZE_MAX".into(), "5000".into());
+    let c = Config::from_map(&m).expect("valid");
+    assert_eq!((c.batch_size, c.batch_size_max), (250, 5000));
+    assert!(
+        c.summary().contains("batch_size=250 batch_size_max=5000"),
+        "{}",
+        c.summary()
+    );
+    m.insert("BATCH_SIZE_MAX".into(), "200".into());
+    let e = Config::from_map(&m).expect_err("below BATCH_SIZE").to_string();
+    assert!(
+        e.contains("BATCH_SIZE_MAX") && e.contains("200") && e.contains("BATCH_SIZE 250"),
+        "{e}"
+    );
+    m.insert("BATCH_SIZE_MAX".into(), "100001".into());
+    let e = Config::from_map(&m).expect_err("above the limit").to_string();
+    assert!(e.contains("BATCH_SIZE_MAX") && e.contains("1..=100000"), "{e}");
+    // A bad BATCH_SIZE is reported once, not again as BATCH_SIZE_MAX's lower bound.
+    m.insert("BATCH_SIZE".into(), "x".into());
+    m.insert("BATCH_SIZE_MAX".into(), "10".into());
+    let errs = Config::from_map(&m).expect_err("bad BATCH_SIZE");
+    assert_eq!(errs.keys(), ["BATCH_SIZE"]);
+}
+
+#[test]
 fn batches_in_flight_need_a_remote_connection_each_plus_one() {
     let mut m = valid_map();
     assert_eq!(Config::from_map(&m).expect("valid").upload_batches_in_flight, 1);
@@ -329,6 +361,7 @@ const NUMERIC: &[(&str, i64, i64)] = &[
     ("POSTGRES_SYNC_PORT", 1, 65535),
     ("POSTGRES_CLIENT_PORT", 1, 65535),
     ("BATCH_SIZE", 1, 100_000),
+    ("BATCH_SIZE_MAX", 1, 100_000),
     ("SYNC_INTERVAL_SECONDS", 1, 86_400),
     ("MAX_CONNECTION_RETRIES", 0, 20),
     ("MAX_QUERY_RETRIES", 0, 20),
@@ -386,11 +419,18 @@ fn prop_config_errors_name_exactly_the_bad_keys(vars: Vars) -> TestResult {
             expected.push("UPLOAD_BATCHES_IN_FLIGHT");
         }
     }
+    // And growing batches never start above their maximum (an unset maximum is BATCH_SIZE).
+    if let (Some(batch), Some(max)) = (value("BATCH_SIZE", 100), value("BATCH_SIZE_MAX", i64::MAX)) {
+        if max < batch {
+            expected.push("BATCH_SIZE_MAX");
+        }
+    }
     expected.sort();
     match Config::from_map(&m) {
         Ok(c) => {
             let ok = expected.is_empty()
                 && (1..=100_000).contains(&c.batch_size)
+                && (c.batch_size..=100_000).contains(&c.batch_size_max)
                 && c.pool_max >= 1
                 && c.pool_max <= 100
                 && c.max_query_retries <= 20;

@@ -48,6 +48,11 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
     ),
     ("SYNC_INTERVAL_SECONDS", Some("60"), "seconds between sync cycles"),
     ("BATCH_SIZE", Some("100"), "readings per upload batch"),
+    (
+        "BATCH_SIZE_MAX",
+        None,
+        "batches grow from BATCH_SIZE up to this while a backlog remains (unset = BATCH_SIZE: off)",
+    ),
     ("MAX_CONNECTION_RETRIES", Some("5"), "retries of a failed connection"),
     ("MAX_QUERY_RETRIES", Some("3"), "retries of a failed query"),
     (

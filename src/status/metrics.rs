@@ -171,6 +171,18 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
         ],
     );
     out.family(
+        "sync_process_upload_batches_total",
+        "counter",
+        "Batches uploaded to the remote database (each one ledger row) since the daemon started.",
+        &[(String::new(), s.upload_batches_total.to_string())],
+    );
+    out.family(
+        "sync_process_upload_chain_breaks_total",
+        "counter",
+        "Times a batch in flight (UPLOAD_BATCHES_IN_FLIGHT > 1) ran before the batch ahead of it was in, so the batches in flight were sent again, since the daemon started.",
+        &[(String::new(), s.upload_chain_breaks_total.to_string())],
+    );
+    out.family(
         "sync_process_last_success_timestamp_seconds",
         "gauge",
         "Unix time of the end of the last successful sync cycle (0: none yet).",

@@ -90,6 +90,10 @@ pub struct Snapshot {
     /// Conflicts with local changes reported by the downloads (meters, tenants), counted each cycle they are
     /// reported (keep-local reports a conflict every cycle until it is undone).
     pub download_conflicts_total: [u64; 2],
+    /// Batches uploaded (each one ledger row), and chain breaks among them (UPLOAD_BATCHES_IN_FLIGHT > 1: a
+    /// batch in flight came back out of turn and the batches in flight were sent again).
+    pub upload_batches_total: u64,
+    pub upload_chain_breaks_total: u64,
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

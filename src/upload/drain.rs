@@ -14,7 +14,9 @@ use super::batch::{ClaimedBatch, QueuedReading, UploadOutcome};
 use super::fault::{verdict, CentralFault, Span, Verdict};
 use super::poison::{Isolation, MAX_UNEXPLAINED_REJECTIONS};
 use super::session::Session;
+use super::sizer::Sizer;
 use super::uplink::{ledger_lookup, InFlight, Order, Uplink};
+use super::width::Width;
 use super::{Stats, UploadSyncManager};
 use crate::db::Side;
 use crate::error::{Error, Result};
@@ -35,9 +37,13 @@ enum Step {
     Stopped,
 }
 
-/// Where the drain stands between steps. Cleared by recovery, which settles every pending batch.
-#[derive(Default)]
+/// Where the drain stands between steps. Cleared by recovery, which settles every pending batch (and the
+/// batch size starts again from BATCH_SIZE).
 struct Pipe {
+    /// How many readings the next claim asks for (BATCH_SIZE_MAX).
+    sizer: Sizer,
+    /// How many batches are kept in flight now (up to UPLOAD_BATCHES_IN_FLIGHT).
+    width: Width,
     /// The key of the newest claimed batch: the next claim continues after it. None: from the start.
     cursor: Option<super::ClaimCursor>,
     /// Claimed ahead (while the batch before it was uploading), not yet sent.
@@ -49,11 +55,25 @@ struct Pipe {
 }
 
 impl Pipe {
+    fn new(sizer: Sizer, width: Width) -> Pipe {
+        Pipe {
+            sizer,
+            width,
+            cursor: None,
+            next: None,
+            in_flight: VecDeque::new(),
+            uploaded: None,
+        }
+    }
+
     /// Sends `batch` after the batches in flight (chained to the newest of them when several may overlap).
+    /// Alone at a width of one it goes as the plain statement: nothing is sent after it until it is back
+    /// (the width changes only then), so nothing is ever chained to it.
     fn send(&mut self, up: &mut Uplink, batch: ClaimedBatch) -> Result<()> {
         let batch = Arc::new(batch);
         let order = match self.in_flight.back() {
             Some((before, _)) => Order::After(before.batch_id.clone()),
+            None if self.width.now() == 1 => Order::Serial,
             None => up.alone(),
         };
         let sent = up.send(Arc::clone(&batch), order)?;
@@ -100,7 +120,7 @@ impl UploadSyncManager<'_> {
                 self.cfg.upload_source_column.as_deref(),
                 self.cfg.upload_batches_in_flight,
             ),
-            pipe: Pipe::default(),
+            pipe: self.fresh_pipe(),
             needs_recovery: true,
         };
         let what = format!(
@@ -129,7 +149,7 @@ impl UploadSyncManager<'_> {
 
     fn recover_then_step(&self, d: &mut Drain, stop: &dyn Fn() -> bool, stats: &mut Stats) -> Result<Step> {
         if d.needs_recovery {
-            d.pipe = Pipe::default();
+            d.pipe = self.fresh_pipe();
             self.recover(&mut d.session, &mut d.uplink, stats)?;
             self.confirm(&mut d.session, &mut d.uplink, stats)?;
             d.needs_recovery = false;
@@ -151,6 +171,7 @@ impl UploadSyncManager<'_> {
         stop: &dyn Fn() -> bool,
         stats: &mut Stats,
     ) -> Result<Step> {
+        let started = Instant::now();
         // Batches already claimed are delivered first (the batches in flight complete).
         if pipe.in_flight.is_empty() {
             let batch = match pipe.next.take() {
@@ -166,7 +187,7 @@ impl UploadSyncManager<'_> {
             };
             pipe.send(up, batch)?;
         }
-        while pipe.in_flight.len() < up.width() && !stop() {
+        while pipe.in_flight.len() < pipe.width.now() && !stop() {
             let batch = match pipe.next.take() {
                 Some(b) => b,
                 None => match self.claim_ahead(s, pipe, stats)? {
@@ -185,7 +206,9 @@ impl UploadSyncManager<'_> {
         let Some((batch, sent)) = pipe.in_flight.pop_front() else {
             return Err(Error::Internal("upload: no batch in flight".into()));
         };
+        let (local_work, waiting) = (started.elapsed(), Instant::now());
         let outcome = up.wait(sent);
+        pipe.width.observe(local_work, waiting.elapsed());
         if matches!(outcome, Ok(UploadOutcome::OutOfTurn)) {
             // The chain broke: the batch ahead of this one was not in when it ran (the site's very first chained
             // upload, a rejected batch, or the network delivered this one first). Every batch still in flight
@@ -194,11 +217,12 @@ impl UploadSyncManager<'_> {
             // the new chain head), and the pipeline starts afresh. (Sending them all again at once breaks again
             // as often as not: batches sent within a millisecond on different connections can reach the server
             // in either order.)
+            stats.chain_breaks += 1;
             for (_, sent) in pipe.in_flight.drain(..) {
                 let _ = up.wait(sent);
             }
             local?;
-            *pipe = Pipe::default();
+            *pipe = self.fresh_pipe();
             log::debug!(
                 "upload: batch {} ran out of turn; settling the batches in flight again",
                 batch.batch_id
@@ -207,7 +231,11 @@ impl UploadSyncManager<'_> {
             return Ok(Step::Delivered);
         }
         let batch = self.upload_part(s, up, batch, Some(outcome), stats)?;
-        pipe.next = local?;
+        // The local claim ran only when nothing was claimed ahead: a batch claimed ahead and not sent yet (the
+        // width went down, or a stop) stays next.
+        if let Some(claimed) = local? {
+            pipe.next = Some(claimed);
+        }
         // The batch uploaded before this one is still pending only where no claim ran (the end of the queue).
         self.finish_uploaded(s, pipe, stats)?;
         pipe.uploaded = Some(batch.batch_id.clone());
@@ -219,21 +247,31 @@ impl UploadSyncManager<'_> {
         Ok(Step::Delivered)
     }
 
+    /// A pipe with nothing pending, whose claims start again at BATCH_SIZE.
+    fn fresh_pipe(&self) -> Pipe {
+        Pipe::new(
+            Sizer::new(self.cfg.batch_size, self.cfg.batch_size_max),
+            Width::new(self.cfg.upload_batches_in_flight as usize),
+        )
+    }
+
     /// The next batch after the newest claimed one (None at the end of the queue), finishing the batch
     /// uploaded last in the same statement. Sets the cursor to the new batch's key.
     fn claim_ahead(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
         let Some(after) = pipe.cursor.take() else {
             return Ok(None);
         };
+        let limit = pipe.sizer.limit();
         let claimed = match pipe.uploaded.take() {
             Some(prev) => {
                 let t0 = Instant::now();
-                let (deleted, next) = s.finish_and_claim(&prev, self.cfg.batch_size, &after)?;
+                let (deleted, next) = s.finish_and_claim(&prev, limit, &after)?;
                 finished(&prev, deleted, t0, stats);
                 next
             }
-            None => s.claim(self.cfg.batch_size, Some(&after))?,
+            None => s.claim(limit, Some(&after))?,
         };
+        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
         // At the end of the queue the cursor stays cleared: the next claim starts from the beginning.
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
@@ -247,7 +285,9 @@ impl UploadSyncManager<'_> {
             return Ok(Some(b));
         }
         self.finish_uploaded(s, pipe, stats)?;
-        let claimed = s.claim(self.cfg.batch_size, None)?;
+        let limit = pipe.sizer.limit();
+        let claimed = s.claim(limit, None)?;
+        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
     }

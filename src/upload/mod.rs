@@ -8,6 +8,9 @@
 //! - `session.rs` — the local connection of a drain, holding the upload lock, and the local statements;
 //! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
 //! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
+//! - `sizer.rs` — how many readings the next claim asks for (BATCH_SIZE growing up to BATCH_SIZE_MAX, pure);
+//! - `width.rs` — how many batches are in flight now (up to UPLOAD_BATCHES_IN_FLIGHT: more only where the
+//!   drain waits for the link, pure);
 //! - `poison.rs` — probing a rejected batch and quarantining what it rejects;
 //! - [`fault`] — whose fault a rejection is: the central's own (by cause, worded for an operator) or maybe the
 //!   readings' (probing decides);
@@ -21,7 +24,8 @@
 //! (scheduler.rs).
 //!
 //! The protocol (ARCHITECTURE.md, "The upload protocol", is the long form):
-//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings in (timestamp, id) order after a
+//! 1. CLAIM — one local statement takes the next BATCH_SIZE readings (up to BATCH_SIZE_MAX while a backlog
+//!    remains, sizer.rs; at most about 2 MiB of row data) in (timestamp, id) order after a
 //!    remembered key and records them as a batch (random uuid, the reading ids in upload order).
 //! 2. UPLOAD — one remote statement inserts the ledger row (source, batch id) and the readings; it is its own
 //!    transaction. A unique violation on the ledger key means the batch is already in.
@@ -42,10 +46,13 @@ mod drain;
 pub mod fault;
 mod poison;
 mod session;
+mod sizer;
 pub mod sql;
 mod uplink;
+mod width;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +91,11 @@ pub struct UploadSyncResult {
     /// the `central_fault` alert.
     #[serde(skip)]
     pub central_fault: Option<String>,
+    /// Batches uploaded by this part, and how often the chain broke among them (several in flight).
+    #[serde(skip)]
+    pub batches: u64,
+    #[serde(skip)]
+    pub chain_breaks: u64,
 }
 
 /// Counters of one drain.
@@ -93,6 +105,25 @@ struct Stats {
     deleted: u64,
     quarantined: u64,
     batches: u64,
+    /// With several batches in flight: how often a batch came back out of turn (the chain broke and the
+    /// batches in flight were sent again).
+    chain_breaks: u64,
+}
+
+/// Batches uploaded since this process started (for /metrics).
+static UPLOADED_BATCHES: AtomicU64 = AtomicU64::new(0);
+/// Chain breaks since this process started (for /metrics).
+static CHAIN_BREAKS: AtomicU64 = AtomicU64::new(0);
+
+/// Batches this process uploaded (each one ledger row).
+pub fn uploaded_batches() -> u64 {
+    UPLOADED_BATCHES.load(Ordering::Relaxed)
+}
+
+/// How often a batch in flight came back out of turn in this process (UPLOAD_BATCHES_IN_FLIGHT > 1): each
+/// one makes the drain wait for the batches in flight and send them again one by one.
+pub fn chain_breaks() -> u64 {
+    CHAIN_BREAKS.load(Ordering::Relaxed)
 }
 
 pub struct UploadSyncManager<'a> {
@@ -111,6 +142,8 @@ impl<'a> UploadSyncManager<'a> {
         let started = Instant::now();
         let mut stats = Stats::default();
         let outcome = self.drain(started, budget, &mut stats);
+        UPLOADED_BATCHES.fetch_add(stats.batches, Ordering::Relaxed);
+        CHAIN_BREAKS.fetch_add(stats.chain_breaks, Ordering::Relaxed);
         let duration = started.elapsed();
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let mut result = UploadSyncResult {
@@ -122,13 +155,23 @@ impl<'a> UploadSyncManager<'a> {
             duration: ms,
             backlog_remains: false,
             central_fault: None,
+            batches: stats.batches,
+            chain_breaks: stats.chain_breaks,
         };
-        let summary = format!(
+        let mut summary = format!(
             "{} readings uploaded, {} deleted locally, {} quarantined, {} batches in {ms} ms",
             stats.uploaded, stats.deleted, stats.quarantined, stats.batches
         );
+        if self.cfg.upload_batches_in_flight > 1 {
+            summary.push_str(&format!(
+                " ({} in flight, {} chain breaks)",
+                self.cfg.upload_batches_in_flight, stats.chain_breaks
+            ));
+        }
         match outcome {
             // The scheduler logs the part's result at info (Property 11); this adds the batch count.
+            // With several in flight also at info: the chain breaks are worth seeing.
+            Ok(Drained::Empty) if self.cfg.upload_batches_in_flight > 1 => log::info!("upload: {summary}; queue empty"),
             Ok(Drained::Empty) => log::debug!("upload: {summary}; queue empty"),
             Ok(Drained::Stopped) => {
                 result.backlog_remains = self.backlog_exists();

@@ -29,9 +29,22 @@ macro_rules! reading_text {
     };
 }
 
-/// CTEs `c` (the next `$1` queued readings in claim order: `first` from the start of the queue, `next`
-/// after the key ($2, $3), keyset paging over `idx_meter_readings_claim`) and `b` (their batch row, with a
-/// random id and the reading ids in claim order).
+/// The byte bound of a claim, as a literal for [`claim_ctes!`]: [`CLAIM_MAX_BYTES`].
+macro_rules! claim_max_bytes {
+    () => {
+        "2097152"
+    };
+}
+
+/// A claim takes readings only while their row data (the stored size of their columns, as `pg_column_size`
+/// counts it: TOAST-compressed values count compressed) adds up to at most this many bytes, and always at least
+/// one reading: a 1 MB metadata row makes a batch of two, not one of 5 GB.
+pub const CLAIM_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// CTEs `c` (the next `$1` queued readings in claim order, cut where their row data passes
+/// [`CLAIM_MAX_BYTES`] but at least one: `first` from the start of the queue, `next` after the key ($2, $3),
+/// keyset paging over `idx_meter_readings_claim`; the running sum streams, so the scan stops at `$1` rows and
+/// reads no value to size it) and `b` (their batch row, with a random id and the reading ids in claim order).
 macro_rules! claim_ctes {
     (first) => {
         claim_ctes!("")
@@ -42,11 +55,19 @@ macro_rules! claim_ctes {
     ($after:literal) => {
         concat!(
             "c AS (
-  SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings
-  WHERE ",
+  SELECT id, meter_id, timestamp, value, unit, metadata FROM (
+    SELECT id, meter_id, timestamp, value, unit, metadata, row_number() OVER w AS n,
+           sum(16 + pg_column_size(meter_id) + pg_column_size(value) + pg_column_size(unit)
+               + coalesce(pg_column_size(metadata), 0)) OVER w AS bytes
+    FROM meter_readings
+    WHERE ",
             $after,
             "is_synchronized IS NOT TRUE
-  ORDER BY timestamp, id LIMIT $1
+    WINDOW w AS (ORDER BY timestamp, id ROWS UNBOUNDED PRECEDING)
+    ORDER BY timestamp, id LIMIT $1
+  ) AS q WHERE q.n = 1 OR q.bytes <= ",
+            claim_max_bytes!(),
+            "
 ), b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)
   SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
@@ -249,8 +270,9 @@ WITH ",
 );
 
 /// Remote. [`UPLOAD`] that also makes this batch the site's chain head (UPLOAD_BATCHES_IN_FLIGHT > 1, with
-/// no older batch in flight). The head row is locked until commit, so a batch sent after this one waits.
-/// `updated_at` comes from the proposed row (its default, `now()`): Citus refuses a non-IMMUTABLE function in
+/// no older batch in flight, or sent again: it takes no turn lock, so a batch after it that failed before
+/// and still holds its shared wait on this id never blocks it). A batch sent after this one finds its head
+/// once it commits ([`UPLOAD_AFTER`] looks again every millisecond meanwhile). `updated_at` comes from the proposed row (its default, `now()`): Citus refuses a non-IMMUTABLE function in
 /// the DO UPDATE SET of an insert into a distributed or reference table.
 pub const UPLOAD_LEAD: &str = concat!(
     "
@@ -262,17 +284,15 @@ WITH h AS (
     ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h")
 );
 
-/// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: the update of the site's head row
-/// waits for $9's statement to commit or roll back (row lock), then re-reads the row. Only if the head is
-/// then $9 does it move to this batch and are the ledger row and readings inserted, so readings reach the
-/// remote in claim order. Otherwise nothing is inserted (0 rows): the batch is sent again.
+/// Remote. [`UPLOAD`] of a batch sent while the batch $9 is in flight: `sync_upload_turn`
+/// (sql/remote/0004_upload_turn.sql) waits for its turn (for $9 to commit, also when this statement reached
+/// the server first; at most $10 ms while $9 is neither in nor in flight) and moves the site's head from $9
+/// to this batch. Only then are the ledger row and readings inserted, so readings reach the remote in claim
+/// order. Otherwise nothing is inserted (0 rows): the batch is sent again.
 pub const UPLOAD_AFTER: &str = concat!(
     "
 WITH h AS (
-  UPDATE sync_upload_chain
-  SET head = CASE WHEN head = $9::uuid THEN $2::uuid ELSE head END, updated_at = now()
-  WHERE source_id = $1
-  RETURNING head = $2::uuid AS moved
+  SELECT sync_upload_turn($1, $2::uuid, $9::uuid, $10) AS moved
 ), ",
     ledger_then_readings!("SELECT $1, $2::uuid, $3 FROM h WHERE h.moved")
 );
@@ -398,9 +418,13 @@ mod tests {
         assert_eq!(
             words(CLAIM_NEXT),
             words(
-                "WITH c AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM meter_readings \
+                "WITH c AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM ( \
+                 SELECT id, meter_id, timestamp, value, unit, metadata, row_number() OVER w AS n, \
+                 sum(16 + pg_column_size(meter_id) + pg_column_size(value) + pg_column_size(unit) \
+                 + coalesce(pg_column_size(metadata), 0)) OVER w AS bytes FROM meter_readings \
                  WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE \
-                 ORDER BY timestamp, id LIMIT $1 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
+                 WINDOW w AS (ORDER BY timestamp, id ROWS UNBOUNDED PRECEDING) \
+                 ORDER BY timestamp, id LIMIT $1 ) AS q WHERE q.n = 1 OR q.bytes <= 2097152 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
                  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0 \
                  RETURNING batch_id ) \
                  SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text, \
@@ -444,6 +468,14 @@ mod tests {
                  JOIN meter_readings r ON r.id = u.id WHERE b.batch_id = $1::uuid ORDER BY u.ord"
             )
         );
+    }
+
+    #[test]
+    fn the_claims_byte_bound_is_the_constant() {
+        assert_eq!(claim_max_bytes!().parse::<usize>().ok(), Some(CLAIM_MAX_BYTES));
+        for claim in [CLAIM_FIRST, CLAIM_NEXT, FINISH_AND_CLAIM, MARK_AND_CLAIM] {
+            assert!(claim.contains(&format!("q.bytes <= {CLAIM_MAX_BYTES}")), "{claim}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use postgres::types::{ToSql, Type};
 use postgres::Client;
@@ -32,12 +32,16 @@ pub(super) struct Uplink<'a> {
     texts: Arc<Texts>,
     lanes: Vec<Option<crossbeam_channel::Sender<Job>>>,
     turn: usize,
+    /// The slowest recent upload (decaying): how long a batch in flight waits for the one before it to arrive.
+    recent: Duration,
 }
 
-/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql).
+/// How an upload is ordered against the others in flight (see sql/remote/0003_upload_chain.sql and
+/// 0004_upload_turn.sql).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Order {
-    /// One batch at a time: the plain statement.
+    /// One batch at a time (UPLOAD_BATCHES_IN_FLIGHT = 1, or the drain's width is down to one and nothing is
+    /// in flight): the plain statement, the chain untouched.
     Serial,
     /// Several may overlap and none older is in flight: this batch becomes the site's chain head.
     Lead,
@@ -48,6 +52,8 @@ pub(super) enum Order {
 struct Job {
     batch: Arc<ClaimedBatch>,
     order: Order,
+    /// For [`Order::After`]: how long the server waits for the batch before it to arrive (milliseconds).
+    turn_wait_ms: i32,
     reply: crossbeam_channel::Sender<Result<UploadOutcome>>,
 }
 
@@ -69,6 +75,7 @@ impl<'a> Uplink<'a> {
             texts: Arc::new(Texts::new(source_column)),
             lanes: (0..width.max(1)).map(|_| None).collect(),
             turn: 0,
+            recent: Duration::ZERO,
         }
     }
 
@@ -97,7 +104,13 @@ impl<'a> Uplink<'a> {
             batch.batch_id
         );
         let (reply, rx) = crossbeam_channel::bounded(1);
-        let mut job = Job { batch, order, reply };
+        let turn_wait_ms = i32::try_from(self.turn_wait().as_millis()).unwrap_or(i32::MAX);
+        let mut job = Job {
+            batch,
+            order,
+            turn_wait_ms,
+            reply,
+        };
         // A thread that ended (its connection broke after the last job) gives the job back: start a fresh one.
         for _ in 0..2 {
             if self.lanes[lane].is_none() {
@@ -128,6 +141,14 @@ impl<'a> Uplink<'a> {
         })
     }
 
+    /// How long a batch sent after another waits on the server for that one to arrive, if it reached the
+    /// server first: a second plus four times the slowest recent upload (statements sent a moment apart on
+    /// different connections arrive within that, also over a slow or capped link), at most a quarter of the
+    /// remote call's bound. Only a batch before it that failed, or was never sent, costs this wait.
+    fn turn_wait(&self) -> Duration {
+        (Duration::from_secs(1) + self.recent * 4).min(self.conns.call_deadline / 4)
+    }
+
     /// Gives up every connection (their threads end with their links); the next sends start fresh ones.
     pub fn abandon(&mut self) {
         self.lanes.iter_mut().for_each(|lane| *lane = None);
@@ -139,6 +160,7 @@ impl<'a> Uplink<'a> {
         let r = self
             .conns
             .await_bounded(Side::Remote, &sent.what, &sent.reply, sent.started);
+        self.recent = sent.started.elapsed().max(self.recent * 3 / 4);
         if matches!(&r, Err(e) if e.is_transient() || matches!(e, Error::Shutdown | Error::WorkerLost { .. })) {
             self.lanes[sent.lane] = None;
         }
@@ -160,7 +182,7 @@ impl<'a> Uplink<'a> {
             .name("upload-remote".into())
             .spawn(move || {
                 for job in jobs {
-                    let r = upload(&mut conn, &texts, &target, &source_id, &job.batch, &job.order);
+                    let r = upload(&mut conn, &texts, &target, &source_id, &job);
                     let _ = job.reply.send(r);
                     if conn.is_closed() {
                         break;
@@ -191,19 +213,13 @@ impl Texts {
     }
 }
 
-fn upload(
-    c: &mut Client,
-    texts: &Texts,
-    db: &Target,
-    source_id: &str,
-    batch: &ClaimedBatch,
-    order: &Order,
-) -> Result<UploadOutcome> {
+fn upload(c: &mut Client, texts: &Texts, db: &Target, source_id: &str, job: &Job) -> Result<UploadOutcome> {
+    let (batch, order) = (&*job.batch, &job.order);
     let context = || format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
     let (text, n_params) = match order {
         Order::Serial => (texts.serial.as_str(), 8),
         Order::Lead => (texts.lead.as_str(), 8),
-        Order::After(_) => (texts.after.as_str(), 9),
+        Order::After(_) => (texts.after.as_str(), 10),
     };
     let n = i32::try_from(batch.len()).unwrap_or(i32::MAX);
     let cols = Columns::of(&batch.readings);
@@ -211,7 +227,7 @@ fn upload(
         Order::After(id) => id.as_str(),
         Order::Serial | Order::Lead => "",
     };
-    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
         (&source_id, Type::TEXT),
         (&batch.batch_id, Type::TEXT),
         (&n, Type::INT4),
@@ -221,6 +237,7 @@ fn upload(
         (&cols.unit, Type::TEXT_ARRAY),
         (&cols.metadata, Type::TEXT_ARRAY),
         (&before, Type::TEXT),
+        (&job.turn_wait_ms, Type::INT4),
     ];
     // Unnamed (parse, bind, execute in one round trip): nothing is kept on the server between statements, so
     // a pooler in transaction mode may hand each statement to another server connection.

@@ -723,6 +723,8 @@ impl Arbitrary for ArbSnapshot {
             records_quarantined_total: n(g),
             batches_resent_total: n(g),
             download_conflicts_total: [n(g), n(g)],
+            upload_batches_total: n(g),
+            upload_chain_breaks_total: n(g),
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -790,6 +792,8 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         ("sync_process_oldest_awaiting_confirmation_age_seconds", "gauge"),
         ("sync_process_batches_resent_total", "counter"),
         ("sync_process_download_conflicts_total", "counter"),
+        ("sync_process_upload_batches_total", "counter"),
+        ("sync_process_upload_chain_breaks_total", "counter"),
         ("sync_process_last_success_timestamp_seconds", "gauge"),
         ("sync_process_database_up", "gauge"),
         ("sync_process_build_info", "gauge"),
@@ -836,6 +840,11 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
             st.oldest_awaiting_confirmation_age.unwrap_or(0).to_string(),
         ),
         ("sync_process_batches_resent_total", s.batches_resent_total.to_string()),
+        ("sync_process_upload_batches_total", s.upload_batches_total.to_string()),
+        (
+            "sync_process_upload_chain_breaks_total",
+            s.upload_chain_breaks_total.to_string(),
+        ),
         (
             "sync_process_last_success_timestamp_seconds",
             s.last_success_unix.unwrap_or(0).to_string(),

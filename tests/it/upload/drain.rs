@@ -132,6 +132,16 @@ fn the_claim_and_finish_statements_use_their_indexes() {
         "EXECUTE c1(100)",
     );
     assert!(first.contains("idx_meter_readings_claim"), "{first}");
+    // The byte bound's running sum streams over the index scan (no sort of the whole queue before the limit).
+    let under_window = first
+        .lines()
+        .skip_while(|l| !l.contains("WindowAgg"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        under_window.contains("Index Scan using idx_meter_readings_claim"),
+        "{first}"
+    );
     let next = plan(
         &mut l,
         format!("PREPARE c2(int8, text, int8) AS {}", upload::sql::CLAIM_NEXT),
@@ -157,6 +167,15 @@ fn the_claim_and_finish_statements_use_their_indexes() {
     );
     assert!(
         next.contains("idx_meter_readings_claim") && next.contains("Index Cond"),
+        "{next}"
+    );
+    let under_window = next
+        .lines()
+        .skip_while(|l| !l.contains("WindowAgg"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        under_window.contains("Index Scan using idx_meter_readings_claim"),
         "{next}"
     );
     let merged = plan(
@@ -209,4 +228,128 @@ fn readings_marked_synchronized_by_another_program_are_not_uploaded_again() {
         "SELECT count(*) FROM meter_readings WHERE is_synchronized",
     );
     assert_eq!(left, 1, "the marked row is left alone");
+}
+
+// ----- Batch sizes: growing batches (BATCH_SIZE_MAX) and the claim's byte bound -----
+
+/// The ledger's batch sizes of this drain, in upload order (serial uploads: one transaction after the other).
+fn ledger_sizes(remote: &mut Client) -> Vec<i32> {
+    remote
+        .query(
+            "SELECT row_count FROM sync_upload_ledger ORDER BY uploaded_at, batch_id",
+            &[],
+        )
+        .expect("ledger")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+// With BATCH_SIZE_MAX above BATCH_SIZE, batches double while a backlog remains (a full batch came back), up to
+// the maximum; the last one is short; each is its own ledger row; everything arrives once, in order. Then, with
+// the queue short, the next drain starts again at BATCH_SIZE.
+#[test]
+fn batches_grow_up_to_batch_size_max_while_a_backlog_remains() {
+    let env = Env::new(&[("BATCH_SIZE", "10"), ("BATCH_SIZE_MAX", "160")]);
+    let mut l = env.pair.local.client();
+    insert_readings(&mut l, 1_000, "2024-01-01 00:00:00", "1 second");
+    let original = snapshot(&mut l);
+    let r = env.sync();
+    assert!(r.success && r.records_uploaded == 1_000, "{r:?}");
+    assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
+    assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
+    assert_eq!(
+        ledger_sizes(&mut env.pair.remote.client()),
+        [10, 20, 40, 80, 160, 160, 160, 160, 160, 50]
+    );
+    // A short queue: batches of BATCH_SIZE again (15 readings: 10, then 5).
+    env.pair
+        .remote
+        .client()
+        .batch_execute("TRUNCATE sync_upload_ledger")
+        .expect("truncate");
+    insert_readings(&mut l, 15, "2024-02-01 00:00:00", "1 second");
+    assert!(env.sync().success);
+    assert_eq!(ledger_sizes(&mut env.pair.remote.client()), [10, 5]);
+}
+
+/// Metadata of about `bytes` bytes that compression cannot shrink (so it is stored at its size).
+fn incompressible_metadata(bytes: usize, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let s: String = (0..bytes)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            alphabet[(x >> 33) as usize % alphabet.len()] as char
+        })
+        .collect();
+    format!("{{\"blob\": \"{s}\"}}")
+}
+
+// A claim is bounded by bytes as well: with 1 MB metadata rows among small ones, a claim of up to 50 readings
+// stops before its row data passes 2 MiB (a 3 MB row is a batch of its own), claims still walk the queue in
+// order without gap or overlap, and the drain (here: recovery of those claimed batches) delivers everything
+// exactly once, in order.
+#[test]
+fn a_claim_is_bounded_by_bytes_and_large_readings_still_arrive_once_in_order() {
+    let env = Env::new(&[("BATCH_SIZE", "50"), ("BATCH_SIZE_MAX", "50")]);
+    let mut l = env.pair.local.client();
+    let big = incompressible_metadata(1_000_000, 1);
+    let huge = incompressible_metadata(3_000_000, 2);
+    let readings: Vec<Reading> = (0..60)
+        .map(|i| {
+            let md = match i {
+                30 => Some(huge.clone()),
+                i if i % 5 == 0 => Some(big.clone()),
+                _ => Some(format!("{{\"seq\": {i}}}")),
+            };
+            Reading::new(
+                "m",
+                &format!("2024-01-01 00:{:02}:{:02}", i / 60, i % 60),
+                &i.to_string(),
+                md.as_deref(),
+            )
+        })
+        .collect();
+    insert(&mut l, &readings);
+    let original = snapshot(&mut l);
+    let order = local_ids_in_order(&mut l);
+    let size_of = |ids: &[i64], l: &mut Client| -> i64 {
+        count(
+            l,
+            &format!(
+                "SELECT sum(pg_column_size(metadata))::int8 FROM meter_readings WHERE id = ANY('{{{}}}'::int8[])",
+                ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            ),
+        )
+    };
+    let m = env.manager();
+    let (mut cursor, mut taken, mut batches) = (None, Vec::new(), 0);
+    while let Some(b) = m.claim_batch(cursor.as_ref()).expect("claim") {
+        let ids = ids_of(&b);
+        let bytes = size_of(&ids, &mut l);
+        assert!(
+            ids.len() == 1 || bytes <= upload::sql::CLAIM_MAX_BYTES as i64,
+            "a batch of {} readings with {bytes} bytes of metadata",
+            ids.len()
+        );
+        assert!(ids.len() <= 50);
+        taken.extend(ids);
+        cursor = b.cursor();
+        batches += 1;
+    }
+    assert_eq!(
+        taken, order,
+        "the claims walk the queue in order, without gap or overlap"
+    );
+    // 12 readings of 1 MB (two fit under 2 MiB) and one of 3 MB (alone): at least 7 batches, not 2.
+    assert!(batches >= 7, "{batches} batches");
+    let r = env.sync();
+    assert!(r.success && r.records_uploaded == 60, "{r:?}");
+    assert_eq!(
+        count(&mut env.pair.remote.client(), "SELECT count(*) FROM sync_upload_ledger"),
+        batches
+    );
+    assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
+    assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
 }

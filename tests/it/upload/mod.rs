@@ -24,7 +24,10 @@ use sync_process::upload::{self, ClaimedBatch, UploadOutcome, UploadSyncManager,
 use crate::support::daemon::{run_command, Daemon};
 use crate::support::env::{closed_port, count, Env};
 use crate::support::pg::{DbPair, PgServer};
-use crate::support::readings::{assert_exactly_once, insert, insert_many, pick, query_readings, snapshot, Reading};
+use crate::support::readings::{
+    assert_exactly_once, insert, insert_many, insert_readings, pick, query_readings, remote_order_inversions, snapshot,
+    Reading,
+};
 
 mod drain;
 mod pipeline;

@@ -88,7 +88,8 @@ fn batches_in_flight_arrive_once_and_in_order() {
 }
 
 /// Runs one of the remote upload statements for a batch of two readings at `ts` of `site`; `before` is the
-/// ninth parameter of UPLOAD_AFTER. Returns the readings inserted.
+/// ninth parameter of UPLOAD_AFTER (the tenth, how long it waits for `before` to arrive, is 200 ms). Returns
+/// the readings inserted.
 fn run_upload(
     c: &mut impl postgres::GenericClient,
     statement: &str,
@@ -96,6 +97,19 @@ fn run_upload(
     id: &str,
     ts: &str,
     before: &str,
+) -> u64 {
+    run_upload_waiting(c, statement, site, id, ts, before, 200)
+}
+
+/// [`run_upload`] waiting at most `wait_ms` for `before` to arrive.
+fn run_upload_waiting(
+    c: &mut impl postgres::GenericClient,
+    statement: &str,
+    site: &str,
+    id: &str,
+    ts: &str,
+    before: &str,
+    wait_ms: i32,
 ) -> u64 {
     let n = 2i32;
     let (m, t, v, u, md) = (
@@ -110,8 +124,8 @@ fn run_upload(
     let mut types = vec![Type::TEXT, Type::TEXT, Type::INT4];
     types.extend([Type::TEXT_ARRAY; 5]);
     if statement == upload::sql::UPLOAD_AFTER {
-        params.push(&before);
-        types.push(Type::TEXT);
+        params.extend([&before as &(dyn postgres::types::ToSql + Sync), &wait_ms]);
+        types.extend([Type::TEXT, Type::INT4]);
     }
     let st = c.prepare_typed(statement, &types).expect("prepare");
     c.execute(&st, &params).expect("upload statement")
@@ -182,6 +196,124 @@ fn a_batch_in_flight_goes_in_only_after_the_batch_before_it() {
             "2024-01-01 00:00:03"
         ]
     );
+}
+
+// Turn-taking: a batch whose statement reaches the server before that of the batch ahead of it (sent a moment
+// earlier on another connection) waits for it instead of breaking the chain: it goes in after it once it
+// commits. It holds no lock the batch ahead needs meanwhile, and it gives up (nothing inserted) only after its
+// wait when the batch ahead never comes.
+#[test]
+fn a_batch_that_reaches_the_server_first_waits_for_the_batch_ahead_of_it() {
+    use upload::sql::{UPLOAD_AFTER, UPLOAD_LEAD};
+    let env = Env::new(&[]);
+    let (a, b, c, d) = (
+        "00000000-0000-0000-0000-0000000000a1",
+        "00000000-0000-0000-0000-0000000000b1",
+        "00000000-0000-0000-0000-0000000000c1",
+        "00000000-0000-0000-0000-0000000000d1",
+    );
+    let mut r1 = env.pair.remote.client();
+    assert_eq!(
+        run_upload(&mut r1, UPLOAD_LEAD, "site", a, "2024-01-01 00:00:00", ""),
+        2
+    );
+    // C (after B) and D (after C) arrive before B: both wait.
+    let early = |id: &'static str, before: &'static str, ts: &'static str| {
+        let mut c2 = env.pair.remote.client();
+        thread::spawn(move || run_upload_waiting(&mut c2, UPLOAD_AFTER, "site", id, ts, before, 30_000))
+    };
+    let d_waits = early(d, c, "2024-01-01 00:00:03");
+    let c_waits = early(c, b, "2024-01-01 00:00:02");
+    thread::sleep(Duration::from_millis(300));
+    assert!(!c_waits.is_finished() && !d_waits.is_finished(), "they wait for B");
+    // B, after A, in a transaction held open: it is not blocked by the batches waiting for it.
+    let mut holder = env.pair.remote.client();
+    let mut tx = holder.transaction().expect("begin");
+    assert_eq!(
+        run_upload(&mut tx, UPLOAD_AFTER, "site", b, "2024-01-01 00:00:01", a),
+        2
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert!(!c_waits.is_finished(), "C waits for B's commit");
+    tx.commit().expect("commit");
+    assert_eq!(c_waits.join().expect("thread"), 2);
+    assert_eq!(d_waits.join().expect("thread"), 2);
+    let order: Vec<String> = r1
+        .query("SELECT timestamp::text FROM meter_readings ORDER BY id", &[])
+        .expect("order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<String> = (0..4)
+        .flat_map(|i| [format!("2024-01-01 00:00:0{i}"), format!("2024-01-01 00:00:0{i}")])
+        .collect();
+    assert_eq!(order, want, "A, B, C, D in claim order");
+    // A batch whose predecessor never comes gives up after its wait, having inserted nothing.
+    let e = "00000000-0000-0000-0000-0000000000e1";
+    assert_eq!(
+        run_upload_waiting(&mut r1, UPLOAD_AFTER, "site", e, "2024-01-01 00:00:05", b, 100),
+        0
+    );
+    assert_eq!(count(&mut r1, "SELECT count(*) FROM sync_upload_ledger"), 4);
+}
+
+// With several batches in flight through a link with some latency (5 ms each way: the drain keeps several in
+// flight), breaks of the chain are rare: counted by the drain (and shown in /metrics as
+// sync_process_upload_chain_breaks_total), fewer than one per 100 batches.
+#[test]
+fn batches_in_flight_rarely_break_the_chain() {
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("UPLOAD_BATCHES_IN_FLIGHT", "4"), ("BATCH_SIZE", "20")])
+        .build();
+    env.proxy().set_latency(Duration::from_millis(5));
+    let mut l = env.pair.local.client();
+    insert_readings(&mut l, 8_000, "2024-01-01 00:00:00", "1 second");
+    let original = snapshot(&mut l);
+    let (batches0, breaks0) = (upload::uploaded_batches(), upload::chain_breaks());
+    let r = env.sync();
+    assert!(r.success && r.records_uploaded == 8_000, "{r:?}");
+    let (batches, breaks) = (r.batches, r.chain_breaks);
+    assert!(batches >= 400, "{batches} batches");
+    assert!(breaks * 100 < batches, "{breaks} chain breaks in {batches} batches");
+    assert_eq!(
+        count(&mut env.pair.remote.client(), "SELECT count(*) FROM sync_upload_chain"),
+        1,
+        "the batches went up chained"
+    );
+    // The process-wide counters behind /metrics moved at least as much (other tests may drain meanwhile).
+    assert!(upload::uploaded_batches() - batches0 >= batches);
+    assert!(upload::chain_breaks() - breaks0 >= breaks);
+    assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
+    assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
+}
+
+// On loopback the drain soon keeps fewer batches in flight (more only pay where it waits for the link), and
+// through a link with latency it keeps more again: across those changes of width (a batch claimed ahead
+// while the width goes down waits its turn) every reading arrives once and in claim order.
+#[test]
+fn batches_in_flight_arrive_once_and_in_order_as_the_width_changes() {
+    let env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("UPLOAD_BATCHES_IN_FLIGHT", "4"), ("BATCH_SIZE", "10")])
+        .build();
+    let mut l = env.pair.local.client();
+    insert_readings(&mut l, 6_000, "2024-01-01 00:00:00", "1 second");
+    let original = snapshot(&mut l);
+    let r = thread::scope(|s| {
+        let drain = s.spawn(|| sync_with(&env.conns, &env.cfg));
+        // Latency on and off while the drain runs: the width goes up and down.
+        let mut on = false;
+        while !drain.is_finished() {
+            thread::sleep(Duration::from_millis(150));
+            on = !on;
+            env.proxy().set_latency(Duration::from_millis(if on { 3 } else { 0 }));
+        }
+        drain.join().expect("the drain thread panicked")
+    });
+    assert!(r.success && r.records_uploaded == 6_000, "{r:?}");
+    assert_exactly_once(&mut l, &mut env.pair.remote.client(), &original);
+    assert_eq!(remote_order_inversions(&mut env.pair.remote.client()), 0);
 }
 
 // Through a link with latency (so uploads really overlap) that is cut again and again: exactly once, in order,
