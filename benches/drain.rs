@@ -11,7 +11,10 @@
 //! - growth: the daemon at BATCH_SIZE 100 on 20k, 200k (from loopback) and 1M readings: per-row cost;
 //! - explain: EXPLAIN (ANALYZE, BUFFERS) of the claim after 100,000 deletions (200k and 1M queues);
 //! - idle: `run` with an empty queue, a cycle every 2 s, for SOAK_SECONDS (60): CPU time and RSS;
-//! - 5m (only with BENCH_5M=1): 5,000,000 queued readings, the daemon's peak RSS over ~30 s of draining.
+//! - 5m (only with BENCH_5M=1): 5,000,000 queued readings, the daemon's peak RSS over ~30 s of draining;
+//! - validate: the cost of UPLOAD_VALIDATE: the daemon at BATCH_SIZE 100 and 5000 with every check on and off,
+//!   interleaved ROUNDS times on the same BENCH_ROWS readings (all of which pass: their meters are on both
+//!   sides, the window covers their 2024 timestamps), medians of the drain (uploadResult.duration).
 //!
 //! Every drain starts from the same re-seeded rows and is checked for exactly-once afterwards: remote count ==
 //! seeded, local queue, claimed batches and quarantine empty, the remote multiset digest equal to the seeded
@@ -20,7 +23,8 @@
 //! Knobs for digging (none is needed for the figures): BENCH_ONLY=loopback,latency,growth,explain,idle,5m runs
 //! some sections; BENCH_PGSS=1 loads pg_stat_statements and prints each run's statements by server time;
 //! BENCH_PERF_DIR=dir records `perf record -a` per run; BENCH_DAEMON_BIN runs another build of the binary (one
-//! with symbols); BENCH_DAEMON_ENV="K=V,..." adds variables to every daemon run; BENCH_LOCAL_DB_SET /
+//! with symbols); BENCH_DAEMON_ENV="K=V,..." adds variables to every daemon run (separated by `;` instead when
+//! the value holds one, for a value with commas: "UPLOAD_VALIDATE=known-meter,finite-value;K=V"); BENCH_LOCAL_DB_SET /
 //! BENCH_REMOTE_DB_SET="name=value,..." apply `ALTER DATABASE ... SET` on a side.
 //! Does not own: the daemon (src/), the proxy (tests/it/support/proxy.rs, included by path, not copied).
 
@@ -87,6 +91,9 @@ fn main() {
     }
     if std::env::var("BENCH_5M").as_deref() == Ok("1") && common::selected("5m") {
         b.five_million();
+    }
+    if common::selected("validate") {
+        b.validate(rows, rounds);
     }
     report.print("Upload drain: results");
     println!("\n{machine}");
@@ -352,8 +359,19 @@ impl Bench<'_> {
 
     /// [`Self::daemon`] with UPLOAD_BATCHES_IN_FLIGHT = `in_flight`.
     fn daemon_with(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16, in_flight: u32) -> Run {
+        let in_flight = in_flight.to_string();
+        self.daemon_vars(
+            seeded,
+            batch_size,
+            remote_port,
+            &[("UPLOAD_BATCHES_IN_FLIGHT", &in_flight)],
+        )
+    }
+
+    /// [`Self::daemon`] with more variables.
+    fn daemon_vars(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16, vars: &[(&str, &str)]) -> Run {
         let mut env = self.servers.env(remote_port, batch_size);
-        env.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), in_flight.to_string());
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let label = format!("daemon{batch_size}-{}-{remote_port}", seeded.count);
         self.servers.pgss_reset();
         let profile = common::Profile::start(&label);
@@ -574,6 +592,107 @@ impl Bench<'_> {
             .filter_map(|r| r.daemon.as_ref().map(|d| d.drain.as_secs_f64() / r.rows as f64))
             .collect();
         (!per_row.is_empty()).then(|| Duration::from_secs_f64(median(per_row.into_iter())))
+    }
+
+    /// UPLOAD_VALIDATE's cost: every check on against off, at BATCH_SIZE 100 and 5000, interleaved `rounds`
+    /// times on the same readings, all of which pass (the seed's meters on both sides, so the download changes
+    /// nothing; a window that covers the seed's 2024 timestamps). Compared on the drain alone
+    /// (uploadResult.duration).
+    fn validate(&mut self, rows: i64, rounds: usize) {
+        const CHECKS: &str = "known-meter,meter-unit,finite-value,timestamp-window";
+        const METERS: &str = "INSERT INTO meters (meter_id, name, meter_type, unit)
+            SELECT 'meter-' || lpad(g::text, 2, '0'), 'bench meter', 'electricity', CASE WHEN g < 15 THEN 'kWh' ELSE 'm3' END
+            FROM generate_series(0, 19) AS g";
+        println!(
+            "\n== validate: {} readings, every check on vs off, {rounds} round(s)",
+            thousands(rows as f64)
+        );
+        for c in [&mut *self.local, &mut *self.remote] {
+            c.batch_execute(&format!("TRUNCATE meters; {METERS}; ANALYZE meters"))
+                .expect("seeding the meters");
+        }
+        let remote_port = self.servers.remote.port();
+        let on: &[(&str, &str)] = &[("UPLOAD_VALIDATE", CHECKS), ("UPLOAD_TIMESTAMP_WINDOW", "-36500d..+1h")];
+        let mut runs: Vec<(u32, bool, Run)> = Vec::new();
+        let seeded = self.seed(rows, true);
+        for round in 1..=rounds {
+            for size in [100u32, 5000] {
+                for checks in [false, true] {
+                    self.seed(rows, false);
+                    let r = self.daemon_vars(&seeded, size, remote_port, if checks { on } else { &[] });
+                    print_daemon(
+                        &format!("round {round}: @{size} checks {}", if checks { "on" } else { "off" }),
+                        &r,
+                    );
+                    runs.push((size, checks, r));
+                }
+            }
+        }
+        for c in [&mut *self.local, &mut *self.remote] {
+            c.batch_execute("TRUNCATE meters").expect("emptying the meters");
+        }
+        let n = thousands(rows as f64);
+        let drain_rate = |r: &Run| {
+            let secs = r.daemon.as_ref().map_or(0.0, |d| d.drain.as_secs_f64());
+            if secs > 0.0 {
+                r.rows as f64 / secs
+            } else {
+                0.0
+            }
+        };
+        for size in [100u32, 5000] {
+            let of = |checks: bool| -> Vec<&Run> {
+                runs.iter()
+                    .filter(|(s, c, _)| *s == size && *c == checks)
+                    .map(|(_, _, r)| r)
+                    .collect()
+            };
+            let (off, on) = (of(false), of(true));
+            let (off_rate, on_rate) = (
+                median(off.iter().map(|r| drain_rate(r))),
+                median(on.iter().map(|r| drain_rate(r))),
+            );
+            let ok = off.iter().chain(&on).all(|r| r.check.is_ok());
+            self.report.row(
+                &format!(
+                    "{n} readings, loopback, daemon BATCH_SIZE {size}: every UPLOAD_VALIDATE check on vs off (drain)"
+                ),
+                "(cost)",
+                format!(
+                    "on {} rows/s, off {} rows/s ({})",
+                    thousands(on_rate),
+                    thousands(off_rate),
+                    if ok {
+                        "exactly-once ok, nothing quarantined"
+                    } else {
+                        "EXACTLY-ONCE BROKEN"
+                    }
+                ),
+                format!(
+                    "on = {:.2} × off",
+                    if off_rate > 0.0 { on_rate / off_rate } else { 0.0 }
+                ),
+                if ok { Verdict::Info } else { Verdict::Miss },
+            );
+            if rounds > 1 {
+                let list = |v: &[&Run]| {
+                    v.iter()
+                        .map(|r| thousands(drain_rate(r)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                self.report.note(format!(
+                    "validate @{size}, drain rows/s per round: off {}; on {}",
+                    list(&off),
+                    list(&on)
+                ));
+            }
+        }
+        for (_, _, r) in &runs {
+            if let Err(e) = &r.check {
+                self.report.note(format!("exactly-once broken: {e}"));
+            }
+        }
     }
 
     fn latency(&mut self) {

@@ -138,9 +138,10 @@ Usage: sync-process [--env-file PATH] quarantine list [--json]
        sync-process [--env-file PATH] quarantine retry [ID...]
        sync-process [--env-file PATH] quarantine discard ID... | --all [--yes]
 
-Readings the remote rejected for a data reason are kept locally in sync_quarantine.
-  list     show them with the error the remote gave
-  retry    put them (all, or the given ids) back in the upload queue
+Readings the remote rejected for a data reason, or that failed an UPLOAD_VALIDATE check, are kept
+locally in sync_quarantine.
+  list     show them with the error the remote gave (or the check and the offending value)
+  retry    put them (all, or the given ids) back in the upload queue (checked again on the next claim)
   discard  delete the given ones (or --all) for good; --all asks first on a terminal, and without a
            terminal (a script) needs --yes
 "

@@ -1,8 +1,11 @@
-//! The local quarantine: readings the remote rejected for a data reason, kept until an operator acts.
+//! The local quarantine: readings the remote rejected for a data reason, or that failed an UPLOAD_VALIDATE check,
+//! kept until an operator acts.
 //!
 //! Owns: reading, retrying and discarding rows of `sync_quarantine`, and the `sync-process quarantine
-//! list|retry|discard` command (its output on stdout). Moving a rejected reading INTO the quarantine is part of
-//! the upload protocol and lives in src/upload/poison.rs. Does not own: the table's schema (sql/local).
+//! list|retry|discard` command (its output on stdout). Moving a reading INTO the quarantine is part of the
+//! upload protocol and lives in src/upload/poison.rs (rejected by the remote) and in the validated claim
+//! statements of src/upload/sql.rs (failed a check; sqlstate NULL). Does not own: the table's schema
+//! (sql/local).
 
 use std::fmt::Write as _;
 

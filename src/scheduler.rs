@@ -466,6 +466,7 @@ impl Service {
         snap.download_conflicts_total[1] += result.tenant_download_result.conflict_tenant_ids.len() as u64;
         snap.upload_batches_total = crate::upload::uploaded_batches();
         snap.upload_chain_breaks_total = crate::upload::chain_breaks();
+        snap.readings_invalid_total = crate::upload::validate::invalid_readings().map(|(_, n)| n);
         snap.last_cycle_duration_ms = Some(duration_ms(took));
         for (stats, part) in snap.parts.iter_mut().zip(part_summaries(result)) {
             stats.failures_total += u64::from(!part.success);

@@ -398,9 +398,11 @@ pub fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> Child {
         }
     }
     cmd.envs(env);
-    // BENCH_DAEMON_ENV="K=V,K2=V2": extra variables for every daemon run (experiments, e.g. MALLOC_ARENA_MAX=1).
+    // BENCH_DAEMON_ENV="K=V,K2=V2": extra variables for every daemon run (experiments, e.g. MALLOC_ARENA_MAX=1);
+    // separated by `;` instead when it holds one, so that a value can be a comma list (UPLOAD_VALIDATE).
     if let Ok(extra) = std::env::var("BENCH_DAEMON_ENV") {
-        for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let sep = if extra.contains(';') { ';' } else { ',' };
+        for kv in extra.split(sep).filter(|kv| !kv.trim().is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             cmd.env(k.trim(), v.trim());
         }

@@ -22,6 +22,8 @@ pub use env_file::{gather, load_variables, parse_env_file, process_env};
 pub use read::hostname;
 pub use variables::{default_of, unknown_variable_warnings, VARIABLES};
 
+use crate::upload::validate::{Check, TimestampWindow};
+
 /// A password. Never printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -217,6 +219,10 @@ pub struct Config {
     /// UPLOAD_CONFIRM_SECONDS: how long an acknowledged batch is kept (marked) before the ledger is asked again
     /// and it is deleted; 0 = deleted at once.
     pub upload_confirm_seconds: u64,
+    /// UPLOAD_VALIDATE: the checks a reading must pass before upload, in `Check::ALL` order (empty = off).
+    pub upload_validate: Vec<Check>,
+    /// UPLOAD_TIMESTAMP_WINDOW: timestamp-window's window around the local server's clock.
+    pub upload_timestamp_window: TimestampWindow,
     /// A ratio of row counts (not a reading), in 0..=1.
     pub download_max_delete_ratio: f64,
     /// DOWNLOAD_CONFLICT_POLICY.
@@ -307,6 +313,8 @@ impl Config {
             upload_batches_in_flight: upload.upload_batches_in_flight,
             upload_source_column: upload.upload_source_column,
             upload_confirm_seconds: upload.upload_confirm_seconds,
+            upload_validate: upload.upload_validate,
+            upload_timestamp_window: upload.upload_timestamp_window,
             download_max_delete_ratio,
             download_conflict_policy,
             migrate_on_start,
@@ -349,6 +357,20 @@ impl Config {
                 "unlimited".to_string()
             } else {
                 self.upload_max_rows_per_second.to_string()
+            }
+        ));
+        s.push_str(&format!(
+            "validate: {}\n",
+            if self.upload_validate.is_empty() {
+                "(off)".to_string()
+            } else {
+                let names: Vec<&str> = self.upload_validate.iter().map(|c| c.name()).collect();
+                let window = if self.upload_validate.contains(&Check::TimestampWindow) {
+                    format!(" timestamp_window={}", self.upload_timestamp_window.text)
+                } else {
+                    String::new()
+                };
+                format!("{}{window}", names.join(","))
             }
         ));
         s.push_str(&format!(

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::variables::{contract_index, default_of};
 use super::{ConfigError, ConfigErrors, ConflictPolicy, DbConfig, Secret, SslMode, WebhookFormat};
+use crate::upload::validate::{Check, TimestampWindow};
 
 /// Collects errors while reading typed values out of the map. On a bad value a reader records the error and
 /// returns a placeholder that is never used: `Config::from_map` then returns the errors, not a `Config`.
@@ -220,6 +221,8 @@ pub(super) struct Upload {
     pub upload_batches_in_flight: u32,
     pub upload_source_column: Option<String>,
     pub upload_confirm_seconds: u64,
+    pub upload_validate: Vec<Check>,
+    pub upload_timestamp_window: TimestampWindow,
 }
 
 /// `pool_max`: DB_POOL_MAX as read (the remote pool must hold a connection per batch in flight, plus one).
@@ -269,7 +272,30 @@ pub(super) fn upload(r: &mut Reader<'_>, pool_max: u32) -> Upload {
         upload_batches_in_flight: in_flight,
         upload_source_column,
         upload_confirm_seconds: confirm_window(r),
+        upload_validate: validate_checks(r),
+        upload_timestamp_window: timestamp_window(r),
     }
+}
+
+/// UPLOAD_VALIDATE: a comma list of check names (empty = off).
+fn validate_checks(r: &mut Reader<'_>) -> Vec<Check> {
+    Check::parse_list(r.raw("UPLOAD_VALIDATE").unwrap_or("")).unwrap_or_else(|e| {
+        r.err("UPLOAD_VALIDATE", e);
+        Vec::new()
+    })
+}
+
+/// UPLOAD_TIMESTAMP_WINDOW: `LOWER..UPPER` (checked whether or not timestamp-window is enabled).
+fn timestamp_window(r: &mut Reader<'_>) -> TimestampWindow {
+    let v = r.or_default("UPLOAD_TIMESTAMP_WINDOW");
+    TimestampWindow::parse(v).unwrap_or_else(|e| {
+        r.err("UPLOAD_TIMESTAMP_WINDOW", e);
+        TimestampWindow {
+            lower_secs: 0,
+            upper_secs: 0,
+            text: String::new(),
+        }
+    })
 }
 
 /// A plain SQL identifier (quoted where it is used, so any case is kept): ASCII letters, digits and `_`, not

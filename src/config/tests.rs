@@ -1,6 +1,7 @@
 //! Unit tests of the configuration: defaults, every error at once, the example env file, redaction.
 
 use super::*;
+use crate::upload::validate::Check;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 pub(crate) fn valid_map() -> BTreeMap<String, String> {
@@ -71,6 +72,60 @@ fn batch_size_max_defaults_to_batch_size_and_is_never_below_it() {
     m.insert("BATCH_SIZE_MAX".into(), "10".into());
     let errs = Config::from_map(&m).expect_err("bad BATCH_SIZE");
     assert_eq!(errs.keys(), ["BATCH_SIZE"]);
+}
+
+#[test]
+fn validation_checks_and_their_window() {
+    let mut m = valid_map();
+    let c = Config::from_map(&m).expect("valid");
+    assert!(c.upload_validate.is_empty());
+    assert_eq!(
+        (
+            c.upload_timestamp_window.lower_secs,
+            c.upload_timestamp_window.upper_secs
+        ),
+        (-365 * 86_400, 3600)
+    );
+    assert!(c.summary().contains("validate: (off)\n"), "{}", c.summary());
+    m.insert(
+        "UPLOAD_VALIDATE".into(),
+        " timestamp-window,finite-value, finite-value ".into(),
+    );
+    m.insert("UPLOAD_TIMESTAMP_WINDOW".into(), "-30d..+10m".into());
+    let c = Config::from_map(&m).expect("valid");
+    assert_eq!(c.upload_validate, vec![Check::FiniteValue, Check::TimestampWindow]);
+    assert_eq!(c.upload_timestamp_window.lower_secs, -30 * 86_400);
+    assert!(
+        c.summary()
+            .contains("validate: finite-value,timestamp-window timestamp_window=-30d..+10m\n"),
+        "{}",
+        c.summary()
+    );
+    m.insert("UPLOAD_VALIDATE".into(), String::new());
+    assert!(Config::from_map(&m).expect("empty = off").upload_validate.is_empty());
+
+    m.insert("UPLOAD_VALIDATE".into(), "known-meter,no-nan".into());
+    m.insert("UPLOAD_TIMESTAMP_WINDOW".into(), "+1h..-365d".into());
+    let errs = Config::from_map(&m).expect_err("bad");
+    assert_eq!(errs.keys(), vec!["UPLOAD_VALIDATE", "UPLOAD_TIMESTAMP_WINDOW"]);
+    let e = errs.to_string();
+    assert!(
+        e.contains(
+            "UPLOAD_VALIDATE: \"no-nan\" is not a check (accepted: known-meter, meter-unit, finite-value, \
+             timestamp-window; empty = off)"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("UPLOAD_TIMESTAMP_WINDOW: \"+1h..-365d\": the lower bound must be before the upper one"),
+        "{e}"
+    );
+    m.insert("UPLOAD_TIMESTAMP_WINDOW".into(), "-1 year..now".into());
+    let e = Config::from_map(&m).expect_err("bad").to_string();
+    assert!(
+        e.contains("UPLOAD_TIMESTAMP_WINDOW: \"-1year..now\": the lower bound \"-1year\" has an unknown unit"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -149,6 +149,17 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "keep an acknowledged batch this long, then ask the ledger again before deleting it (0 = delete at once)",
     ),
     (
+        "UPLOAD_VALIDATE",
+        None,
+        "checks before upload (comma list: known-meter, meter-unit, finite-value, timestamp-window); a reading \
+         that fails one is quarantined; empty = off",
+    ),
+    (
+        "UPLOAD_TIMESTAMP_WINDOW",
+        Some("-365d..+1h"),
+        "timestamp-window's window around the local server's clock (units s, m, h, d)",
+    ),
+    (
         "DOWNLOAD_MAX_DELETE_RATIO",
         Some("0.5"),
         "refuse a download that would delete more than this share",

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use super::process::ProcessStats;
 use super::Snapshot;
 use crate::report::SYNC_TYPES;
+use crate::upload::validate::Check;
 
 /// Upper bounds of the cycle-duration histogram's buckets, in milliseconds (rendered in seconds: `le="0.01"`
 /// ... `le="300"`); `+Inf` follows.
@@ -112,8 +113,19 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
     out.family(
         "sync_process_readings_quarantined_total",
         "counter",
-        "Readings quarantined (rejected by the remote for a data reason) since the daemon started.",
+        "Readings quarantined (rejected by the remote for a data reason, or failing an UPLOAD_VALIDATE check) since the daemon started.",
         &[(String::new(), s.records_quarantined_total.to_string())],
+    );
+    out.family(
+        "sync_process_readings_invalid_total",
+        "counter",
+        "Readings quarantined before upload for failing this UPLOAD_VALIDATE check since the daemon started (also \
+         counted in sync_process_readings_quarantined_total).",
+        &Check::ALL
+            .iter()
+            .zip(s.readings_invalid_total)
+            .map(|(c, n)| (labels(&[("check", c.name())]), n.to_string()))
+            .collect::<Vec<_>>(),
     );
     out.family(
         "sync_process_queued_readings",

@@ -94,6 +94,8 @@ pub struct Snapshot {
     /// batch in flight came back out of turn and the batches in flight were sent again).
     pub upload_batches_total: u64,
     pub upload_chain_breaks_total: u64,
+    /// Readings quarantined for failing each UPLOAD_VALIDATE check (`upload::validate::Check::ALL` order).
+    pub readings_invalid_total: [u64; 4],
     /// Duration of the last cycle, milliseconds.
     pub last_cycle_duration_ms: Option<u64>,
     /// Unix seconds of the end of the last successful cycle.

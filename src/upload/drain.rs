@@ -141,6 +141,8 @@ impl UploadSyncManager<'_> {
     /// step; after an error the batches in flight are settled and recovery is due again.
     fn attempt(&self, d: &mut Drain, stop: &dyn Fn() -> bool, stats: &mut Stats) -> Result<Step> {
         let r = self.recover_then_step(d, stop, stats);
+        // Readings the claims quarantined for failing an UPLOAD_VALIDATE check (committed, error or not).
+        stats.quarantined += d.session.take_invalid();
         if let Err(e) = &r {
             d.settle_after(e);
         }

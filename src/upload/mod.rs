@@ -17,6 +17,7 @@
 //! - [`capacity`] — the warning when the central's int4 id is past half of its range;
 //! - `confirm.rs` — the confirmation window (UPLOAD_CONFIRM_SECONDS): asking the ledger again before the local
 //!   delete, and sending again a batch whose ledger row vanished (a central that failed over);
+//! - [`validate`] — UPLOAD_VALIDATE's checks and window (the checks run inside the claim statements);
 //! - [`sql`] — every statement text.
 //!
 //! Does not own: connections, backoff and the advisory lock guard (db.rs, retry.rs), what counts as
@@ -49,6 +50,7 @@ mod session;
 mod sizer;
 pub mod sql;
 mod uplink;
+pub mod validate;
 mod width;
 
 use std::collections::{HashMap, HashSet};
@@ -353,9 +355,15 @@ impl<'a> UploadSyncManager<'a> {
             })
     }
 
-    /// The drain's local session: FINISH marks instead of deleting when UPLOAD_CONFIRM_SECONDS > 0.
+    /// The drain's local session: FINISH marks instead of deleting when UPLOAD_CONFIRM_SECONDS > 0; the claims
+    /// check the readings when UPLOAD_VALIDATE names checks.
     fn session(&self) -> Session<'_> {
-        Session::new(self.conns).confirming(self.cfg.upload_confirm_seconds > 0)
+        Session::new(self.conns)
+            .confirming(self.cfg.upload_confirm_seconds > 0)
+            .validating(validate::Validation::new(
+                &self.cfg.upload_validate,
+                &self.cfg.upload_timestamp_window,
+            ))
     }
 
     /// UPLOAD_MAX_ROWS_PER_SECOND: waits until the rows sent so far fit the rate (ends early on shutdown).

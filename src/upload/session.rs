@@ -13,6 +13,7 @@ use postgres::{Client, Statement};
 
 use super::batch::{batch_from_rows, reading_from_row, ClaimCursor, ClaimedBatch, QueuedReading};
 use super::sql;
+use super::validate::{record_invalid, Check, Validation};
 use crate::db::{AdvisoryLock, ConnectionManager, LockKey, Side};
 use crate::error::{Error, Result};
 
@@ -29,6 +30,10 @@ pub(super) struct Session<'a> {
     /// UPLOAD_CONFIRM_SECONDS > 0: FINISH marks the batch acknowledged and its readings synchronized instead of
     /// deleting them (confirm.rs deletes them later).
     confirm: bool,
+    /// UPLOAD_VALIDATE: the claims quarantine the readings that fail a check (None: the unvalidated claims).
+    validation: Option<Validation>,
+    /// Readings the claims quarantined since [`Session::take_invalid`] was last asked.
+    invalid: u64,
 }
 
 impl<'a> Session<'a> {
@@ -38,7 +43,20 @@ impl<'a> Session<'a> {
             prepared: HashMap::new(),
             local: None,
             confirm: false,
+            validation: None,
+            invalid: 0,
         }
+    }
+
+    /// With UPLOAD_VALIDATE's checks (None: no validation).
+    pub fn validating(mut self, validation: Option<Validation>) -> Session<'a> {
+        self.validation = validation;
+        self
+    }
+
+    /// Readings the claims quarantined for failing a check since this was last asked.
+    pub fn take_invalid(&mut self) -> u64 {
+        std::mem::take(&mut self.invalid)
     }
 
     /// With a confirmation window: FINISH marks instead of deleting.
@@ -103,6 +121,9 @@ impl<'a> Session<'a> {
 
     /// CLAIM of the next `batch_size` readings after `after` (from the start of the queue when None).
     pub fn claim(&mut self, batch_size: u32, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+        if let Some(v) = self.validation.clone() {
+            return self.claim_checked(batch_size, after.cloned(), &v);
+        }
         let limit = i64::from(batch_size);
         let context = || format!("claiming the next batch of up to {batch_size} readings");
         let rows = match after {
@@ -176,24 +197,149 @@ impl<'a> Session<'a> {
     ) -> Result<(u64, Option<ClaimedBatch>)> {
         let limit = i64::from(batch_size);
         let context = || format!("deleting the uploaded readings of batch {batch_id} and claiming the next batch");
-        let statement = if self.confirm {
-            sql::MARK_AND_CLAIM
-        } else {
-            sql::FINISH_AND_CLAIM
+        let validation = self.validation.clone();
+        let statement = match (self.confirm, validation.is_some()) {
+            (true, false) => sql::MARK_AND_CLAIM,
+            (false, false) => sql::FINISH_AND_CLAIM,
+            (true, true) => sql::MARK_AND_CLAIM_CHECKED,
+            (false, true) => sql::FINISH_AND_CLAIM_CHECKED,
         };
-        let rows = self.query(
-            statement,
-            &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
-            &[&limit, &after.timestamp, &after.id, &batch_id],
-            &context,
-        )?;
+        let rows = match &validation {
+            None => self.query(
+                statement,
+                &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
+                &[&limit, &after.timestamp, &after.id, &batch_id],
+                &context,
+            )?,
+            Some(v) => self.query(
+                statement,
+                &[
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT_ARRAY,
+                    Type::INT8,
+                    Type::INT8,
+                    Type::TEXT,
+                ],
+                &[
+                    &limit,
+                    &after.timestamp,
+                    &after.id,
+                    &batch_id,
+                    &v.checks,
+                    &v.window.lower_secs,
+                    &v.window.upper_secs,
+                    &v.window.text,
+                ],
+                &context,
+            )?,
+        };
         let (finished, deleted): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
         if finished != 1 {
             log::warn!("upload: batch {batch_id} was no longer pending when it was finished");
         }
         // Marked readings are not deleted (yet).
         let deleted = if self.confirm { 0 } else { deleted.max(0) as u64 };
-        Ok((deleted, batch_from_rows(&rows, 2)))
+        let next = match &validation {
+            None => batch_from_rows(&rows, 2),
+            Some(v) => match self.checked_rows(&rows, 2) {
+                Checked::Batch(b) => Some(b),
+                Checked::Nothing => None,
+                Checked::AllFailed(last) => self.claim_checked(batch_size, Some(last), v)?,
+            },
+        };
+        Ok((deleted, next))
+    }
+
+    /// CLAIM with UPLOAD_VALIDATE's checks: the readings taken that fail one are quarantined by the same
+    /// statement; when every reading taken failed, the claim goes on after them (until a batch, the end of the
+    /// queue, or shutdown).
+    fn claim_checked(
+        &mut self,
+        batch_size: u32,
+        mut after: Option<ClaimCursor>,
+        v: &Validation,
+    ) -> Result<Option<ClaimedBatch>> {
+        let limit = i64::from(batch_size);
+        let context = || format!("claiming (and validating) the next batch of up to {batch_size} readings");
+        loop {
+            let rows = match &after {
+                None => self.query(
+                    sql::CLAIM_FIRST_CHECKED,
+                    &[Type::INT8, Type::TEXT_ARRAY, Type::INT8, Type::INT8, Type::TEXT],
+                    &[
+                        &limit,
+                        &v.checks,
+                        &v.window.lower_secs,
+                        &v.window.upper_secs,
+                        &v.window.text,
+                    ],
+                    &context,
+                )?,
+                Some(k) => self.query(
+                    sql::CLAIM_NEXT_CHECKED,
+                    &[
+                        Type::INT8,
+                        Type::TEXT,
+                        Type::INT8,
+                        Type::TEXT_ARRAY,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::TEXT,
+                    ],
+                    &[
+                        &limit,
+                        &k.timestamp,
+                        &k.id,
+                        &v.checks,
+                        &v.window.lower_secs,
+                        &v.window.upper_secs,
+                        &v.window.text,
+                    ],
+                    &context,
+                )?,
+            };
+            match self.checked_rows(&rows, 0) {
+                Checked::Batch(b) => return Ok(Some(b)),
+                Checked::Nothing => return Ok(None),
+                // The queue stays; the next drain goes on from here.
+                Checked::AllFailed(_) if self.conns.shutdown.is_requested() => return Ok(None),
+                Checked::AllFailed(last) => after = Some(last),
+            }
+        }
+    }
+
+    /// The rows of a validated claim from `offset` (the per-check counts, the last key taken, then the batch):
+    /// counts the quarantined readings (here and for /metrics) and logs them.
+    fn checked_rows(&mut self, rows: &[postgres::Row], offset: usize) -> Checked {
+        let Some(first) = rows.first() else {
+            return Checked::Nothing;
+        };
+        let counts: Vec<i64> = first.get::<_, Option<Vec<i64>>>(offset).unwrap_or_default();
+        let n = record_invalid(&counts);
+        self.invalid += n;
+        if n > 0 {
+            let per: Vec<String> = Check::ALL
+                .iter()
+                .zip(&counts)
+                .filter(|(_, &k)| k > 0)
+                .map(|(c, k)| format!("{c}: {k}"))
+                .collect();
+            log::warn!(
+                "upload: {n} reading(s) failed validation and were quarantined ({}); `sync-process quarantine \
+                 list` shows why",
+                per.join(", ")
+            );
+        }
+        let last: Option<String> = first.get(offset + 1);
+        let last_id: Option<i64> = first.get(offset + 2);
+        match (batch_from_rows(rows, offset + 3), last, last_id) {
+            (Some(b), _, _) => Checked::Batch(b),
+            (None, Some(timestamp), Some(id)) if n > 0 => Checked::AllFailed(ClaimCursor { timestamp, id }),
+            _ => Checked::Nothing,
+        }
     }
 
     /// (batch id, number of reading ids), oldest claim first.
@@ -259,4 +405,14 @@ impl<'a> Session<'a> {
             log::warn!("upload: {e}");
         }
     }
+}
+
+/// What a validated claim found.
+enum Checked {
+    /// A batch of the readings that passed.
+    Batch(ClaimedBatch),
+    /// Nothing to claim after the key.
+    Nothing,
+    /// Readings were taken, and every one failed a check (quarantined): claim again after this key.
+    AllFailed(ClaimCursor),
 }

@@ -45,16 +45,29 @@ pub const CLAIM_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// [`CLAIM_MAX_BYTES`] but at least one: `first` from the start of the queue, `next` after the key ($2, $3),
 /// keyset paging over `idx_meter_readings_claim`; the running sum streams, so the scan stops at `$1` rows and
 /// reads no value to size it) and `b` (their batch row, with a random id and the reading ids in claim order).
+/// With `checked` (UPLOAD_VALIDATE), the readings taken are `k` and [`validate_ctes!`] makes `c` of those that
+/// pass, with the check parameters `$c`..`$w`.
 macro_rules! claim_ctes {
     (first) => {
-        claim_ctes!("")
+        claim_ctes!("", "c", "")
     };
     (next) => {
-        claim_ctes!("(timestamp, id) > ($2::timestamp, $3) AND ")
+        claim_ctes!("(timestamp, id) > ($2::timestamp, $3) AND ", "c", "")
     };
-    ($after:literal) => {
+    (first, checked $c:literal, $lo:literal, $hi:literal, $w:literal) => {
+        claim_ctes!("", "k", validate_ctes!($c, $lo, $hi, $w))
+    };
+    (next, checked $c:literal, $lo:literal, $hi:literal, $w:literal) => {
+        claim_ctes!(
+            "(timestamp, id) > ($2::timestamp, $3) AND ",
+            "k",
+            validate_ctes!($c, $lo, $hi, $w)
+        )
+    };
+    ($after:literal, $taken:literal, $checks:expr) => {
         concat!(
-            "c AS (
+            $taken,
+            " AS (
   SELECT id, meter_id, timestamp, value, unit, metadata FROM (
     SELECT id, meter_id, timestamp, value, unit, metadata, row_number() OVER w AS n,
            sum(16 + pg_column_size(meter_id) + pg_column_size(value) + pg_column_size(unit)
@@ -68,12 +81,88 @@ macro_rules! claim_ctes {
   ) AS q WHERE q.n = 1 OR q.bytes <= ",
             claim_max_bytes!(),
             "
-), b AS (
+)",
+            $checks,
+            ", b AS (
   INSERT INTO sync_upload_batches (batch_id, reading_ids)
   SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0
   RETURNING batch_id
 )"
         )
+    };
+}
+
+/// UPLOAD_VALIDATE's CTEs between the readings taken (`k`) and the batch (`b`): `o` (once per statement, hence
+/// MATERIALIZED, not inlined into every row: which checks `$c` names, and the window `$lo`..`$hi`, in seconds
+/// from `localtimestamp`), `v` (the readings that fail an enabled check, each with the reason of the first:
+/// `finite-value: NaN`, the window's text `$w` in timestamp-window's), `q` (those deleted from the queue, by an
+/// id array: the generic plan then probes the primary key instead of scanning the queue), `i` (the same
+/// inserted into sync_quarantine, each returning its check's name) and `c` (the others, for `b` and the
+/// result; NOT MATERIALIZED: each reads `k`, no copy). `v` holds only the failing readings' ids, so the
+/// readings that pass are not copied once more. `value + 1 = value` holds exactly for NaN, Infinity and
+/// -Infinity (numeric is exact), with no text conversion and on servers without numeric infinities.
+macro_rules! validate_ctes {
+    ($c:literal, $lo:literal, $hi:literal, $w:literal) => {
+        concat!(
+            ", o AS MATERIALIZED (
+  SELECT 'known-meter' = ANY(",
+            $c,
+            "::text[]) AS known_meter, 'meter-unit' = ANY(",
+            $c,
+            "::text[]) AS meter_unit,
+         'finite-value' = ANY(",
+            $c,
+            "::text[]) AS finite_value, 'timestamp-window' = ANY(",
+            $c,
+            "::text[]) AS in_window,
+         localtimestamp + ",
+            $lo,
+            " * interval '1 second' AS lo, localtimestamp + ",
+            $hi,
+            " * interval '1 second' AS hi
+), v AS (
+  SELECT * FROM (
+    SELECT k.id, CASE
+      WHEN o.known_meter AND m.meter_id IS NULL
+        THEN 'known-meter: meter \"' || k.meter_id || '\" not in meters'
+      WHEN o.meter_unit AND m.unit <> k.unit
+        THEN 'meter-unit: unit \"' || k.unit || '\" is not the unit \"' || m.unit || '\" of meter \"' || k.meter_id || '\"'
+      WHEN o.finite_value AND k.value + 1 = k.value
+        THEN 'finite-value: ' || k.value::text
+      WHEN o.in_window AND (k.timestamp < o.lo OR k.timestamp > o.hi)
+        THEN 'timestamp-window: ' || k.timestamp::text || ' outside ' || ",
+            $w,
+            "::text
+    END AS reason
+    FROM k CROSS JOIN o LEFT JOIN meters m ON m.meter_id = k.meter_id
+  ) AS checked WHERE reason IS NOT NULL
+), q AS (
+  DELETE FROM meter_readings r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v))
+  RETURNING r.id, r.meter_id, r.timestamp, r.value, r.unit, r.metadata, r.created_at
+), i AS (
+  INSERT INTO sync_quarantine (id, meter_id, timestamp, value, unit, metadata, created_at, error)
+  SELECT q.id, q.meter_id, q.timestamp, q.value, q.unit, q.metadata, q.created_at, v.reason FROM q JOIN v ON v.id = q.id
+  RETURNING split_part(error, ':', 1) AS check_name
+), c AS NOT MATERIALIZED (
+  SELECT * FROM k WHERE k.id <> ALL(ARRAY(SELECT v.id FROM v))
+)"
+        )
+    };
+}
+
+/// The columns a validated claim returns before the batch: the readings quarantined per check (in
+/// `validate::Check::ALL` order) and, when none passed, the key of the last reading taken (to continue after
+/// it; the subqueries run only then).
+macro_rules! validated_columns {
+    () => {
+        "(SELECT ARRAY[count(*) FILTER (WHERE check_name = 'known-meter'),
+              count(*) FILTER (WHERE check_name = 'meter-unit'),
+              count(*) FILTER (WHERE check_name = 'finite-value'),
+              count(*) FILTER (WHERE check_name = 'timestamp-window')]::int8[] FROM i) AS invalid,
+       CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp::text FROM k ORDER BY k.timestamp DESC, k.id DESC LIMIT 1)
+       END AS last_ts,
+       CASE WHEN b.batch_id IS NULL THEN (SELECT k.id::int8 FROM k ORDER BY k.timestamp DESC, k.id DESC LIMIT 1)
+       END AS last_id"
     };
 }
 
@@ -182,18 +271,54 @@ pub const CLAIM_FIRST: &str = claim!(first);
 /// Local. The next claim: keyset after the last claimed (timestamp, id).
 pub const CLAIM_NEXT: &str = claim!(next);
 
+/// A whole validated claim statement (UPLOAD_VALIDATE; `first` or `next`, the check parameters as
+/// [`validate_ctes!`]): the readings that fail a check are quarantined, the others claimed. Always one row
+/// at least: [`validated_columns!`], then the batch id and the readings as text (NULLs when none passed).
+macro_rules! claim_checked {
+    ($which:ident, $c:literal, $lo:literal, $hi:literal, $w:literal) => {
+        concat!(
+            "\nWITH ",
+            claim_ctes!($which, checked $c, $lo, $hi, $w),
+            "\nSELECT ",
+            validated_columns!(),
+            ",\n       b.batch_id::text AS batch_text, ",
+            reading_text!("c."),
+            "\nFROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true ORDER BY c.timestamp, c.id"
+        )
+    };
+}
+
+/// Local. [`CLAIM_FIRST`] with UPLOAD_VALIDATE's checks ($2 names, $3/$4 window seconds, $5 window text).
+pub const CLAIM_FIRST_CHECKED: &str = claim_checked!(first, "$2", "$3", "$4", "$5");
+
+/// Local. [`CLAIM_NEXT`] with UPLOAD_VALIDATE's checks ($4 names, $5/$6 window seconds, $7 window text).
+pub const CLAIM_NEXT_CHECKED: &str = claim_checked!(next, "$4", "$5", "$6", "$7");
+
 /// A settling step (the CTEs `f` and `d` of batch $4) and the CLAIM after ($2, $3), in one statement: the
-/// body of [`FINISH_AND_CLAIM`] and [`MARK_AND_CLAIM`].
+/// body of [`FINISH_AND_CLAIM`] and [`MARK_AND_CLAIM`]; with `checked`, of their UPLOAD_VALIDATE forms (check
+/// parameters $5..$8, [`validated_columns!`] after `deleted`).
 macro_rules! settle_and_claim {
     ($settle:expr) => {
+        settle_and_claim!($settle, claim_ctes!(next), "")
+    };
+    ($settle:expr, checked) => {
+        settle_and_claim!(
+            $settle,
+            claim_ctes!(next, checked "$5", "$6", "$7", "$8"),
+            concat!(" ", validated_columns!(), ",\n      ")
+        )
+    };
+    ($settle:expr, $claim:expr, $columns:expr) => {
         concat!(
             "
 WITH ",
             $settle,
             ", ",
-            claim_ctes!(next),
+            $claim,
             "
-SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,
+SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted,",
+            $columns,
+            "
        b.batch_id::text AS batch_text, ",
             reading_text!("c."),
             "
@@ -212,6 +337,12 @@ pub const FINISH_AND_CLAIM: &str = settle_and_claim!(finish_ctes!("f", "$4"));
 /// Local. [`FINISH_AND_CLAIM`] with a confirmation window: the finished batch is marked, not deleted (same
 /// columns; `deleted` counts the readings marked).
 pub const MARK_AND_CLAIM: &str = settle_and_claim!(mark_ctes!("f", "$4"));
+
+/// Local. [`FINISH_AND_CLAIM`] with UPLOAD_VALIDATE's checks ($5 names, $6/$7 window seconds, $8 window text).
+pub const FINISH_AND_CLAIM_CHECKED: &str = settle_and_claim!(finish_ctes!("f", "$4"), checked);
+
+/// Local. [`MARK_AND_CLAIM`] with UPLOAD_VALIDATE's checks, as [`FINISH_AND_CLAIM_CHECKED`].
+pub const MARK_AND_CLAIM_CHECKED: &str = settle_and_claim!(mark_ctes!("f", "$4"), checked);
 
 /// Local. [`FINISH`] with a confirmation window: the batch row is acknowledged and its readings marked (they
 /// leave the queue and stay until the confirmation step). Also acknowledges again a batch sent again.
@@ -475,6 +606,43 @@ mod tests {
         assert_eq!(claim_max_bytes!().parse::<usize>().ok(), Some(CLAIM_MAX_BYTES));
         for claim in [CLAIM_FIRST, CLAIM_NEXT, FINISH_AND_CLAIM, MARK_AND_CLAIM] {
             assert!(claim.contains(&format!("q.bytes <= {CLAIM_MAX_BYTES}")), "{claim}");
+        }
+    }
+
+    #[test]
+    fn validated_claims_are_the_claims_with_the_checks_between_taking_and_batching() {
+        for plain in [CLAIM_FIRST, CLAIM_NEXT, FINISH_AND_CLAIM, MARK_AND_CLAIM] {
+            assert!(
+                !plain.contains("sync_quarantine") && !plain.contains("meters m"),
+                "{plain}"
+            );
+        }
+        let taken = |sql: &str| {
+            let w = words(sql);
+            let from = w.find(" AS ( SELECT id, meter_id, timestamp, value, unit, metadata FROM (");
+            let to = w.find("q.bytes <= ");
+            w[from.unwrap_or(0)..to.unwrap_or(0)].to_string()
+        };
+        for (plain, checked, names, window) in [
+            (CLAIM_FIRST, CLAIM_FIRST_CHECKED, "$2", "$5"),
+            (CLAIM_NEXT, CLAIM_NEXT_CHECKED, "$4", "$7"),
+            (FINISH_AND_CLAIM, FINISH_AND_CLAIM_CHECKED, "$5", "$8"),
+            (MARK_AND_CLAIM, MARK_AND_CLAIM_CHECKED, "$5", "$8"),
+        ] {
+            assert_eq!(taken(plain), taken(checked));
+            let w = words(checked);
+            assert!(w.contains("INSERT INTO sync_quarantine"), "{w}");
+            assert!(w.contains(&format!("'finite-value' = ANY({names}::text[])")), "{w}");
+            assert!(w.contains(&format!("' outside ' || {window}::text")), "{w}");
+            assert!(
+                w.contains("<> ALL(ARRAY(SELECT v.id FROM v)) ), b AS ( INSERT INTO sync_upload_batches"),
+                "{w}"
+            );
+            assert!(
+                w.contains("AS invalid, CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp::text"),
+                "{w}"
+            );
+            assert!(w.contains("LEFT JOIN (b CROSS JOIN c) ON true"), "{w}");
         }
     }
 

@@ -725,6 +725,7 @@ impl Arbitrary for ArbSnapshot {
             download_conflicts_total: [n(g), n(g)],
             upload_batches_total: n(g),
             upload_chain_breaks_total: n(g),
+            readings_invalid_total: std::array::from_fn(|_| n(g)),
             last_cycle_duration_ms: {
                 let v = n(g);
                 opt(g, v)
@@ -794,6 +795,7 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         ("sync_process_download_conflicts_total", "counter"),
         ("sync_process_upload_batches_total", "counter"),
         ("sync_process_upload_chain_breaks_total", "counter"),
+        ("sync_process_readings_invalid_total", "counter"),
         ("sync_process_last_success_timestamp_seconds", "gauge"),
         ("sync_process_database_up", "gauge"),
         ("sync_process_build_info", "gauge"),
@@ -883,6 +885,15 @@ fn prop_status_rendering(s: ArbSnapshot) -> bool {
         "sync_process_consecutive_failures".into(),
         st.consecutive_failures.to_string(),
     ));
+    for (check, n) in ["known-meter", "meter-unit", "finite-value", "timestamp-window"]
+        .iter()
+        .zip(s.readings_invalid_total)
+    {
+        values.push((
+            format!("sync_process_readings_invalid_total{{check=\"{check}\"}}"),
+            n.to_string(),
+        ));
+    }
     for (side, meters, tenants) in [
         ("local", st.local_meter_count, st.local_tenant_count),
         ("remote", st.remote_meter_count, st.remote_tenant_count),

@@ -6,7 +6,8 @@
 //!   SIGKILL of a child process) and link cuts during a drain;
 //! - `pipeline` — several batches in flight, the chain statements, connection errors and a real outage;
 //! - `poison` — poison readings and the quarantine, a remote that rejects everything, the quarantine command;
-//! - `drain` — shutdown and budget, the ledger prune, the upload lock, the statements' indexes.
+//! - `drain` — shutdown and budget, the ledger prune, the upload lock, the statements' indexes;
+//! - `validate` — UPLOAD_VALIDATE: each check, a clock far off, the quarantine round trip, /metrics, Property 2.
 
 use std::cell::RefCell;
 use std::thread;
@@ -34,6 +35,7 @@ mod pipeline;
 mod poison;
 mod properties;
 mod recovery;
+mod validate;
 
 // ----- Set-up -----
 
