@@ -93,6 +93,22 @@ fn client_cert_authenticates_a_cert_role_without_a_password_in_every_verifying_m
         let vars = with_cert(tls_vars(&role, mode), &cert, &key);
         assert_connected_as(connect_both(&vars), &role, mode);
     }
+    // check-config names the certificate it presents.
+    let out = run_command(
+        &["check-config"],
+        &with_cert(tls_vars(&role, "verify-full"), &cert, &key),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let shown = format!(
+        "connected (client certificate {}, CN={role}, valid until ",
+        cert.display()
+    );
+    assert!(out.stdout.contains(&shown), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("sslcert={}", cert.display())),
+        "{}",
+        out.stdout
+    );
     // Without the certificate the same role is refused by the server, and the message says why.
     let mut no_cert = tls_vars(&role, "verify-full");
     for side in ["SYNC", "CLIENT"] {

@@ -156,6 +156,9 @@ fn rotation_a_replaced_client_certificate_is_used_and_its_expiry_shows_and_alert
     assert_eq!(certs[0]["file"], cert.display().to_string());
     assert_eq!(certs[0]["subject"], site.role.as_str());
     let first_not_after = certs[0]["notAfter"].as_str().unwrap_or_default().to_string();
+    let shown = crate::support::daemon::run_command(&["status"], &env);
+    let line = format!("remote certificate: CN={}, valid until {first_not_after}", site.role);
+    assert!(shown.stdout.contains(&line), "{}", shown.stdout);
     let metrics = daemon_get(addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
     let sample = metrics
         .lines()
