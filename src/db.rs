@@ -332,6 +332,13 @@ impl ConnectFailure {
                 _ if text.contains("alert") && text.contains("certificate") => {
                     Some(format!("the server refused the client certificate ({prefix}_SSLCERT)"))
                 }
+                // With TLS 1.3 the server checks the certificate after the client's handshake is done; its
+                // alert can be lost to the reset of the connection it closes.
+                _ if text.contains("Connection reset") || text.contains("unexpected EOF") => Some(format!(
+                    "the server closed the connection right after the TLS handshake: it may have refused the \
+                     client certificate ({prefix}_SSLCERT), e.g. one issued by a CA that is not in its \
+                     ssl_ca_file; the server's log says why"
+                )),
                 _ => None,
             };
             return match hint {

@@ -177,11 +177,17 @@ fn client_cert_refusals_name_the_database_and_the_reason() {
     // A certificate from a CA the server does not trust: the server ends the handshake.
     let (rogue_cert, rogue_key) = s.rogue_ca.client(&role, 30, dir.path(), "rogue");
     let rogue = connect_both(&with_cert(tls_vars(&role, "verify-full"), &rogue_cert, &rogue_key));
-    assert_refused(
-        rogue,
-        &["unknown ca", "the server does not trust the CA that issued", "_SSLCERT"],
-        "certificate from an unknown CA",
-    );
+    // The server's alert ("unknown ca") usually arrives; under TLS 1.3 it can be lost to the connection's
+    // reset, and then the message still points at the certificate.
+    for (side, r) in ["local", "remote"].iter().zip(&rogue) {
+        let text = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            (text.contains("unknown ca") && text.contains("the server does not trust the CA that issued"))
+                || text.contains("it may have refused the client certificate"),
+            "{side}: {text}"
+        );
+    }
+    assert_refused(rogue, &["_SSLCERT"], "certificate from an unknown CA");
 
     // An expired certificate is not even offered: the message says when it expired and what to do.
     let (old_cert, old_key) = s.client_ca.client(&role, -1, dir.path(), "expired");
