@@ -29,6 +29,8 @@
 --                                                     so the plain password never reaches the server or its
 --                                                     log; pass -v password=... only in automation)
 --   conn_limit  its maximum concurrent sessions      (default: 20; the daemon's DB_POOL_MAX is 10)
+--   no_password set (to anything) for a role that authenticates by client certificate alone (pg_hba.conf
+--               `cert`): its password is removed and none is asked for
 --
 -- The script is idempotent: an existing role gets its password and attributes reset and the same grants;
 -- anything else it held on the tables and sequences of `public` is revoked. One transaction: all or nothing.
@@ -57,6 +59,11 @@ BEGIN;
 SELECT format('%s ROLE %I %s PASSWORD %L CONNECTION LIMIT %s',
               CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') THEN 'ALTER' ELSE 'CREATE' END,
               :'role', :'attributes', :'password', :'conn_limit'::int)
+\gexec
+\elif :{?no_password}
+SELECT format('%s ROLE %I %s PASSWORD NULL CONNECTION LIMIT %s',
+              CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') THEN 'ALTER' ELSE 'CREATE' END,
+              :'role', :'attributes', :'conn_limit'::int)
 \gexec
 \else
 SELECT format('%s ROLE %I %s CONNECTION LIMIT %s',
@@ -97,6 +104,7 @@ GRANT SELECT ON TABLE meters, tenant TO :"role";
 COMMIT;
 
 \if :{?password}
+\elif :{?no_password}
 \else
   \echo 'Password for role' :"role" '(not shown; only its SCRAM hash is sent):'
   \password :"role"

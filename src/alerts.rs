@@ -3,7 +3,8 @@
 //! Owns: the alert conditions of the design's "Monitoring and Alerts" — ALERT_AFTER_FAILURES consecutive failed
 //! cycles, a database unreachable (one alert per side), the queue above QUEUE_ALERT_THRESHOLD, and the central
 //! database refusing readings for a reason of its own (a missing partition, a sequence at its maximum, a grant,
-//! an unsupported feature: raised at the first such upload failure, cleared by the next upload that succeeds) — as a pure
+//! an unsupported feature: raised at the first such upload failure, cleared by the next upload that succeeds), and a
+//! client certificate (`*_SSLCERT`) that expires within [`CERTIFICATE_WARNING`] (14 days) — as a pure
 //! state machine ([`AlertMachine`]: one observation per cycle in, transitions out, each alert raised once per
 //! incident and cleared once at recovery); the stable log lines (`ALERT raised: <name>: ...`,
 //! `ALERT cleared: <name>: ...`, both at error level so that whatever watches error lines sees the recovery
@@ -44,15 +45,18 @@ pub enum AlertName {
     QueueAboveThreshold,
     /// The central cannot take readings for a reason of its own (the upload part's error names it).
     CentralFault,
+    /// A client certificate (POSTGRES_*_SSLCERT) expires within 14 days, or has expired.
+    ClientCertificateExpiring,
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 5] = [
+    pub const ALL: [AlertName; 6] = [
         AlertName::SyncFailures,
         AlertName::LocalDbUnreachable,
         AlertName::RemoteDbUnreachable,
         AlertName::QueueAboveThreshold,
         AlertName::CentralFault,
+        AlertName::ClientCertificateExpiring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,7 @@ impl AlertName {
             AlertName::RemoteDbUnreachable => "remote_db_unreachable",
             AlertName::QueueAboveThreshold => "queue_above_threshold",
             AlertName::CentralFault => "central_fault",
+            AlertName::ClientCertificateExpiring => "client_certificate_expiring",
         }
     }
 
@@ -72,6 +77,7 @@ impl AlertName {
             AlertName::RemoteDbUnreachable => 2,
             AlertName::QueueAboveThreshold => 3,
             AlertName::CentralFault => 4,
+            AlertName::ClientCertificateExpiring => 5,
         }
     }
 }
@@ -125,6 +131,44 @@ pub struct Observation {
     /// The upload part: Some(Some(cause)) failed for a fault of the central's own, Some(None) succeeded, None
     /// neither (another failure, or it did not run: the central-fault alert keeps its state).
     pub central_fault: Option<Option<String>>,
+    /// The client certificates: Some(Some(what)) one expires within [`CERTIFICATE_WARNING`] (see
+    /// [`certificates_expiring`]), Some(None) none does (or none is configured), None unknown.
+    pub certificate_expiring: Option<Option<String>>,
+}
+
+/// How long before a client certificate's notAfter the `client_certificate_expiring` alert is raised.
+pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// The client certificates that expire within [`CERTIFICATE_WARNING`] of `now_unix` (or have expired), for the
+/// alert's message: `certs` are (how the database is named, the certificate file, notAfter in Unix seconds).
+/// None when none does.
+pub fn certificates_expiring(certs: &[(String, String, i64)], now_unix: i64) -> Option<String> {
+    let warn = i64::try_from(CERTIFICATE_WARNING.as_secs()).unwrap_or(i64::MAX);
+    let soon: Vec<String> = certs
+        .iter()
+        .filter(|(_, _, not_after)| not_after.saturating_sub(now_unix) < warn)
+        .map(|(db, file, not_after)| {
+            let when = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(*not_after).unwrap_or(0)),
+            );
+            let left = not_after - now_unix;
+            if left <= 0 {
+                format!("the client certificate {file} of the {db} expired at {when}")
+            } else {
+                format!(
+                    "the client certificate {file} of the {db} expires at {when} (in {} days {} hours)",
+                    left / 86_400,
+                    left % 86_400 / 3600
+                )
+            }
+        })
+        .collect();
+    (!soon.is_empty()).then(|| {
+        format!(
+            "{}: issue a new certificate and replace the file; the next connection uses it (no restart)",
+            soon.join("; ")
+        )
+    })
 }
 
 /// The limits, from ALERT_AFTER_FAILURES and QUEUE_ALERT_THRESHOLD, and how to name the databases.
@@ -152,7 +196,7 @@ impl Thresholds {
 pub struct AlertMachine {
     thresholds: Thresholds,
     consecutive_failures: u32,
-    active: [bool; 5],
+    active: [bool; 6],
 }
 
 impl AlertMachine {
@@ -160,7 +204,7 @@ impl AlertMachine {
         AlertMachine {
             thresholds,
             consecutive_failures: 0,
-            active: [false; 5],
+            active: [false; 6],
         }
     }
 
@@ -183,7 +227,7 @@ impl AlertMachine {
         };
         let last_error = obs.last_error.as_deref().unwrap_or("unknown error");
         // For each alert: Some(true/false) = condition now holds / does not; None = unknown, keep the state.
-        let conditions: [(AlertName, Option<bool>, String, String); 5] = [
+        let conditions: [(AlertName, Option<bool>, String, String); 6] = [
             (
                 AlertName::SyncFailures,
                 Some(failures >= th.after_failures),
@@ -228,6 +272,15 @@ impl AlertMachine {
                     obs.central_fault.clone().flatten().unwrap_or_default()
                 ),
                 format!("the central database {} takes readings again", th.remote_target),
+            ),
+            (
+                AlertName::ClientCertificateExpiring,
+                obs.certificate_expiring.as_ref().map(Option::is_some),
+                obs.certificate_expiring.clone().flatten().unwrap_or_default(),
+                format!(
+                    "no client certificate expires within {} days",
+                    CERTIFICATE_WARNING.as_secs() / 86_400
+                ),
             ),
         ];
         self.consecutive_failures = failures;
@@ -461,6 +514,11 @@ mod tests {
                     1 => Some(None),
                     _ => Some(Some("no partition".into())),
                 },
+                certificate_expiring: match u8::arbitrary(g) % 3 {
+                    0 => None,
+                    1 => Some(None),
+                    _ => Some(Some("expires soon".into())),
+                },
             })
         }
     }
@@ -471,17 +529,18 @@ mod tests {
     fn prop_alerts_once_per_incident(after: u8, seq: Vec<Obs>) -> bool {
         let after = u32::from(after % 5) + 1;
         let mut m = AlertMachine::new(thresholds(after, 100));
-        let mut active = [false; 5];
+        let mut active = [false; 6];
         let mut run = 0u32;
         for Obs(o) in &seq {
             run = if o.cycle_success { 0 } else { run + 1 };
             let ts = m.observe(o);
-            let want: [Option<bool>; 5] = [
+            let want: [Option<bool>; 6] = [
                 Some(run >= after),
                 Some(!o.local_up),
                 Some(!o.remote_up),
                 o.queue_size.map(|q| q > 100),
                 o.central_fault.as_ref().map(Option::is_some),
+                o.certificate_expiring.as_ref().map(Option::is_some),
             ];
             for name in AlertName::ALL {
                 let i = name.index();
@@ -588,6 +647,49 @@ mod tests {
             vec!["ALERT cleared: central_fault: the central database r:2/b takes readings again"]
         );
         assert!(m.observe(&ok).is_empty());
+    }
+
+    #[test]
+    fn a_certificate_within_14_days_of_its_expiry_raises_the_alert_once() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let cert = |left: i64| {
+            vec![(
+                "remote database r:2/b".to_string(),
+                "/etc/box.crt".to_string(),
+                now + left,
+            )]
+        };
+        assert_eq!(certificates_expiring(&cert(15 * day), now), None);
+        assert_eq!(certificates_expiring(&[], now), None);
+        let soon = certificates_expiring(&cert(3 * day + 7200), now).unwrap_or_default();
+        assert!(
+            soon.contains("/etc/box.crt")
+                && soon.contains("remote database r:2/b")
+                && soon.contains("in 3 days 2 hours"),
+            "{soon}"
+        );
+        let gone = certificates_expiring(&cert(-day), now).unwrap_or_default();
+        assert!(gone.contains("expired at"), "{gone}");
+
+        let mut m = AlertMachine::new(thresholds(100, 10));
+        let obs = |left: i64| Observation {
+            local_up: true,
+            remote_up: true,
+            certificate_expiring: Some(certificates_expiring(&cert(left), now)),
+            ..Default::default()
+        };
+        assert!(m.observe(&obs(20 * day)).is_empty());
+        let lines: Vec<String> = m.observe(&obs(13 * day)).iter().map(Transition::log_line).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("ALERT raised: client_certificate_expiring: the client certificate /etc/box.crt"));
+        assert!(m.observe(&obs(12 * day)).is_empty(), "raised once");
+        assert!(m.observe(&obs(-day)).is_empty(), "still the same incident once expired");
+        let lines: Vec<String> = m.observe(&obs(365 * day)).iter().map(Transition::log_line).collect();
+        assert_eq!(
+            lines,
+            vec!["ALERT cleared: client_certificate_expiring: no client certificate expires within 14 days"]
+        );
     }
 
     #[test]

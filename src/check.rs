@@ -1,8 +1,8 @@
 //! `sync-process check-config`: the configuration as the program understood it, then one connection test of
 //! each database.
 //!
-//! Owns: [`command`] (prints the summary with passwords redacted, then `connected` or `UNREACHABLE` with the
-//! reason for each side, and the warning when the central's int4 id is past half of its range) and its [`Outcome`]. Does not own: checking the variables (config.rs: an invalid
+//! Owns: [`command`] (prints the summary with passwords redacted, then `connected` (with the client certificate's
+//! file, CN and expiry, if any) or `UNREACHABLE` with the reason for each side, and the warning when the central's int4 id is past half of its range) and its [`Outcome`]. Does not own: checking the variables (config.rs: an invalid
 //! configuration never gets here), connecting and the test query (db.rs), exit codes (main.rs).
 
 use crate::config::Config;
@@ -28,7 +28,19 @@ pub fn command(cfg: &Config) -> Result<Outcome> {
     for side in [Side::Local, Side::Remote] {
         match conns.test(side) {
             Ok(()) => {
-                crate::output::println(&format!("{side} database {}: connected", conns.db(side).target()))?;
+                let db = conns.db(side);
+                let certificate = db
+                    .client_certificate()
+                    .map(|c| {
+                        format!(
+                            " (client certificate {}, CN={}, valid until {})",
+                            c.file.display(),
+                            c.subject_cn,
+                            crate::db::unix_rfc3339(c.not_after_unix)
+                        )
+                    })
+                    .unwrap_or_default();
+                crate::output::println(&format!("{side} database {}: connected{certificate}", db.target()))?;
                 if side == Side::Remote {
                     match UploadSyncManager::new(&conns, cfg).id_capacity_warning() {
                         Ok(Some(warning)) => crate::output::println(&warning)?,

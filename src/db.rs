@@ -20,19 +20,20 @@
 //! Does not own: SQL (each component keeps its own), migrations (migrate.rs).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres_native_tls::MakeTlsConnector;
 use r2d2::{Pool, PooledConnection};
-use r2d2_postgres::PostgresConnectionManager;
 
-use crate::config::{Config, DbConfig, SslMode};
+use crate::config::{Config, DbConfig, Secret, SslMode};
 use crate::error::{Error, Result};
 use crate::retry::{retry, RetryPolicy};
 use crate::shutdown::Shutdown;
 
+pub mod identity;
 mod lock;
 
 pub use lock::{AdvisoryLock, LockKey};
@@ -111,27 +112,144 @@ pub struct BoundedManager {
     retire: Arc<AtomicBool>,
 }
 
-/// How one database is connected to: in the clear (sslmode=disable: OpenSSL is never initialised, which saves
-/// start time and memory; BENCHMARKS.md), or with the TLS connector; then the side's session set-up.
+/// How one database is connected to: the session settings without the password, where the password comes
+/// from, and the transport: in the clear (sslmode=disable: OpenSSL is never initialised, which saves start
+/// time and memory; BENCHMARKS.md), or TLS; then the side's session set-up. Every new connection reads the
+/// password file again and rebuilds the TLS connector when its CA, certificate or key file changed, so
+/// rotating any of them needs no restart (README: Security).
 struct Connector {
-    transport: Transport,
+    base: postgres::Config,
+    password: Password,
+    tls: Option<TlsSource>,
     side: Side,
+    /// For messages: the user and the variable prefix (`POSTGRES_SYNC` / `POSTGRES_CLIENT`).
+    user: String,
+    prefix: &'static str,
 }
 
-enum Transport {
-    Plain(PostgresConnectionManager<postgres::NoTls>),
-    Tls(PostgresConnectionManager<MakeTlsConnector>),
+enum Password {
+    Given(Secret),
+    File(PathBuf),
+}
+
+/// The TLS settings of one database and the connector last built from its files.
+struct TlsSource {
+    db: DbConfig,
+    built: Mutex<Option<BuiltTls>>,
+}
+
+struct BuiltTls {
+    stamps: Vec<identity::FileStamp>,
+    connector: MakeTlsConnector,
+    certificate: Option<ClientCertificate>,
+}
+
+/// The client certificate a database presents: its file, subject and expiry (for /status, /metrics, alerts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub file: PathBuf,
+    pub subject_cn: String,
+    pub not_after_unix: i64,
+}
+
+impl TlsSource {
+    fn files(&self) -> Vec<&PathBuf> {
+        [&self.db.sslrootcert, &self.db.sslcert, &self.db.sslkey]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The connector for the files as they are now: the last one built while none of them changed, else a new
+    /// one (which reads and checks them again).
+    fn current(&self, side: Side) -> std::result::Result<(MakeTlsConnector, Option<ClientCertificate>), String> {
+        let stamps = identity::FileStamp::all(self.files());
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = built.as_ref().filter(|b| b.stamps == stamps) {
+            return Ok((b.connector.clone(), b.certificate.clone()));
+        }
+        let (connector, certificate) = tls_connector(side, &self.db).map_err(|e| e.to_string())?;
+        if built.is_some() {
+            log::info!(
+                "{side} database {}: TLS files changed; new connections use them{}",
+                self.db.target(),
+                certificate
+                    .as_ref()
+                    .map(|c| format!(
+                        " (client certificate {}, CN={}, valid until {})",
+                        c.file.display(),
+                        c.subject_cn,
+                        unix_rfc3339(c.not_after_unix)
+                    ))
+                    .unwrap_or_default()
+            );
+        }
+        *built = Some(BuiltTls {
+            stamps,
+            connector: connector.clone(),
+            certificate: certificate.clone(),
+        });
+        Ok((connector, certificate))
+    }
+
+    /// The client certificate of the last connector built (None: none configured, or none built yet).
+    fn certificate(&self) -> Option<ClientCertificate> {
+        self.built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|b| b.certificate.clone())
+    }
+}
+
+/// RFC 3339 UTC of Unix seconds (for messages).
+pub fn unix_rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Connector {
-    fn connect(&self) -> std::result::Result<postgres::Client, postgres::Error> {
-        use r2d2::ManageConnection;
-        let mut client = match &self.transport {
-            Transport::Plain(m) => m.connect()?,
-            Transport::Tls(m) => m.connect()?,
+    fn connect(&self) -> std::result::Result<postgres::Client, ConnectFailure> {
+        let mut config = self.base.clone();
+        match &self.password {
+            Password::Given(p) if !p.expose().is_empty() => {
+                config.password(p.expose());
+            }
+            Password::Given(_) => {}
+            Password::File(path) => {
+                let p = crate::config::read_password_file(path)
+                    .map_err(|msg| ConnectFailure::Files(format!("{}_PASSWORD_FILE: {msg}", self.prefix)))?;
+                config.password(p);
+            }
+        }
+        let with_cert = self.tls.as_ref().is_some_and(|t| t.db.sslcert.is_some());
+        let refused = |e: postgres::Error| ConnectFailure::from_pg(e, &self.user, self.prefix, with_cert);
+        let mut client = match &self.tls {
+            None => config.connect(postgres::NoTls).map_err(refused)?,
+            Some(tls) => {
+                let (connector, certificate) = tls.current(self.side).map_err(ConnectFailure::Files)?;
+                if let Some(c) = certificate.filter(|c| c.not_after_unix <= unix_now()) {
+                    return Err(ConnectFailure::Files(format!(
+                        "the client certificate {} ({}_SSLCERT, CN={}) expired at {}: issue a new one and replace \
+                         the file (no restart needed)",
+                        c.file.display(),
+                        self.prefix,
+                        c.subject_cn,
+                        unix_rfc3339(c.not_after_unix)
+                    )));
+                }
+                config.connect(connector).map_err(refused)?
+            }
         };
         if self.side == Side::Remote {
-            client.batch_execute(REMOTE_SESSION_SETUP)?;
+            client.batch_execute(REMOTE_SESSION_SETUP).map_err(ConnectFailure::Pg)?;
         }
         Ok(client)
     }
@@ -150,6 +268,15 @@ pub const REMOTE_SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'";
 #[derive(Debug)]
 pub enum ConnectFailure {
     Pg(postgres::Error),
+    /// The server refused this user (authentication or the CONNECT privilege): which user, the server's
+    /// words, and what usually causes it.
+    Refused {
+        user: String,
+        source: postgres::Error,
+        hint: String,
+    },
+    /// A password, certificate or key file could not be used (named in the message); nothing was sent.
+    Files(String),
     /// The server accepted TCP but did not complete the startup within the timeout.
     TimedOut(Duration),
     /// Earlier attempts are still hanging; no new one was started.
@@ -160,6 +287,18 @@ impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectFailure::Pg(e) => write!(f, "{}", crate::error::describe_pg_error(e)),
+            ConnectFailure::Refused { user, source, hint } => {
+                write!(
+                    f,
+                    "refused for user {user:?}: {}",
+                    crate::error::describe_pg_error(source)
+                )?;
+                if !hint.is_empty() {
+                    write!(f, " ({hint})")?;
+                }
+                Ok(())
+            }
+            ConnectFailure::Files(msg) => f.write_str(msg),
             ConnectFailure::TimedOut(d) => {
                 write!(f, "the server accepted the connection but did not answer within {d:?}")
             }
@@ -171,6 +310,84 @@ impl std::fmt::Display for ConnectFailure {
 }
 
 impl std::error::Error for ConnectFailure {}
+
+impl ConnectFailure {
+    /// A failed connection attempt, with the user and a hint when the server refused the user: SQLSTATE class
+    /// 28 (authentication: wrong password, NOLOGIN, certificate) or 42501 (no CONNECT privilege).
+    /// `with_cert`: a client certificate was presented.
+    fn from_pg(e: postgres::Error, user: &str, prefix: &str, with_cert: bool) -> ConnectFailure {
+        let Some(db) = e.as_db_error() else {
+            // A TLS alert from the server during the handshake: it refused the certificate presented.
+            let text = crate::error::describe_pg_error(&e);
+            let hint = match () {
+                _ if !with_cert => None,
+                _ if text.contains("unknown ca") => Some(format!(
+                    "the server does not trust the CA that issued {prefix}_SSLCERT: issue the box's certificate \
+                     from the CA in the server's ssl_ca_file"
+                )),
+                _ if text.contains("certificate expired") => Some(format!(
+                    "the server finds the client certificate ({prefix}_SSLCERT) expired: check this box's clock, \
+                     or issue a new one"
+                )),
+                _ if text.contains("alert") && text.contains("certificate") => {
+                    Some(format!("the server refused the client certificate ({prefix}_SSLCERT)"))
+                }
+                // With TLS 1.3 the server checks the certificate after the client's handshake is done; its
+                // alert can be lost to the reset of the connection it closes.
+                _ if text.contains("Connection reset") || text.contains("unexpected EOF") => Some(format!(
+                    "the server closed the connection right after the TLS handshake: it may have refused the \
+                     client certificate ({prefix}_SSLCERT), e.g. one issued by a CA that is not in its \
+                     ssl_ca_file; the server's log says why"
+                )),
+                _ => None,
+            };
+            return match hint {
+                Some(hint) => ConnectFailure::Refused {
+                    user: user.to_string(),
+                    source: e,
+                    hint,
+                },
+                None => ConnectFailure::Pg(e),
+            };
+        };
+        let code = db.code().code();
+        if !(code.starts_with("28") || code == "42501") {
+            return ConnectFailure::Pg(e);
+        }
+        let msg = db.message();
+        let hint = if msg.contains("not permitted to log in") {
+            "the role is NOLOGIN: this box was revoked on the central database; ALTER ROLE ... LOGIN readmits it"
+                .to_string()
+        } else if code == "42501" {
+            "the role lacks CONNECT on this database: this box was revoked (REVOKE CONNECT), or never granted it"
+                .to_string()
+        } else if msg.contains("password authentication failed") && with_cert {
+            // With clientcert=verify-full the server reports a certificate whose CN is not the user name in
+            // these same words (the CN mismatch is written only to the server's log).
+            format!(
+                "the password ({prefix}_PASSWORD or _PASSWORD_FILE) is wrong or was changed on the server, or, \
+                 with clientcert=verify-full, the CN of the client certificate ({prefix}_SSLCERT) is not the user \
+                 name"
+            )
+        } else if msg.contains("password authentication failed") {
+            format!("the password ({prefix}_PASSWORD or _PASSWORD_FILE) is wrong, or was changed on the server")
+        } else if msg.contains("requires a valid client certificate") {
+            format!("pg_hba.conf asks this user for a client certificate: set {prefix}_SSLCERT and {prefix}_SSLKEY")
+        } else if msg.contains("certificate") {
+            format!(
+                "the client certificate ({prefix}_SSLCERT) does not authenticate this user: its CN must be the \
+                 user name (or mapped to it by pg_ident.conf)"
+            )
+        } else {
+            String::new()
+        };
+        ConnectFailure::Refused {
+            user: user.to_string(),
+            source: e,
+            hint,
+        }
+    }
+}
 
 impl r2d2::ManageConnection for BoundedManager {
     type Connection = postgres::Client;
@@ -188,10 +405,10 @@ impl r2d2::ManageConnection for BoundedManager {
             let _ = tx.send(inner.connect());
         });
         if spawned.is_err() {
-            return self.inner.connect().map_err(ConnectFailure::Pg);
+            return self.inner.connect();
         }
         match rx.recv_timeout(self.timeout) {
-            Ok(result) => result.map_err(ConnectFailure::Pg),
+            Ok(result) => result,
             Err(_) => {
                 // Count the abandoned attempt until its thread ends.
                 self.hung.fetch_add(1, Ordering::SeqCst);
@@ -228,23 +445,47 @@ pub struct Database {
     unreachable: AtomicBool,
     /// Shared with the pool's manager: see [`Database::close_idle`].
     retire: Arc<AtomicBool>,
+    /// Shared with the pool's manager: the TLS files and the client certificate.
+    connector: Arc<Connector>,
 }
 
 impl Database {
     /// Builds the pool without connecting.
     pub fn new(side: Side, db: &DbConfig, cfg: &Config) -> Result<Database> {
-        let pg = pg_config(side, db, cfg);
+        let base = pg_config(side, db, cfg);
         // As libpq, `prefer` over a Unix socket is plain (there is no TLS on a socket).
         let plain = db.sslmode == SslMode::Disable || (db.sslmode == SslMode::Prefer && db.host.starts_with('/'));
-        let transport = if plain {
-            Transport::Plain(PostgresConnectionManager::new(pg, postgres::NoTls))
+        let tls = if plain {
+            None
         } else {
-            Transport::Tls(PostgresConnectionManager::new(pg, tls_connector(side, db)?))
+            // Built once now, so that a bad file fails the start (the configuration checked them already).
+            let source = TlsSource {
+                db: db.clone(),
+                built: Mutex::new(None),
+            };
+            source
+                .current(side)
+                .map_err(|msg| Error::Other(format!("{side} database {}: {msg}", db.target())))?;
+            Some(source)
         };
-        let connector = Connector { transport, side };
+        let connector = Connector {
+            base,
+            password: match &db.password_file {
+                Some(path) => Password::File(path.clone()),
+                None => Password::Given(db.password.clone()),
+            },
+            tls,
+            side,
+            user: db.user.clone(),
+            prefix: match side {
+                Side::Local => "POSTGRES_SYNC",
+                Side::Remote => "POSTGRES_CLIENT",
+            },
+        };
         let retire = Arc::new(AtomicBool::new(false));
+        let connector = Arc::new(connector);
         let manager = BoundedManager {
-            inner: Arc::new(connector),
+            inner: Arc::clone(&connector),
             timeout: cfg.connection_timeout,
             hung: Arc::new(AtomicUsize::new(0)),
             retire: Arc::clone(&retire),
@@ -255,7 +496,7 @@ impl Database {
             .idle_timeout(Some(cfg.pool_idle_timeout.max(Duration::from_secs(1))))
             .connection_timeout(cfg.connection_timeout)
             // A checkout test costs a round trip per batch over the WAN; broken connections show up as
-            // errors on use instead, and r2d2_postgres discards closed ones.
+            // errors on use instead, and `has_broken` discards closed ones.
             .test_on_check_out(false)
             .error_handler(Box::new(QuietErrors))
             // r2d2's default is 3 worker threads per pool; one is plenty here (attempts are bounded in time) and
@@ -276,7 +517,24 @@ impl Database {
             timeout,
             unreachable: AtomicBool::new(false),
             retire,
+            connector,
         })
+    }
+
+    /// The client certificate this database presents (as of the last connection or [`Database::refresh_tls`]);
+    /// None without one.
+    pub fn client_certificate(&self) -> Option<ClientCertificate> {
+        self.connector.tls.as_ref().and_then(TlsSource::certificate)
+    }
+
+    /// Re-reads the TLS files if they changed (as the next connection would), so that the certificate shown
+    /// in /status is the one on disk. A file that cannot be used now is logged; connections will report it.
+    pub fn refresh_tls(&self) {
+        if let Some(tls) = &self.connector.tls {
+            if let Err(msg) = tls.current(self.side()) {
+                log::warn!("{}: {msg}", self.target);
+            }
+        }
     }
 
     pub fn side(&self) -> Side {
@@ -368,14 +626,14 @@ impl r2d2::HandleError<ConnectFailure> for QuietErrors {
     }
 }
 
-/// The postgres settings of one session. The password goes to the driver and nowhere else.
+/// The postgres settings of one session, without the password (the connector adds it per connection; it goes
+/// to the driver and nowhere else).
 fn pg_config(side: Side, db: &DbConfig, cfg: &Config) -> postgres::Config {
     let mut pg = postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
         .dbname(&db.dbname)
         .user(&db.user)
-        .password(db.password.expose())
         .application_name("sync-process")
         .connect_timeout(cfg.connection_timeout)
         .keepalives(true)
@@ -413,8 +671,8 @@ pub fn session_options(statement_timeout: Duration) -> String {
 /// A TLS connector that checks what the sslmode asks for, as libpq does: prefer and require encrypt
 /// without checking the certificate; verify-ca checks the chain against the CA; verify-full also the host
 /// name; require with a CA file is verify-ca. With a CA file, only that CA is trusted; without one, the
-/// system's roots.
-fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
+/// system's roots. With `*_SSLCERT`/`*_SSLKEY` the connector presents that client certificate (identity.rs).
+fn tls_connector(side: Side, db: &DbConfig) -> Result<(MakeTlsConnector, Option<ClientCertificate>)> {
     let mut b = native_tls::TlsConnector::builder();
     // As libpq: `require` with a CA file behaves as `verify-ca`.
     let mode = match (db.sslmode, &db.sslrootcert) {
@@ -443,12 +701,22 @@ fn tls_connector(side: Side, db: &DbConfig) -> Result<MakeTlsConnector> {
         })?;
         b.add_root_certificate(cert).disable_built_in_roots(true);
     }
+    let mut certificate = None;
+    if let (Some(cert), Some(key)) = (&db.sslcert, &db.sslkey) {
+        let loaded = identity::load(cert, key).map_err(Error::Other)?;
+        b.identity(loaded.identity);
+        certificate = Some(ClientCertificate {
+            file: cert.clone(),
+            subject_cn: loaded.subject_cn,
+            not_after_unix: loaded.not_after_unix,
+        });
+    }
     let connector = b.build().map_err(|source| Error::Tls {
         side,
         context: "building the TLS connector".into(),
         source,
     })?;
-    Ok(MakeTlsConnector::new(connector))
+    Ok((MakeTlsConnector::new(connector), certificate))
 }
 
 /// Both databases, with the retry policies and the shutdown flag that every use needs.

@@ -43,6 +43,8 @@ pub enum Event {
     Tick,
     /// SIGTERM/SIGINT: finish nothing new, leave the loop.
     Shutdown,
+    /// SIGHUP: close the idle connections (the next ones read the password and certificate files again).
+    Reload,
 }
 
 /// The upload drain budget of `once` (drain the whole queue): a century, which still fits an `Instant`.
@@ -197,7 +199,7 @@ impl Service {
             source_id: cfg.source_id.clone(),
             ..Default::default()
         };
-        Ok(Service {
+        let service = Service {
             conns,
             lock_db,
             slot: CycleSlot::new(),
@@ -212,7 +214,37 @@ impl Service {
             last_prune: None,
             cycles: 0,
             cfg: cfg.clone(),
-        })
+        };
+        service.show_certificates();
+        Ok(service)
+    }
+
+    /// The client certificates of both databases (as last read from their files), into the status.
+    fn show_certificates(&self) {
+        let certs: Vec<status::CertificateStatus> = [&self.conns.local, &self.conns.remote]
+            .into_iter()
+            .filter_map(|db| {
+                db.client_certificate().map(|c| status::CertificateStatus {
+                    database: db.side().to_string(),
+                    file: c.file.display().to_string(),
+                    subject: c.subject_cn,
+                    not_after: crate::db::unix_rfc3339(c.not_after_unix),
+                    not_after_unix: c.not_after_unix,
+                })
+            })
+            .collect();
+        status::lock(&self.snapshot).status.client_certificates = certs;
+    }
+
+    /// For the certificate alert: (the database as errors name it, the file, notAfter) of each certificate.
+    fn certificate_expiries(conns: &ConnectionManager) -> Vec<(String, String, i64)> {
+        [&conns.local, &conns.remote]
+            .into_iter()
+            .filter_map(|db| {
+                db.client_certificate()
+                    .map(|c| (db.name().to_string(), c.file.display().to_string(), c.not_after_unix))
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> SharedSnapshot {
@@ -221,6 +253,18 @@ impl Service {
 
     pub fn history(&self) -> SharedHistory {
         self.history.clone()
+    }
+
+    /// SIGHUP: closes every idle connection of the loop's pools, so that the next connection reads the
+    /// password file and the TLS files again (they are also read whenever a new connection is made), and shows
+    /// the client certificates as they are on disk now.
+    pub fn reload(&mut self) {
+        let closed = self.conns.local.close_idle() + self.conns.remote.close_idle() + self.lock_db.close_idle();
+        for db in [&self.conns.local, &self.conns.remote] {
+            db.refresh_tls();
+        }
+        self.show_certificates();
+        log::info!("reload: closed {closed} idle connection(s); the next connections use the current files");
     }
 
     pub fn set_running(&self, running: bool) {
@@ -438,7 +482,16 @@ impl Service {
             }
         } else {
             let m = run_isolated("measuring the status", || measure(conns, cfg)).unwrap_or_default();
+            // Files replaced since the last connection show (and alert) now, not at the next connection.
+            conns.local.refresh_tls();
+            conns.remote.refresh_tls();
+            let now = i64::try_from(status::unix_now()).unwrap_or(i64::MAX);
+            let certificate_expiring = Some(crate::alerts::certificates_expiring(
+                &Service::certificate_expiries(conns),
+                now,
+            ));
             transitions = alerts.observe(&Observation {
+                certificate_expiring,
                 cycle_success: result.success,
                 last_error: first_error(result),
                 local_up: m.local_up,
@@ -524,6 +577,7 @@ impl Service {
             duration_ms: duration_ms(took),
             success: result.success,
         });
+        self.show_certificates();
     }
 }
 
@@ -557,10 +611,16 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     let shutdown = Shutdown::new();
     let (events_tx, events) = crossbeam_channel::bounded::<Event>(4);
     // Signals first: before any other thread (pools, status server, webhook) starts.
-    let wake = events_tx.clone();
-    let signals = SignalThread::start(shutdown.clone(), move || {
-        let _ = wake.try_send(Event::Shutdown);
-    })?;
+    let (wake, reload) = (events_tx.clone(), events_tx.clone());
+    let signals = SignalThread::start(
+        shutdown.clone(),
+        move || {
+            let _ = wake.try_send(Event::Shutdown);
+        },
+        move || {
+            let _ = reload.try_send(Event::Reload);
+        },
+    )?;
     let mut service = Service::new(cfg, shutdown.clone(), true)?;
     service.set_running(true);
     // A taken STATUS_BIND is tried again each interval; under systemd (Type=notify) a status server that never
@@ -589,6 +649,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
     loop {
         match next_event(&shutdown, run_now, &events, &tick, &watchdog) {
             Event::Shutdown => break,
+            Event::Reload => service.reload(),
             Event::Tick => {
                 if !run_now {
                     ticker.advance();
@@ -640,7 +701,7 @@ pub fn run_daemon(cfg: &Config) -> Result<()> {
 pub fn run_once(cfg: &Config) -> Result<SyncCycleResult> {
     let shutdown = Shutdown::new();
     // Nothing waits for events in `once`: the first signal only requests shutdown.
-    let _signals = SignalThread::start(shutdown.clone(), || {})?;
+    let _signals = SignalThread::start(shutdown.clone(), || {}, || {})?;
     let mut service = Service::new(cfg, shutdown, false)?;
     match service.cycle(UNLIMITED_BUDGET) {
         CycleOutcome::Ran { result, .. } => Ok(result),

@@ -88,6 +88,7 @@ fn pagerduty(p: &WebhookPayload, routing_key: Option<&Secret>) -> Value {
         Some(AlertName::RemoteDbUnreachable) => ("error", "remote database"),
         Some(AlertName::SyncFailures) => ("error", "sync cycle"),
         Some(AlertName::CentralFault) => ("error", "central database"),
+        Some(AlertName::ClientCertificateExpiring) => ("warning", "client certificate"),
         Some(AlertName::QueueAboveThreshold) | None => ("warning", "upload queue"),
     };
     json!({

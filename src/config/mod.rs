@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use env_file::{gather, load_variables, parse_env_file, process_env};
-pub use read::hostname;
+pub use read::{hostname, read_password_file};
 pub use variables::{default_of, unknown_variable_warnings, VARIABLES};
 
 use crate::upload::validate::{Check, TimestampWindow};
@@ -165,9 +165,16 @@ pub struct DbConfig {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// The password as read at start (empty: none, with a client certificate).
     pub password: Secret,
+    /// `*_PASSWORD_FILE`: read again for every new connection, so a rotated password needs no restart.
+    pub password_file: Option<PathBuf>,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// `*_SSLCERT` and `*_SSLKEY` (both or neither): the client certificate and its key, PEM, read again
+    /// whenever a new connection finds them changed.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
 }
 
 impl DbConfig {
@@ -325,7 +332,7 @@ impl Config {
     pub fn summary(&self) -> String {
         let db = |d: &DbConfig| {
             format!(
-                "{} user={} password={} sslmode={}{}",
+                "{} user={} password={}{} sslmode={}{}{}",
                 d.target(),
                 d.user,
                 if d.password.expose().is_empty() {
@@ -333,11 +340,19 @@ impl Config {
                 } else {
                     "[redacted]"
                 },
+                d.password_file
+                    .as_ref()
+                    .map(|p| format!(" password_file={}", p.display()))
+                    .unwrap_or_default(),
                 d.sslmode.as_str(),
                 d.sslrootcert
                     .as_ref()
                     .map(|p| format!(" sslrootcert={}", p.display()))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match (&d.sslcert, &d.sslkey) {
+                    (Some(c), Some(k)) => format!(" sslcert={} sslkey={}", c.display(), k.display()),
+                    _ => String::new(),
+                }
             )
         };
         let mut s = String::new();

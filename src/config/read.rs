@@ -520,7 +520,9 @@ fn database(r: &mut Reader<'_>, prefix: &str, side: &str) -> DbConfig {
     let port = r.int::<u16>(&key("PORT"), 1, 65535);
     let dbname = r.required(&key("DB"), &format!("{side} database name"));
     let user = r.required(&key("USER"), &format!("{side} database user"));
-    let password = password(r, prefix, side);
+    let (sslcert, sslkey) = client_certificate(r, prefix, side);
+    let with_cert = r.raw(&key("SSLCERT")).is_some();
+    let (password, password_file) = password(r, prefix, side, with_cert);
     let v = r.or_default(&key("SSLMODE"));
     let sslmode = match v.parse::<SslMode>() {
         Ok(m) => m,
@@ -532,6 +534,16 @@ fn database(r: &mut Reader<'_>, prefix: &str, side: &str) -> DbConfig {
             SslMode::VerifyFull
         }
     };
+    if sslmode == SslMode::Disable && sslcert.is_some() {
+        r.err(
+            &key("SSLCERT"),
+            format!(
+                "set with {} = disable: a client certificate is presented only over TLS (prefer, require, \
+                 verify-ca or verify-full)",
+                key("SSLMODE")
+            ),
+        );
+    }
     let sslrootcert = r.raw(&key("SSLROOTCERT")).map(PathBuf::from);
     if let Some(path) = &sslrootcert {
         if !path.is_file() {
@@ -547,12 +559,56 @@ fn database(r: &mut Reader<'_>, prefix: &str, side: &str) -> DbConfig {
         dbname,
         user,
         password,
+        password_file,
         sslmode,
         sslrootcert,
+        sslcert,
+        sslkey,
     }
 }
 
-fn password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
+/// `*_SSLCERT` and `*_SSLKEY`: both or neither; the key private enough (libpq's rule); both readable, PEM, and
+/// belonging together. An expired certificate is not refused here (the daemon starts, reports it and alerts;
+/// replacing the files fixes it without a restart).
+fn client_certificate(r: &mut Reader<'_>, prefix: &str, side: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+    let (cert_key, key_key) = (format!("{prefix}_SSLCERT"), format!("{prefix}_SSLKEY"));
+    let cert = r.raw(&cert_key).map(PathBuf::from);
+    let key = r.raw(&key_key).map(PathBuf::from);
+    match (&cert, &key) {
+        (None, None) => return (None, None),
+        (Some(_), None) => {
+            r.err(
+                &key_key,
+                format!("not set, but {cert_key} is: the {side} client certificate needs its private key (PEM)"),
+            );
+            return (None, None);
+        }
+        (None, Some(_)) => {
+            r.err(
+                &cert_key,
+                format!("not set, but {key_key} is: the {side} client key needs its certificate (PEM)"),
+            );
+            return (None, None);
+        }
+        (Some(c), Some(k)) => {
+            if let Err(msg) = crate::db::identity::load(c, k) {
+                // Name the variable whose file is at fault.
+                let culprit = if msg.starts_with("client key") {
+                    &key_key
+                } else {
+                    &cert_key
+                };
+                r.err(culprit, msg);
+                return (None, None);
+            }
+        }
+    }
+    (cert, key)
+}
+
+/// The password, and the file it came from (read again per connection). With a client certificate
+/// (`with_cert`) neither is required: `cert` authentication needs no password.
+fn password(r: &mut Reader<'_>, prefix: &str, side: &str, with_cert: bool) -> (Secret, Option<PathBuf>) {
     let key = format!("{prefix}_PASSWORD");
     let file_key = format!("{prefix}_PASSWORD_FILE");
     let direct = r.raw(&key).map(str::to_string);
@@ -560,29 +616,33 @@ fn password(r: &mut Reader<'_>, prefix: &str, side: &str) -> Secret {
     match (direct, file) {
         (Some(_), Some(_)) => {
             r.err(&file_key, format!("set together with {key}: set only one of them"));
-            Secret::new("")
+            (Secret::new(""), None)
         }
-        (Some(p), None) => Secret::new(p),
+        (Some(p), None) => (Secret::new(p), None),
         (None, Some(path)) => match read_password_file(Path::new(&path)) {
-            Ok(p) => Secret::new(p),
+            Ok(p) => (Secret::new(p), Some(PathBuf::from(path))),
             Err(msg) => {
                 r.err(&file_key, msg);
-                Secret::new("")
+                (Secret::new(""), None)
             }
         },
+        (None, None) if with_cert => (Secret::new(""), None),
         (None, None) => {
             r.err(
                 &key,
-                format!("not set (the {side} database password; or set {file_key})"),
+                format!(
+                    "not set (the {side} database password; or set {file_key}, or {prefix}_SSLCERT and \
+                     {prefix}_SSLKEY for certificate authentication)"
+                ),
             );
-            Secret::new("")
+            (Secret::new(""), None)
         }
     }
 }
 
 /// Reads a password file (first line, trailing newline removed). The error never contains the contents.
 /// At most 64 KiB are read, so a wrong path such as /dev/zero cannot exhaust memory.
-fn read_password_file(path: &Path) -> Result<String, String> {
+pub fn read_password_file(path: &Path) -> Result<String, String> {
     use std::io::Read;
     const LIMIT: u64 = 64 * 1024;
     let mut bytes = Vec::new();

@@ -506,3 +506,70 @@ fn config_validation_property() {
         .tests(300)
         .quickcheck(prop_config_errors_name_exactly_the_bad_keys as fn(Vars) -> TestResult);
 }
+
+#[test]
+fn client_certificate_and_key_are_both_or_neither_private_and_make_the_password_optional() {
+    use crate::db::identity::testing::{cert_and_key, temp_dir};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("config-cert");
+    let (cert, key) = cert_and_key(&dir, "box-1");
+    let mut m = valid_map();
+    m.insert("POSTGRES_CLIENT_SSLCERT".into(), cert.display().to_string());
+    let errs = Config::from_map(&m).expect_err("a certificate without its key");
+    assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_SSLKEY"], "{errs}");
+    assert!(
+        errs.to_string()
+            .contains("remote client certificate needs its private key"),
+        "{errs}"
+    );
+
+    m.remove("POSTGRES_CLIENT_SSLCERT");
+    m.insert("POSTGRES_CLIENT_SSLKEY".into(), key.display().to_string());
+    let errs = Config::from_map(&m).expect_err("a key without its certificate");
+    assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_SSLCERT"], "{errs}");
+
+    // Both: valid, and then no password is needed (cert authentication).
+    m.insert("POSTGRES_CLIENT_SSLCERT".into(), cert.display().to_string());
+    m.remove("POSTGRES_CLIENT_PASSWORD");
+    let c = Config::from_map(&m).expect("certificate authentication needs no password");
+    assert_eq!(c.remote.sslcert.as_deref(), Some(cert.as_path()));
+    assert_eq!(c.remote.sslkey.as_deref(), Some(key.as_path()));
+    assert_eq!(c.remote.password.expose(), "");
+    assert!(
+        c.summary().contains(&format!("sslcert={}", cert.display())),
+        "{}",
+        c.summary()
+    );
+    // The local side still needs its password.
+    let mut no_local = m.clone();
+    no_local.remove("POSTGRES_SYNC_PASSWORD");
+    let errs = Config::from_map(&no_local).expect_err("no local password");
+    assert_eq!(errs.keys(), vec!["POSTGRES_SYNC_PASSWORD"], "{errs}");
+
+    // A key readable by others is refused as libpq refuses it, naming the file and the fix.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let errs = Config::from_map(&m).expect_err("world-readable key");
+    assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_SSLKEY"], "{errs}");
+    let text = errs.to_string();
+    assert!(
+        text.contains(&key.display().to_string()) && text.contains("chmod 600"),
+        "{text}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    // A file that is not there.
+    let mut missing = m.clone();
+    missing.insert(
+        "POSTGRES_CLIENT_SSLCERT".into(),
+        dir.join("nope.crt").display().to_string(),
+    );
+    let errs = Config::from_map(&missing).expect_err("missing certificate");
+    assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_SSLCERT"], "{errs}");
+    assert!(errs.to_string().contains("nope.crt"), "{errs}");
+
+    // Over sslmode=disable a certificate would never be presented.
+    m.insert("POSTGRES_CLIENT_SSLMODE".into(), "disable".into());
+    let errs = Config::from_map(&m).expect_err("certificate without TLS");
+    assert_eq!(errs.keys(), vec!["POSTGRES_CLIENT_SSLCERT"], "{errs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,16 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         None,
         "CA file for verify-ca/verify-full on the local side",
     ),
+    (
+        "POSTGRES_SYNC_SSLCERT",
+        None,
+        "client certificate (PEM) for TLS client authentication on the local side; unset = none",
+    ),
+    (
+        "POSTGRES_SYNC_SSLKEY",
+        None,
+        "private key (PEM) of POSTGRES_SYNC_SSLCERT; chmod 600 (or root-owned 0640)",
+    ),
     ("POSTGRES_CLIENT_HOST", None, "remote (central) database host"),
     ("POSTGRES_CLIENT_PORT", Some("5432"), "remote database port"),
     ("POSTGRES_CLIENT_DB", None, "remote database name"),
@@ -45,6 +55,16 @@ pub const VARIABLES: &[(&str, Option<&str>, &str)] = &[
         "POSTGRES_CLIENT_SSLROOTCERT",
         None,
         "CA file for verify-ca/verify-full on the remote side",
+    ),
+    (
+        "POSTGRES_CLIENT_SSLCERT",
+        None,
+        "client certificate (PEM) for TLS client authentication on the remote side; unset = none",
+    ),
+    (
+        "POSTGRES_CLIENT_SSLKEY",
+        None,
+        "private key (PEM) of POSTGRES_CLIENT_SSLCERT; chmod 600 (or root-owned 0640)",
     ),
     ("SYNC_INTERVAL_SECONDS", Some("60"), "seconds between sync cycles"),
     ("BATCH_SIZE", Some("100"), "readings per upload batch"),

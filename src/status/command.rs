@@ -182,6 +182,22 @@ pub fn human(v: &serde_json::Value, addr: SocketAddr) -> String {
     }
     let _ = writeln!(out, "  local database:     {}", up(b("localDbConnected")));
     let _ = writeln!(out, "  remote database:    {}", up(b("remoteDbConnected")));
+    for c in v
+        .get("clientCertificates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "  {} certificate: CN={}, valid until {} ({})",
+            f("database"),
+            f("subject"),
+            f("notAfter"),
+            f("file")
+        );
+    }
     out
 }
 

@@ -206,6 +206,19 @@ pub fn render_metrics_with(s: &Snapshot, p: &ProcessStats) -> String {
             (labels(&[("database", "remote")]), remote),
         ]
     };
+    let certificates: Vec<(String, String)> = st
+        .client_certificates
+        .iter()
+        .map(|c| (labels(&[("database", &c.database)]), c.not_after_unix.to_string()))
+        .collect();
+    if !certificates.is_empty() {
+        out.family(
+            "sync_process_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "Unix time at which the client certificate that this database's connections present (POSTGRES_*_SSLCERT) expires.",
+            &certificates,
+        );
+    }
     out.family(
         "sync_process_database_up",
         "gauge",

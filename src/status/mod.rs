@@ -1,7 +1,8 @@
 //! Status: the daemon's state as others see it, and the small HTTP server that shows it.
 //!
 //! Owns: [`SyncStatus`] (the design's SyncStatus, JSON in camelCase, plus oldestPendingAge, quarantinedCount,
-//! consecutiveFailures, cycleInProgress, activeAlerts, stale and lastCycleResult), [`Snapshot`] (the status plus
+//! consecutiveFailures, cycleInProgress, activeAlerts, stale, lastCycleResult and clientCertificates
+//! ([`CertificateStatus`])), [`Snapshot`] (the status plus
 //! the counters behind /metrics) and [`health`]. The parts: `fresh.rs` ([`Fresh`]: queueSize, oldestPendingAge,
 //! quarantinedCount and localDbConnected measured at request time on the server's own one-connection local pool,
 //! waited for at most [`FRESH_DEADLINE`]), `history.rs` ([`History`]: the bounded ring behind GET /history),
@@ -76,6 +77,24 @@ pub struct SyncStatus {
     /// of its range); absent from the JSON when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The client certificates presented (`*_SSLCERT`), with their expiry; absent when none is configured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<CertificateStatus>,
+}
+
+/// One client certificate as /status shows it: `{"database": "remote", "file": ..., "subject": "CN", "notAfter":
+/// RFC 3339}`; /metrics exports `notAfterUnix` as sync_process_tls_certificate_expiry_timestamp_seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// `local` or `remote`.
+    pub database: String,
+    pub file: String,
+    /// The certificate's subject CN (the user name `cert` authentication checks).
+    pub subject: String,
+    pub not_after: String,
+    #[serde(skip)]
+    pub not_after_unix: i64,
 }
 
 /// Everything the server shows: the status and the counters of /metrics.

@@ -155,6 +155,16 @@ impl CentralFault {
                  TimescaleDB before 2.11 refuses rows for a compressed chunk with a unique index: decompress it or \
                  upgrade; on Citus see README, \"At fleet scale\"); {held}"
             ),
+            CentralFault::MissingGrant { message, .. }
+                if message.starts_with("new row violates row-level security policy") =>
+            {
+                format!(
+                    "the central refuses this site's bookkeeping rows for role {role}: {message} (SQLSTATE 42501): \
+                     per-site row-level security (sql/per-site-remote-roles.sql) lets a role write only the source \
+                     id that sync_site_role maps it to; set SYNC_SOURCE_ID to that source id, or map the role with \
+                     the script; {held}"
+                )
+            }
             CentralFault::MissingGrant { object, message } => {
                 let fix = match object {
                     Some((kind, name)) if kind == "sequence" => format!("GRANT USAGE ON SEQUENCE {name} TO {role}"),

@@ -11,6 +11,7 @@ mod db;
 mod download;
 mod download_conflict;
 mod failover;
+mod fleet_security;
 mod harness;
 mod hostile;
 mod journald;

@@ -713,6 +713,7 @@ impl Arbitrary for ArbSnapshot {
             stale: bool::arbitrary(g),
             last_cycle_result: None,
             warnings: Vec::new(),
+            client_certificates: Vec::new(),
         };
         let started = 1_700_000_000 + n(g) % 1000;
         let interval = n(g) % 300 + 1;
