@@ -121,6 +121,35 @@ pub fn retry(db: &Database, ids: &[i64]) -> Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// Moves back into the queue the readings held by the `known-meter` check whose meter the local meters
+/// table now holds (a meter created centrally reaches the box with the next download, after the upload of
+/// the same cycle checked its readings). They are checked again by the next claim. Returns how many.
+pub fn requeue_known_meters(db: &Database) -> Result<u64> {
+    let mut c = db.try_get()?;
+    let row = c
+        .query_typed_one(
+            "WITH q AS (
+               DELETE FROM sync_quarantine q
+               WHERE q.sqlstate IS NULL AND q.error LIKE 'known-meter:%'
+                 AND EXISTS (SELECT 1 FROM meters m WHERE m.meter_id = q.meter_id)
+               RETURNING id, meter_id, timestamp, value, unit, metadata, created_at
+             ), i AS (
+               INSERT INTO meter_readings (id, meter_id, timestamp, value, unit, metadata, created_at)
+               SELECT id, meter_id, timestamp, value, unit, metadata, created_at FROM q RETURNING 1
+             )
+             SELECT count(*) FROM i",
+            &[],
+        )
+        .map_err(|e| {
+            db.err(
+                "re-queueing the readings held by known-meter whose meter has arrived",
+                e,
+            )
+        })?;
+    let n: i64 = row.get(0);
+    Ok(n.max(0) as u64)
+}
+
 /// Deletes quarantined readings for good: the given ids, or every one with `all`. One transaction; when an
 /// id is not quarantined nothing changes and the error names it. Returns how many were deleted.
 pub fn discard(db: &Database, ids: &[i64], all: bool) -> Result<u64> {

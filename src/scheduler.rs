@@ -33,6 +33,7 @@ use crate::shutdown::Shutdown;
 use crate::signals::SignalThread;
 use crate::status::{self, CycleEntry, History, SharedHistory, SharedSnapshot, Snapshot, StatusListener, StatusServer};
 use crate::systemd::{release_free_memory, sd_notify, systemd_status, watchdog_period};
+use crate::upload::validate::Check;
 use crate::upload::{UploadSyncManager, UploadSyncResult};
 use measure::{measure, Measurement};
 
@@ -355,6 +356,20 @@ impl Service {
             error: Some(error),
             ..Default::default()
         });
+        if meter_result.success && meter_result.new_meters > 0 && self.cfg.upload_validate.contains(&Check::KnownMeter)
+        {
+            match run_isolated("re-queueing known-meter readings", || {
+                crate::quarantine::requeue_known_meters(&self.conns.local)
+            }) {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => log::info!(
+                    "{n} quarantined reading(s) held by the known-meter check went back into the queue: their \
+                     meters arrived with this download"
+                ),
+                Ok(Err(e)) => log::warn!("{e}"),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
         let tenant_result = match stopping() {
             Some(error) => Err(error),
             None => run_isolated("the tenant download", || download.sync_tenant_data()),

@@ -301,6 +301,45 @@ fn a_box_clock_far_off_does_not_flood_the_central() {
     );
 }
 
+/// A meter created centrally reaches the box with the download that follows the upload of the same cycle:
+/// its readings, held by known-meter in that upload, go back into the queue once it has arrived, and go up
+/// with the next cycle. A reading of a meter the central does not have either stays quarantined.
+#[test]
+fn readings_held_by_known_meter_go_up_once_their_meter_arrives() {
+    let mut env = Env::new(&[("UPLOAD_VALIDATE", "known-meter")]);
+    let day = yesterday(&mut env.local);
+    env.remote
+        .batch_execute(
+            "INSERT INTO meters (meter_id, name, meter_type, unit) VALUES ('m-new', 'N', 'electricity', 'kWh')",
+        )
+        .expect("a meter created centrally");
+    let fresh = reading("m-new", "kWh", &format!("{day} 00:00:01"), "1.25");
+    let ghost = reading("ghost", "kWh", &format!("{day} 00:00:02"), "2");
+    insert(&mut env.local, &[fresh.clone(), ghost]);
+
+    let (out, v) = env.once_json();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(v["uploadResult"]["recordsQuarantined"], 2, "{v}");
+    assert_eq!(v["meterDownloadResult"]["newMeters"], 1, "{v}");
+    assert!(
+        out.stderr
+            .contains("1 quarantined reading(s) held by the known-meter check went back into the queue"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        quarantined(&env).into_values().collect::<Vec<_>>(),
+        vec!["known-meter: meter \"ghost\" not in meters".to_string()]
+    );
+    assert_eq!(count(&mut env.local, "SELECT count(*) FROM meter_readings"), 1);
+
+    let (out, v) = env.once_json();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(v["uploadResult"]["recordsUploaded"], 1, "{v}");
+    assert_eq!(remote_in_order(&mut env.remote), vec![fresh]);
+    assert_eq!(quarantined(&env).len(), 1, "the ghost's reading stays quarantined");
+}
+
 #[test]
 fn an_unknown_check_or_a_bad_window_is_a_configuration_error() {
     let env = Env::builder().migrate(crate::support::env::Migrate::Nothing).build();
