@@ -427,16 +427,6 @@ impl Bench<'_> {
     fn daemon_vars(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16, vars: &[(&str, &str)]) -> Run {
         let mut env = self.servers.env(remote_port, batch_size);
         env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            &[("UPLOAD_BATCHES_IN_FLIGHT", &in_flight.to_string())],
-        )
-    }
-
-    /// [`Self::daemon`] with more variables (`vars` win over the defaults).
-    fn daemon_vars(&mut self, seeded: &Seeded, batch_size: u32, remote_port: u16, vars: &[(&str, &str)]) -> Run {
-        let mut env = self.servers.env(remote_port, batch_size);
-        for (k, v) in vars {
-            env.insert((*k).to_string(), (*v).to_string());
-        }
         let label = format!("daemon{batch_size}-{}-{remote_port}", seeded.count);
         self.servers.pgss_reset();
         let profile = common::Profile::start(&label);

@@ -642,7 +642,7 @@ mod tests {
                 "{w}"
             );
             assert!(
-                w.contains("AS invalid, CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp::text"),
+                w.contains("AS invalid, CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp FROM k"),
                 "{w}"
             );
             assert!(w.contains("LEFT JOIN (b CROSS JOIN c) ON true"), "{w}");
