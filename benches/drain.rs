@@ -15,12 +15,16 @@
 //! - validate: the cost of UPLOAD_VALIDATE: the daemon at BATCH_SIZE 100 and 5000 with every check on and off,
 //!   interleaved ROUNDS times on the same BENCH_ROWS readings (all of which pass: their meters are on both
 //!   sides, the window covers their 2024 timestamps), medians of the drain (uploadResult.duration).
+//! - fleet, bytes, durable, link: data shaped like a real fleet's, bytes per reading on the wire, durable
+//!   commits on disk with a 1,000,000 backlog, a 50 ms / 20 Mbit/s link (drain/field.rs says what each runs;
+//!   sizes: BENCH_FLEET_ROWS, BENCH_BYTES_ROWS, BENCH_BACKLOG_ROWS, BENCH_LINK_ROWS, BENCH_LINK_HAND_ROWS).
 //!
 //! Every drain starts from the same re-seeded rows and is checked for exactly-once afterwards: remote count ==
 //! seeded, local queue, claimed batches and quarantine empty, the remote multiset digest equal to the seeded
 //! one, and (daemon) remote insertion order following timestamp order.
 //!
-//! Knobs for digging (none is needed for the figures): BENCH_ONLY=loopback,latency,growth,explain,idle,5m runs
+//! Knobs for digging (none is needed for the figures): BENCH_ONLY=loopback,latency,growth,explain,idle,5m,
+//! validate,fleet,bytes,durable,link runs
 //! some sections; BENCH_PGSS=1 loads pg_stat_statements and prints each run's statements by server time;
 //! BENCH_PERF_DIR=dir records `perf record -a` per run; BENCH_DAEMON_BIN runs another build of the binary (one
 //! with symbols); BENCH_DAEMON_ENV="K=V,..." adds variables to every daemon run (separated by `;` instead when
@@ -29,6 +33,9 @@
 //! Does not own: the daemon (src/), the proxy (tests/it/support/proxy.rs, included by path, not copied).
 
 mod common;
+
+#[path = "drain/field.rs"]
+mod field;
 
 #[allow(dead_code)]
 #[path = "../tests/it/support/proxy.rs"]
@@ -42,6 +49,7 @@ use std::time::{Duration, Instant};
 use common::{mb, thousands, CpuSplit, Finished, Report, Servers, Verdict};
 use postgres::types::ToSql;
 use postgres::Client;
+use sync_process::upload::wire::{Timestamp, Wire};
 
 /// Readings of the loopback section.
 const DEFAULT_ROWS: i64 = 200_000;
@@ -95,11 +103,30 @@ fn main() {
     if common::selected("validate") {
         b.validate(rows, rounds);
     }
+    let fleet_rows = common::env_or("BENCH_FLEET_ROWS", 200_000i64);
+    let bytes_rows = common::env_or("BENCH_BYTES_ROWS", 50_000i64);
+    let backlog_rows = common::env_or("BENCH_BACKLOG_ROWS", 1_000_000i64);
+    let link_rows = common::env_or("BENCH_LINK_ROWS", 1_000_000i64);
+    let link_hand_rows = common::env_or("BENCH_LINK_HAND_ROWS", 10_000i64);
+    if common::selected("fleet") {
+        b.fleet(fleet_rows);
+    }
+    if common::selected("bytes") {
+        b.bytes(bytes_rows);
+    }
+    if common::selected("durable") {
+        b.durable(fleet_rows, backlog_rows);
+    }
+    if common::selected("link") {
+        b.link(link_rows, link_hand_rows);
+    }
     report.print("Upload drain: results");
     println!("\n{machine}");
     println!(
-        "Command: `cargo bench --bench drain` (BENCH_ROWS={rows}, ROUNDS={rounds}, SOAK_SECONDS={soak}{}); \
-         took {:.0} s.",
+        "Command: `cargo bench --bench drain` (BENCH_ONLY={}, BENCH_ROWS={rows}, ROUNDS={rounds}, SOAK_SECONDS={soak}{}, \
+         BENCH_FLEET_ROWS={fleet_rows}, BENCH_BYTES_ROWS={bytes_rows}, BENCH_BACKLOG_ROWS={backlog_rows}, \
+         BENCH_LINK_ROWS={link_rows}, BENCH_LINK_HAND_ROWS={link_hand_rows}); took {:.0} s.",
+        std::env::var("BENCH_ONLY").unwrap_or_else(|_| "(all)".into()),
         if std::env::var("BENCH_5M").as_deref() == Ok("1") {
             ", BENCH_5M=1"
         } else {
@@ -116,12 +143,28 @@ struct Bench<'a> {
     report: &'a Report,
 }
 
-/// The seeded queue: how many readings and their multiset digest.
+/// The seeded queue: how many readings and their multiset digest (by the data set's digest query).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seeded {
     count: i64,
     digest: String,
+    data: &'static Data,
 }
+
+/// A data set: how to seed `$1` readings locally and how to digest a readings table (on either side).
+#[derive(Debug, PartialEq, Eq)]
+struct Data {
+    name: &'static str,
+    seed: &'static str,
+    digest: &'static str,
+}
+
+/// Today's uniform data set ([`SEED`], [`DIGEST`]).
+static UNIFORM: Data = Data {
+    name: "uniform",
+    seed: SEED,
+    digest: DIGEST,
+};
 
 /// One timed drain.
 struct Run {
@@ -174,8 +217,13 @@ FROM generate_series(1::bigint, $1::bigint) AS g";
 impl Bench<'_> {
     // ----- Set-up and checks. -----
 
-    /// Empties both sides and queues `n` readings locally; returns their digest (when `digest`).
+    /// Empties both sides and queues `n` uniform readings locally; returns their digest (when `digest`).
     fn seed(&mut self, n: i64, digest: bool) -> Seeded {
+        self.seed_with(n, digest, &UNIFORM)
+    }
+
+    /// [`Self::seed`] with readings of `data`.
+    fn seed_with(&mut self, n: i64, digest: bool, data: &'static Data) -> Seeded {
         let t0 = Instant::now();
         self.local
             .batch_execute(
@@ -185,22 +233,24 @@ impl Bench<'_> {
         self.remote
             .batch_execute("TRUNCATE meter_readings RESTART IDENTITY; TRUNCATE sync_upload_ledger;")
             .expect("truncating remote");
-        self.local.execute(SEED, &[&n]).expect("seeding");
+        self.local.execute(data.seed, &[&n]).expect("seeding");
         for c in [&mut *self.local, &mut *self.remote] {
             c.batch_execute("VACUUM ANALYZE meter_readings").expect("vacuum");
             c.batch_execute("CHECKPOINT").expect("checkpoint");
         }
         let seeded = if digest {
-            digest_of(self.local)
+            digest_of(self.local, data)
         } else {
             Seeded {
                 count: n,
                 digest: String::new(),
+                data,
             }
         };
         println!(
-            "  seeded {} readings in {:.1} s",
+            "  seeded {} {} readings in {:.1} s",
             thousands(n as f64),
+            data.name,
             t0.elapsed().as_secs_f64()
         );
         seeded
@@ -239,7 +289,7 @@ impl Bench<'_> {
             .query_one("SELECT count(*) FROM sync_quarantine", &[])
             .map(|r| r.get(0))
             .map_err(|e| e.to_string())?;
-        let got = digest_of(self.remote);
+        let got = digest_of(self.remote, seeded.data);
         if local != 0 {
             problems.push(format!("{local} readings left locally"));
         }
@@ -281,7 +331,12 @@ impl Bench<'_> {
 
     /// The limit: binary COPY out of local piped into COPY in on remote, then the local DELETE (psql x3).
     fn copy_pipe(&mut self, seeded: &Seeded) -> Run {
-        let label = format!("copy-{}", seeded.count);
+        self.copy_pipe_to(seeded, self.servers.remote.port())
+    }
+
+    /// [`Self::copy_pipe`] with the remote reached at `remote_port` (the server or a proxy).
+    fn copy_pipe_to(&mut self, seeded: &Seeded, remote_port: u16) -> Run {
+        let label = format!("copy-{}-{remote_port}", seeded.count);
         self.servers.pgss_reset();
         let profile = common::Profile::start(&label);
         let cpu0 = CpuSplit::now(self.servers);
@@ -296,7 +351,7 @@ impl Bench<'_> {
             .spawn()
             .expect("psql COPY TO");
         let pipe = out.stdout.take().expect("psql stdout");
-        let into = Servers::psql(self.servers.remote.port())
+        let into = Servers::psql(remote_port)
             .args([
                 "-c",
                 "COPY meter_readings (meter_id, timestamp, value, unit, metadata) FROM STDIN (FORMAT binary)",
@@ -904,7 +959,7 @@ impl Bench<'_> {
                 .query(&format!("EXECUTE claim_next(100, {prev}, {id})"), &[])
                 .expect("claiming a batch");
             let batch: String = rows[0].get("batch_text");
-            let last_ts: String = rows[rows.len() - 1].get("ts_text");
+            let last_ts = rows[rows.len() - 1].get::<_, Wire<Timestamp>>("ts_wire").to_text();
             let last_id: i64 = rows[rows.len() - 1].get("id_num");
             plans.push((
                 "per-batch statement (FINISH_AND_CLAIM)",
@@ -1228,11 +1283,12 @@ fn sessions(c: &mut Client) -> i64 {
     .unwrap_or(0)
 }
 
-fn digest_of(c: &mut Client) -> Seeded {
-    let row = c.query_one(DIGEST, &[]).expect("digest");
+fn digest_of(c: &mut Client, data: &'static Data) -> Seeded {
+    let row = c.query_one(data.digest, &[]).expect("digest");
     Seeded {
         count: row.get(0),
         digest: row.get(1),
+        data,
     }
 }
 

@@ -66,8 +66,17 @@ pub struct Servers {
     pub remote: PgTemp,
 }
 
+/// Settings that make a throwaway server durable like an edge box's: every commit flushed to disk (pgtemp
+/// turns these off; later lines of postgresql.conf win). The data dirs are under the temp dir, on disk here.
+pub const DURABLE: &[&str] = &["fsync = on", "synchronous_commit = on", "full_page_writes = on"];
+
 impl Servers {
     pub fn start() -> Servers {
+        Servers::start_with(&[])
+    }
+
+    /// [`Servers::start`] with `conf` lines appended to both servers' postgresql.conf (e.g. [`DURABLE`]).
+    pub fn start_with(conf: &[&str]) -> Servers {
         let mut opts = pgtemp::Options::default();
         if pgss() {
             opts.extra_conf = vec![
@@ -76,6 +85,7 @@ impl Servers {
                 "pg_stat_statements.track = all".into(),
             ];
         }
+        opts.extra_conf.extend(conf.iter().map(|l| l.to_string()));
         let local = PgTemp::start("sync-process-bench-local", &opts).unwrap_or_else(|e| panic!("{e}"));
         let remote = PgTemp::start("sync-process-bench-remote", &opts).unwrap_or_else(|e| panic!("{e}"));
         local.create_database(DB).unwrap_or_else(|e| panic!("{e}"));

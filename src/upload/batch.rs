@@ -3,22 +3,26 @@
 //! Owns: [`QueuedReading`], [`ClaimedBatch`] (and narrowing one to its good readings), [`ClaimCursor`],
 //! [`UploadOutcome`] (and how a remote statement's result reads as one), the column arrays the remote
 //! statements take ([`Columns`]), and turning claim result rows into batches. Pure except for reading
-//! `postgres::Row`s. Does not own: running any statement (session.rs, uplink.rs).
+//! `postgres::Row`s. Does not own: running any statement (session.rs, uplink.rs), the binary values
+//! (wire.rs).
 
 use std::collections::HashSet;
 
-/// One queued reading as it travels: every value as PostgreSQL's own text form.
+use super::wire::{Jsonb, Numeric, Timestamp, Wire};
+
+/// One queued reading as it travels: every value in PostgreSQL's binary format, as the local server sent it
+/// and as the remote receives it (never decoded in between).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedReading {
     pub id: i64,
     pub meter_id: String,
-    /// `timestamp::text` under DateStyle ISO: `2024-01-02 03:04:05.123456`, `infinity`, `0044-03-15 00:00:00 BC`.
-    pub timestamp: String,
-    /// `value::text`: exact digits and scale, or `NaN`.
-    pub value: String,
+    /// Microseconds since 2000-01-01, or ±infinity; no time zone.
+    pub timestamp: Wire<Timestamp>,
+    /// Exact digits and scale, or NaN / ±infinity.
+    pub value: Wire<Numeric>,
     pub unit: String,
-    /// `metadata::text`; None is SQL NULL (JSON null is `Some("null")`).
-    pub metadata: Option<String>,
+    /// None is SQL NULL (JSON null is a value holding `null`).
+    pub metadata: Option<Wire<Jsonb>>,
 }
 
 /// A claimed batch: its id (also its key in the remote ledger) and its readings in upload order.
@@ -65,7 +69,7 @@ impl ClaimedBatch {
 /// never rescans the dead index entries its own deletes left behind).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimCursor {
-    pub timestamp: String,
+    pub timestamp: Wire<Timestamp>,
     pub id: i64,
 }
 
@@ -93,69 +97,79 @@ impl UploadOutcome {
     }
 }
 
-/// The reading values as the five text arrays of the upload and probe statements.
+/// The reading values as the five typed arrays of the upload and probe statements (`text[]`, `timestamp[]`,
+/// `numeric[]`, `text[]`, `jsonb[]`), borrowing the readings' bytes.
 pub(super) struct Columns<'r> {
     pub meter: Vec<&'r str>,
-    pub ts: Vec<&'r str>,
-    pub value: Vec<&'r str>,
+    pub ts: Vec<&'r Wire<Timestamp>>,
+    pub value: Vec<&'r Wire<Numeric>>,
     pub unit: Vec<&'r str>,
-    pub metadata: Vec<Option<&'r str>>,
+    pub metadata: Vec<Option<&'r Wire<Jsonb>>>,
 }
 
 impl<'r> Columns<'r> {
     pub fn of(readings: &'r [QueuedReading]) -> Columns<'r> {
         Columns {
             meter: readings.iter().map(|r| r.meter_id.as_str()).collect(),
-            ts: readings.iter().map(|r| r.timestamp.as_str()).collect(),
-            value: readings.iter().map(|r| r.value.as_str()).collect(),
+            ts: readings.iter().map(|r| &r.timestamp).collect(),
+            value: readings.iter().map(|r| &r.value).collect(),
             unit: readings.iter().map(|r| r.unit.as_str()).collect(),
-            metadata: readings.iter().map(|r| r.metadata.as_deref()).collect(),
+            metadata: readings.iter().map(|r| r.metadata.as_ref()).collect(),
         }
     }
 }
 
-/// A reading from the six text columns of `sql::reading_text!` starting at `offset`.
-pub(super) fn reading_from_row(row: &postgres::Row, offset: usize) -> QueuedReading {
-    QueuedReading {
-        id: row.get(offset),
-        meter_id: row.get(offset + 1),
-        timestamp: row.get(offset + 2),
-        value: row.get(offset + 3),
-        unit: row.get(offset + 4),
-        metadata: row.get(offset + 5),
-    }
+/// A reading from the six columns of `sql::reading_values!` starting at `offset`. An error if a column is
+/// not of the type the statement casts it to (it cannot be, short of a changed statement).
+pub(super) fn reading_from_row(row: &postgres::Row, offset: usize) -> Result<QueuedReading, postgres::Error> {
+    Ok(QueuedReading {
+        id: row.try_get(offset)?,
+        meter_id: row.try_get(offset + 1)?,
+        timestamp: row.try_get(offset + 2)?,
+        value: row.try_get(offset + 3)?,
+        unit: row.try_get(offset + 4)?,
+        metadata: row.try_get(offset + 5)?,
+    })
 }
 
 /// The claimed batch of a claim's result rows (batch id in column `offset`, the reading after it); None when
 /// nothing was claimed.
-pub(super) fn batch_from_rows(rows: &[postgres::Row], offset: usize) -> Option<ClaimedBatch> {
-    let batch_id: String = rows.first()?.get::<_, Option<String>>(offset)?;
-    let readings = rows.iter().map(|r| reading_from_row(r, offset + 1)).collect();
-    Some(ClaimedBatch { batch_id, readings })
+pub(super) fn batch_from_rows(rows: &[postgres::Row], offset: usize) -> Result<Option<ClaimedBatch>, postgres::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let Some(batch_id) = first.try_get::<_, Option<String>>(offset)? else {
+        return Ok(None);
+    };
+    let readings = rows
+        .iter()
+        .map(|r| reading_from_row(r, offset + 1))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(ClaimedBatch { batch_id, readings }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reading(id: i64, ts: &str) -> QueuedReading {
+    /// 1.50: one digit group (weight 0, positive, scale 2): 1, 5000.
+    const ONE_FIFTY: [u8; 12] = [0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0x13, 0x88];
+
+    fn reading(id: i64, second: i64) -> QueuedReading {
         QueuedReading {
             id,
             meter_id: format!("m{id}"),
-            timestamp: ts.to_string(),
-            value: "1.50".into(),
+            timestamp: Wire::from_micros(second * 1_000_000),
+            value: Wire::from_bytes(ONE_FIFTY.to_vec()),
             unit: "kWh".into(),
-            metadata: (id % 2 == 0).then(|| "null".to_string()),
+            metadata: (id % 2 == 0).then(|| Wire::from_bytes(b"\x01null".to_vec())),
         }
     }
 
     fn batch(ids: &[i64]) -> ClaimedBatch {
         ClaimedBatch {
             batch_id: "b".into(),
-            readings: ids
-                .iter()
-                .map(|&i| reading(i, &format!("2024-01-01 00:00:{i:02}")))
-                .collect(),
+            readings: ids.iter().map(|&i| reading(i, i)).collect(),
         }
     }
 
@@ -165,7 +179,7 @@ mod tests {
         assert_eq!(
             batch(&[3, 1, 7]).cursor(),
             Some(ClaimCursor {
-                timestamp: "2024-01-01 00:00:07".into(),
+                timestamp: Wire::from_micros(7_000_000),
                 id: 7
             })
         );
@@ -199,9 +213,12 @@ mod tests {
         let b = batch(&[1, 2, 3]);
         let c = Columns::of(&b.readings);
         assert_eq!(c.meter, vec!["m1", "m2", "m3"]);
-        assert_eq!(c.ts[2], "2024-01-01 00:00:03");
-        assert_eq!(c.value, vec!["1.50"; 3]);
+        assert_eq!(c.ts[2].to_text(), "2000-01-01 00:00:03");
+        assert!(c.value.iter().all(|v| v.bytes() == ONE_FIFTY));
         assert_eq!(c.unit, vec!["kWh"; 3]);
-        assert_eq!(c.metadata, vec![None, Some("null"), None]);
+        assert_eq!(
+            c.metadata.iter().map(|m| m.map(Wire::bytes)).collect::<Vec<_>>(),
+            vec![None, Some(&b"\x01null"[..]), None]
+        );
     }
 }

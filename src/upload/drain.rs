@@ -455,9 +455,13 @@ impl UploadSyncManager<'_> {
             },
             _ => batch.readings.iter().collect(),
         };
+        let (first, last) = (
+            affected.first().map(|r| r.timestamp.to_text()),
+            affected.last().map(|r| r.timestamp.to_text()),
+        );
         let span = Span {
-            first: affected.first().map_or("", |r| r.timestamp.as_str()),
-            last: affected.last().map_or("", |r| r.timestamp.as_str()),
+            first: first.as_deref().unwrap_or(""),
+            last: last.as_deref().unwrap_or(""),
             readings: affected.len(),
         };
         Error::CentralFault {

@@ -5,6 +5,7 @@
 //! counts for status; the ledger prune) and its result [`UploadSyncResult`]. This is the only module that
 //! writes remote readings. Its rooms:
 //! - `batch.rs` — the data: [`ClaimedBatch`], [`QueuedReading`], [`ClaimCursor`], [`UploadOutcome`] (pure);
+//! - [`wire`] — a value's binary bytes carried unchanged ([`wire::Wire`], one PostgreSQL type each);
 //! - `session.rs` — the local connection of a drain, holding the upload lock, and the local statements;
 //! - `uplink.rs` — the remote connections on their threads, the upload statement, ledger lookup and prune;
 //! - `drain.rs` — the pipeline, recovery, and one batch's upload with poison handling;
@@ -37,8 +38,9 @@
 //!    `is_synchronized` instead of deleting them; after N seconds one ledger lookup for many batches: present ->
 //!    deleted locally; absent -> uploaded again under the same id, and acknowledged again.
 //!
-//! Values travel as text (`value::text`, `timestamp::text`, `metadata::text`) and are cast back remotely;
-//! sessions pin `DateStyle=ISO, YMD`, so every value arrives verbatim. Nothing here parses a value.
+//! Values travel in PostgreSQL's binary format, as the local server sends them (`wire.rs`: `Wire`), in typed
+//! arrays (`timestamp[]`, `numeric[]`, `jsonb[]`, `text[]`) of the one remote statement: every value arrives
+//! bit-exact and nothing here parses one.
 
 mod batch;
 pub mod capacity;
@@ -52,6 +54,7 @@ pub mod sql;
 mod uplink;
 pub mod validate;
 mod width;
+pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -211,10 +211,10 @@ fn probe(
     let cols = Columns::of(&readings[from..to]);
     let params: [(&(dyn ToSql + Sync), Type); 6] = [
         (&cols.meter, Type::TEXT_ARRAY),
-        (&cols.ts, Type::TEXT_ARRAY),
-        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TIMESTAMP_ARRAY),
+        (&cols.value, Type::NUMERIC_ARRAY),
         (&cols.unit, Type::TEXT_ARRAY),
-        (&cols.metadata, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::JSONB_ARRAY),
         (&p.source_id, Type::TEXT),
     ];
     let used = if p.text.contains("$6") { 6 } else { 5 };

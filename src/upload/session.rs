@@ -14,6 +14,7 @@ use postgres::{Client, Statement};
 use super::batch::{batch_from_rows, reading_from_row, ClaimCursor, ClaimedBatch, QueuedReading};
 use super::sql;
 use super::validate::{record_invalid, Check, Validation};
+use super::wire::{Timestamp, Wire};
 use crate::db::{AdvisoryLock, ConnectionManager, LockKey, Side};
 use crate::error::{Error, Result};
 
@@ -130,12 +131,12 @@ impl<'a> Session<'a> {
             None => self.query(sql::CLAIM_FIRST, &[Type::INT8], &[&limit], &context)?,
             Some(k) => self.query(
                 sql::CLAIM_NEXT,
-                &[Type::INT8, Type::TEXT, Type::INT8],
+                &[Type::INT8, Type::TIMESTAMP, Type::INT8],
                 &[&limit, &k.timestamp, &k.id],
                 &context,
             )?,
         };
-        Ok(batch_from_rows(&rows, 0))
+        batch_from_rows(&rows, 0).map_err(|e| self.conns.local.err(context(), e))
     }
 
     /// FINISH: returns (batch rows finished, readings deleted). With a confirmation window the batch is
@@ -207,7 +208,7 @@ impl<'a> Session<'a> {
         let rows = match &validation {
             None => self.query(
                 statement,
-                &[Type::INT8, Type::TEXT, Type::INT8, Type::TEXT],
+                &[Type::INT8, Type::TIMESTAMP, Type::INT8, Type::TEXT],
                 &[&limit, &after.timestamp, &after.id, &batch_id],
                 &context,
             )?,
@@ -215,7 +216,7 @@ impl<'a> Session<'a> {
                 statement,
                 &[
                     Type::INT8,
-                    Type::TEXT,
+                    Type::TIMESTAMP,
                     Type::INT8,
                     Type::TEXT,
                     Type::TEXT_ARRAY,
@@ -243,8 +244,11 @@ impl<'a> Session<'a> {
         // Marked readings are not deleted (yet).
         let deleted = if self.confirm { 0 } else { deleted.max(0) as u64 };
         let next = match &validation {
-            None => batch_from_rows(&rows, 2),
-            Some(v) => match self.checked_rows(&rows, 2) {
+            None => batch_from_rows(&rows, 2).map_err(|e| self.conns.local.err(context(), e))?,
+            Some(v) => match self
+                .checked_rows(&rows, 2)
+                .map_err(|e| self.conns.local.err(context(), e))?
+            {
                 Checked::Batch(b) => Some(b),
                 Checked::Nothing => None,
                 Checked::AllFailed(last) => self.claim_checked(batch_size, Some(last), v)?,
@@ -282,7 +286,7 @@ impl<'a> Session<'a> {
                     sql::CLAIM_NEXT_CHECKED,
                     &[
                         Type::INT8,
-                        Type::TEXT,
+                        Type::TIMESTAMP,
                         Type::INT8,
                         Type::TEXT_ARRAY,
                         Type::INT8,
@@ -301,7 +305,10 @@ impl<'a> Session<'a> {
                     &context,
                 )?,
             };
-            match self.checked_rows(&rows, 0) {
+            match self
+                .checked_rows(&rows, 0)
+                .map_err(|e| self.conns.local.err(context(), e))?
+            {
                 Checked::Batch(b) => return Ok(Some(b)),
                 Checked::Nothing => return Ok(None),
                 // The queue stays; the next drain goes on from here.
@@ -313,9 +320,9 @@ impl<'a> Session<'a> {
 
     /// The rows of a validated claim from `offset` (the per-check counts, the last key taken, then the batch):
     /// counts the quarantined readings (here and for /metrics) and logs them.
-    fn checked_rows(&mut self, rows: &[postgres::Row], offset: usize) -> Checked {
+    fn checked_rows(&mut self, rows: &[postgres::Row], offset: usize) -> std::result::Result<Checked, postgres::Error> {
         let Some(first) = rows.first() else {
-            return Checked::Nothing;
+            return Ok(Checked::Nothing);
         };
         let counts: Vec<i64> = first.get::<_, Option<Vec<i64>>>(offset).unwrap_or_default();
         let n = record_invalid(&counts);
@@ -333,13 +340,13 @@ impl<'a> Session<'a> {
                 per.join(", ")
             );
         }
-        let last: Option<String> = first.get(offset + 1);
-        let last_id: Option<i64> = first.get(offset + 2);
-        match (batch_from_rows(rows, offset + 3), last, last_id) {
+        let last: Option<Wire<Timestamp>> = first.try_get(offset + 1)?;
+        let last_id: Option<i64> = first.try_get(offset + 2)?;
+        Ok(match (batch_from_rows(rows, offset + 3)?, last, last_id) {
             (Some(b), _, _) => Checked::Batch(b),
             (None, Some(timestamp), Some(id)) if n > 0 => Checked::AllFailed(ClaimCursor { timestamp, id }),
             _ => Checked::Nothing,
-        }
+        })
     }
 
     /// (batch id, number of reading ids), oldest claim first.
@@ -354,9 +361,14 @@ impl<'a> Session<'a> {
     pub fn load_batch(&mut self, batch_id: &str) -> Result<ClaimedBatch> {
         let context = || format!("reading the readings of claimed batch {batch_id}");
         let rows = self.query(sql::BATCH_ROWS, &[Type::TEXT], &[&batch_id], &context)?;
+        let readings = rows
+            .iter()
+            .map(|r| reading_from_row(r, 0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.conns.local.err(context(), e))?;
         Ok(ClaimedBatch {
             batch_id: batch_id.to_string(),
-            readings: rows.iter().map(|r| reading_from_row(r, 0)).collect(),
+            readings,
         })
     }
 
@@ -365,7 +377,10 @@ impl<'a> Session<'a> {
         let ids: Vec<i64> = batch.readings.iter().map(|r| r.id).collect();
         let context = || format!("reading control readings for rejected batch {}", batch.batch_id);
         let rows = self.query(sql::CONTROL_READINGS, &[Type::INT8_ARRAY], &[&ids], &context)?;
-        Ok(rows.iter().map(|r| reading_from_row(r, 0)).collect())
+        rows.iter()
+            .map(|r| reading_from_row(r, 0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.conns.local.err(context(), e))
     }
 
     /// Moves the readings `bad` (id, error text, SQLSTATE) of `batch_id` into the quarantine and narrows the

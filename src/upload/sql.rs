@@ -5,12 +5,14 @@
 //! once, as macros that expand to string literals (`concat!`), so the copies cannot drift apart.
 //! Does not own: running them (session.rs locally, uplink.rs remotely), the advisory lock statements (db.rs).
 //!
-//! Values are selected as text with aliases that differ from the column names, and queries order by the real
-//! columns (pitfalls.md: ordering by a cast loses the index).
+//! Reading values are selected cast to exactly the types the upload carries in binary (text, timestamp,
+//! numeric, jsonb: no-op casts for the seed schema's columns), with aliases that differ from the column names,
+//! and queries order by the real columns (pitfalls.md: ordering by a cast loses the index). The remote takes
+//! them as typed arrays of the same types, so no value is converted on the way.
 
-/// A reading's columns as text, with `$p` (`r.`, `c.` or nothing) naming the row: id, meter, timestamp,
-/// value, unit, metadata.
-macro_rules! reading_text {
+/// A reading's columns, each cast to the one type the upload carries it as (wire.rs: `Wire` accepts exactly
+/// that type), with `$p` (`r.`, `c.` or nothing) naming the row: id, meter, timestamp, value, unit, metadata.
+macro_rules! reading_values {
     ($p:literal) => {
         concat!(
             $p,
@@ -18,13 +20,13 @@ macro_rules! reading_text {
             $p,
             "meter_id::text AS meter_text, ",
             $p,
-            "timestamp::text AS ts_text,\n       ",
+            "timestamp::timestamp AS ts_wire,\n       ",
             $p,
-            "value::text AS value_text, ",
+            "value::numeric AS value_wire, ",
             $p,
             "unit::text AS unit_text, ",
             $p,
-            "metadata::text AS metadata_text"
+            "metadata::jsonb AS metadata_wire"
         )
     };
 }
@@ -159,7 +161,7 @@ macro_rules! validated_columns {
               count(*) FILTER (WHERE check_name = 'meter-unit'),
               count(*) FILTER (WHERE check_name = 'finite-value'),
               count(*) FILTER (WHERE check_name = 'timestamp-window')]::int8[] FROM i) AS invalid,
-       CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp::text FROM k ORDER BY k.timestamp DESC, k.id DESC LIMIT 1)
+       CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp FROM k ORDER BY k.timestamp DESC, k.id DESC LIMIT 1)
        END AS last_ts,
        CASE WHEN b.batch_id IS NULL THEN (SELECT k.id::int8 FROM k ORDER BY k.timestamp DESC, k.id DESC LIMIT 1)
        END AS last_id"
@@ -209,26 +211,27 @@ macro_rules! mark_ctes {
     };
 }
 
-/// The remote insert of the readings from five text arrays, in upload order. `$from` is what the arrays are
+/// The remote insert of the readings from five typed arrays (binary from the local server, unchanged), in
+/// upload order. `$from` is what the arrays are
 /// joined to (`l CROSS JOIN ` for the ledger row), `$m`..`$md` their parameters.
 macro_rules! insert_readings {
     ($from:literal, $m:literal, $t:literal, $v:literal, $u:literal, $md:literal) => {
         concat!(
             "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb
+SELECT x.m, x.t, x.v, x.u, x.md
 FROM ",
             $from,
             "unnest(",
             $m,
             "::text[], ",
             $t,
-            "::text[], ",
+            "::timestamp[], ",
             $v,
-            "::text[], ",
+            "::numeric[], ",
             $u,
             "::text[], ",
             $md,
-            "::text[])
+            "::jsonb[])
      WITH ORDINALITY AS x(m, t, v, u, md, ord)
 ORDER BY x.ord"
         )
@@ -252,14 +255,14 @@ macro_rules! ledger_then_readings {
     };
 }
 
-/// A whole claim statement (`first` or `next`, as [`claim_ctes!`]): the batch id and the readings as text.
+/// A whole claim statement (`first` or `next`, as [`claim_ctes!`]): the batch id and the readings.
 macro_rules! claim {
     ($which:ident) => {
         concat!(
             "\nWITH ",
             claim_ctes!($which),
             "\nSELECT b.batch_id::text AS batch_text, ",
-            reading_text!("c."),
+            reading_values!("c."),
             "\nFROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
         )
     };
@@ -282,7 +285,7 @@ macro_rules! claim_checked {
             "\nSELECT ",
             validated_columns!(),
             ",\n       b.batch_id::text AS batch_text, ",
-            reading_text!("c."),
+            reading_values!("c."),
             "\nFROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true ORDER BY c.timestamp, c.id"
         )
     };
@@ -320,7 +323,7 @@ SELECT (SELECT count(*) FROM f) AS finished, (SELECT count(*) FROM d) AS deleted
             $columns,
             "
        b.batch_id::text AS batch_text, ",
-            reading_text!("c."),
+            reading_values!("c."),
             "
 FROM (SELECT 1) AS one LEFT JOIN (b CROSS JOIN c) ON true
 ORDER BY c.timestamp, c.id"
@@ -444,7 +447,7 @@ ORDER BY r.timestamp NULLS FIRST, r.id, b.claimed_at, b.batch_id";
 pub const BATCH_ROWS: &str = concat!(
     "
 SELECT ",
-    reading_text!("r."),
+    reading_values!("r."),
     "
 FROM sync_upload_batches b CROSS JOIN LATERAL unnest(b.reading_ids) WITH ORDINALITY AS u(id, ord)
 JOIN meter_readings r ON r.id = u.id
@@ -477,7 +480,7 @@ SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM u)";
 pub const CONTROL_READINGS: &str = concat!(
     "
 SELECT ",
-    reading_text!(""),
+    reading_values!(""),
     "
 FROM meter_readings WHERE is_synchronized IS NOT TRUE AND id <> ALL($1::int8[])
 ORDER BY timestamp, id LIMIT 8"
@@ -513,7 +516,7 @@ pub const QUARANTINED_COUNT: &str = "SELECT count(*) FROM sync_quarantine";
 
 /// The column list and the select list of the remote readings insert, as [`insert_readings!`] writes them.
 const INSERT_COLUMNS: &str = "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)";
-const INSERT_VALUES: &str = "SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb";
+const INSERT_VALUES: &str = "SELECT x.m, x.t, x.v, x.u, x.md";
 
 /// `statement` (one of [`UPLOAD`], [`UPLOAD_LEAD`], [`UPLOAD_AFTER`], [`PROBE`]) writing the source id,
 /// parameter `source_param` (text), into the remote column `column` (UPLOAD_SOURCE_COLUMN, a checked
@@ -559,8 +562,8 @@ mod tests {
                  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0 \
                  RETURNING batch_id ) \
                  SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text, \
-                 c.timestamp::text AS ts_text, c.value::text AS value_text, c.unit::text AS unit_text, \
-                 c.metadata::text AS metadata_text FROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
+                 c.timestamp::timestamp AS ts_wire, c.value::numeric AS value_wire, c.unit::text AS unit_text, \
+                 c.metadata::jsonb AS metadata_wire FROM b CROSS JOIN c ORDER BY c.timestamp, c.id"
             )
         );
         assert_eq!(
@@ -568,8 +571,8 @@ mod tests {
             words(
                 "WITH l AS ( INSERT INTO sync_upload_ledger (source_id, batch_id, row_count) VALUES ($1, $2::uuid, $3) \
                  RETURNING batch_id ) INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata) \
-                 SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb \
-                 FROM l CROSS JOIN unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                 SELECT x.m, x.t, x.v, x.u, x.md \
+                 FROM l CROSS JOIN unnest($4::text[], $5::timestamp[], $6::numeric[], $7::text[], $8::jsonb[]) \
                  WITH ORDINALITY AS x(m, t, v, u, md, ord) ORDER BY x.ord"
             )
         );
@@ -577,8 +580,8 @@ mod tests {
             words(PROBE),
             words(
                 "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata) \
-                 SELECT x.m, x.t::timestamp, x.v::numeric, x.u, x.md::jsonb \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 SELECT x.m, x.t, x.v, x.u, x.md \
+                 FROM unnest($1::text[], $2::timestamp[], $3::numeric[], $4::text[], $5::jsonb[]) \
                  WITH ORDINALITY AS x(m, t, v, u, md, ord) ORDER BY x.ord"
             )
         );
@@ -593,8 +596,8 @@ mod tests {
         assert_eq!(
             words(BATCH_ROWS),
             words(
-                "SELECT r.id::int8 AS id_num, r.meter_id::text AS meter_text, r.timestamp::text AS ts_text, \
-                 r.value::text AS value_text, r.unit::text AS unit_text, r.metadata::text AS metadata_text \
+                "SELECT r.id::int8 AS id_num, r.meter_id::text AS meter_text, r.timestamp::timestamp AS ts_wire, \
+                 r.value::numeric AS value_wire, r.unit::text AS unit_text, r.metadata::jsonb AS metadata_wire \
                  FROM sync_upload_batches b CROSS JOIN LATERAL unnest(b.reading_ids) WITH ORDINALITY AS u(id, ord) \
                  JOIN meter_readings r ON r.id = u.id WHERE b.batch_id = $1::uuid ORDER BY u.ord"
             )
@@ -639,7 +642,7 @@ mod tests {
                 "{w}"
             );
             assert!(
-                w.contains("AS invalid, CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp::text"),
+                w.contains("AS invalid, CASE WHEN b.batch_id IS NULL THEN (SELECT k.timestamp FROM k"),
                 "{w}"
             );
             assert!(w.contains("LEFT JOIN (b CROSS JOIN c) ON true"), "{w}");
@@ -657,7 +660,7 @@ mod tests {
                 with.contains("INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata, \"Site_Id\")"),
                 "{with}"
             );
-            assert!(with.contains(&format!("x.md::jsonb, {param}::text FROM")), "{with}");
+            assert!(with.contains(&format!("x.md, {param}::text FROM")), "{with}");
         }
     }
 

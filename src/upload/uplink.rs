@@ -232,10 +232,10 @@ fn upload(c: &mut Client, texts: &Texts, db: &Target, source_id: &str, job: &Job
         (&batch.batch_id, Type::TEXT),
         (&n, Type::INT4),
         (&cols.meter, Type::TEXT_ARRAY),
-        (&cols.ts, Type::TEXT_ARRAY),
-        (&cols.value, Type::TEXT_ARRAY),
+        (&cols.ts, Type::TIMESTAMP_ARRAY),
+        (&cols.value, Type::NUMERIC_ARRAY),
         (&cols.unit, Type::TEXT_ARRAY),
-        (&cols.metadata, Type::TEXT_ARRAY),
+        (&cols.metadata, Type::JSONB_ARRAY),
         (&before, Type::TEXT),
         (&job.turn_wait_ms, Type::INT4),
     ];

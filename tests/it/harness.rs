@@ -12,7 +12,7 @@ use postgres::{Client, NoTls};
 
 use crate::support::daemon::Daemon;
 use crate::support::pg::{self, DbPair, PgServer, ServerOptions, TestDb};
-use crate::support::proxy::FaultProxy;
+use crate::support::proxy::{Bucket, FaultProxy, Way, BURST_BYTES};
 
 fn one_plus_one(client: &mut Client) -> i32 {
     client.query_one("SELECT 1 + 1", &[]).expect("SELECT 1 + 1").get(0)
@@ -119,6 +119,63 @@ fn proxy_forwards_and_cut_all_breaks_only_live_connections() {
     let mut after = connect_via(&db, &proxy);
     assert_eq!(one_plus_one(&mut after), 2);
     assert_eq!(proxy.connections_opened(), 2);
+}
+
+/// Echoes every byte back, for one connection.
+fn echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding an echo server");
+    let addr = listener.local_addr().expect("echo server address");
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            if let Ok(mut back) = conn.try_clone() {
+                let _ = std::io::copy(&mut conn, &mut back);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn proxy_counts_the_bytes_each_way_and_a_capped_link_delivers_them_intact() {
+    use std::io::{Read, Write};
+    let proxy = FaultProxy::start(echo_server());
+    proxy.set_bandwidth(Some(2_000_000));
+    proxy.set_latency(Duration::from_millis(1));
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut conn = std::net::TcpStream::connect(proxy.addr()).expect("connecting through the proxy");
+    let mut writer = conn.try_clone().expect("cloning the socket");
+    let payload = sent.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&payload));
+    let mut got = vec![0u8; sent.len()];
+    conn.read_exact(&mut got).expect("reading the echo");
+    assert!(
+        sender.join().is_ok_and(|r| r.is_ok()),
+        "writing through the proxy failed"
+    );
+    assert!(got == sent, "the bytes came back changed");
+    assert_eq!(proxy.bytes(Way::Up), 200_000);
+    assert_eq!(proxy.bytes(Way::Down), 200_000);
+    proxy.set_bandwidth(None);
+}
+
+#[test]
+fn the_proxy_bucket_lets_a_burst_through_then_paces_at_the_rate() {
+    let t0 = Instant::now();
+    let mut b = Bucket::full(t0);
+    // 1,000 bytes/s: the first 16 KiB go at once, the next 1,000 bytes owe one second.
+    assert_eq!(b.take(1_000, BURST_BYTES, t0), Duration::ZERO);
+    assert_eq!(b.take(1_000, 1_000, t0), Duration::from_secs(1));
+    // Half a second later the debt is half paid: 500 more bytes owe 1 s from then.
+    assert_eq!(
+        b.take(1_000, 500, t0 + Duration::from_millis(500)),
+        Duration::from_secs(1)
+    );
+    // A long idle spell refills the bucket only up to its depth.
+    assert_eq!(
+        b.take(1_000, BURST_BYTES, t0 + Duration::from_secs(1000)),
+        Duration::ZERO
+    );
+    assert!(b.take(1_000, 1, t0 + Duration::from_secs(1000)) > Duration::ZERO);
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! [`FaultProxy`]: a TCP proxy on std threads that sits between the daemon (or a
 //! test client) and a PostgreSQL server and injects network faults: one-way
-//! latency, cutting live connections, a black hole and refusal, and a target that can be re-pointed (a
-//! failover: the same address now reaches another server).
+//! latency, a bandwidth cap, cutting live connections, a black hole and refusal, and a target that can be
+//! re-pointed (a failover: the same address now reaches another server). It counts the bytes it carries each
+//! way (the benches' bytes on the wire).
 //!
 //! Each accepted connection gets a supervisor thread; each direction gets a
 //! reader thread that timestamps chunks and a writer thread that sends each
 //! chunk when it is due, so latency does not limit throughput (no stop-and-wait).
+//! The cap is a token bucket per direction, shared by all connections (one link):
+//! a writer takes tokens for every piece it sends and sleeps until they are there.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// The token bucket's depth, and the largest piece a capped writer sends at once.
+pub const BURST_BYTES: usize = 16 * 1024;
 
 /// A fault-injecting TCP proxy listening on a free 127.0.0.1 port.
 pub struct FaultProxy {
@@ -29,6 +34,12 @@ struct Shared {
     /// Where new connections go; [`FaultProxy::set_target`] changes it.
     target: Mutex<SocketAddr>,
     latency_us: AtomicU64,
+    /// The cap per direction in bytes per second; 0 is none.
+    bandwidth: AtomicU64,
+    /// The token buckets, client to server and server to client.
+    buckets: [Mutex<Bucket>; 2],
+    /// Bytes delivered client to server and server to client.
+    carried: [AtomicU64; 2],
     blackhole: AtomicBool,
     refuse: AtomicBool,
     stopping: AtomicBool,
@@ -48,6 +59,64 @@ impl Shared {
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<TcpStream>>> {
         self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until the link going `way` may carry `n` (at most [`BURST_BYTES`]) more bytes.
+    fn take_tokens(&self, way: Way, n: usize) {
+        let rate = self.bandwidth.load(Ordering::SeqCst);
+        if rate == 0 {
+            return;
+        }
+        let wait = {
+            let mut bucket = self.buckets[way as usize].lock().unwrap_or_else(|p| p.into_inner());
+            bucket.take(rate, n, Instant::now())
+        };
+        if !wait.is_zero() {
+            thread::sleep(wait);
+        }
+    }
+}
+
+/// Which way bytes go through the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// Client to server (to the remote database: statements and their parameters).
+    Up = 0,
+    /// Server to client (results).
+    Down = 1,
+}
+
+/// A token bucket: `tokens` bytes may go at once, refilled at the cap's rate up to [`BURST_BYTES`]. Tokens
+/// may go negative: a piece taken on credit makes the next takers wait until it is paid off.
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket at `at`.
+    pub fn full(at: Instant) -> Bucket {
+        Bucket {
+            tokens: BURST_BYTES as f64,
+            at,
+        }
+    }
+
+    fn new() -> Bucket {
+        Bucket::full(Instant::now())
+    }
+
+    /// Takes `n` tokens at `now` with `rate` bytes/s; returns how long the taker must wait for them.
+    pub fn take(&mut self, rate: u64, n: usize, now: Instant) -> Duration {
+        let rate = rate as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(BURST_BYTES as f64) - n as f64;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
 }
 
 impl FaultProxy {
@@ -58,6 +127,9 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             target: Mutex::new(target),
             latency_us: AtomicU64::new(0),
+            bandwidth: AtomicU64::new(0),
+            buckets: [Mutex::new(Bucket::new()), Mutex::new(Bucket::new())],
+            carried: [AtomicU64::new(0), AtomicU64::new(0)],
             blackhole: AtomicBool::new(false),
             refuse: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -94,6 +166,19 @@ impl FaultProxy {
     pub fn set_latency(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.shared.latency_us.store(us, Ordering::SeqCst);
+    }
+
+    /// Caps each direction at `bytes_per_sec` (shared by all connections, like one link), with bursts of at
+    /// most 16 KiB; None lifts the cap. Applies to chunks sent from now on.
+    pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
+        self.shared
+            .bandwidth
+            .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Bytes carried `way` so far, over all connections (the TCP payload, as PostgreSQL's protocol sent it).
+    pub fn bytes(&self, way: Way) -> u64 {
+        self.shared.carried[way as usize].load(Ordering::SeqCst)
     }
 
     /// Shuts down (both ways) every live connection, black-holed ones included.
@@ -220,14 +305,14 @@ fn handle_connection(client: TcpStream, shared: Arc<Shared>) {
             let shared = shared.clone();
             thread::Builder::new()
                 .name("proxy-up".into())
-                .spawn(move || pump(c, s, &shared, generation))
+                .spawn(move || pump(c, s, &shared, generation, Way::Up))
                 .ok()
         }
         _ => None,
     };
     match upstream {
         Some(upstream) => {
-            pump(server, client, &shared, generation);
+            pump(server, client, &shared, generation, Way::Down);
             let _ = upstream.join();
         }
         None => {
@@ -238,10 +323,10 @@ fn handle_connection(client: TcpStream, shared: Arc<Shared>) {
     shared.conns().remove(&id);
 }
 
-/// Copies `from` to `to`: this thread reads and timestamps chunks, a writer
-/// thread delivers each when due. EOF is passed on as a half-close; any error
-/// or a cut shuts down both sockets.
-fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, generation: u64) {
+/// Copies `from` to `to` (going `way`): this thread reads and timestamps chunks, a writer
+/// thread delivers each when due (and, under a cap, when the link has room). EOF is passed on as a
+/// half-close; any error or a cut shuts down both sockets.
+fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, generation: u64, way: Way) {
     let kill_both = |a: &TcpStream, b: &TcpStream| {
         let _ = a.shutdown(Shutdown::Both);
         let _ = b.shutdown(Shutdown::Both);
@@ -263,9 +348,14 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, generation: u6
                 while shared.blackhole.load(Ordering::SeqCst) && shared.alive(generation) {
                     thread::sleep(PAUSE_POLL);
                 }
-                if !shared.alive(generation) || to.write_all(&chunk).is_err() {
-                    kill_both(&from_w, &to);
-                    return;
+                for piece in chunk.chunks(BURST_BYTES) {
+                    shared.take_tokens(way, piece.len());
+                    // Counted before the write: a reader that got the bytes sees them counted.
+                    shared.carried[way as usize].fetch_add(piece.len() as u64, Ordering::SeqCst);
+                    if !shared.alive(generation) || to.write_all(piece).is_err() {
+                        kill_both(&from_w, &to);
+                        return;
+                    }
                 }
             }
             let _ = to.shutdown(Shutdown::Write); // pass EOF on
