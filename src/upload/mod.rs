@@ -27,7 +27,7 @@
 //!
 //! The protocol (ARCHITECTURE.md, "The upload protocol", is the long form):
 //! 1. CLAIM — one local statement takes the next BATCH_SIZE readings (up to BATCH_SIZE_MAX while a backlog
-//!    remains, sizer.rs; at most about 2 MiB of row data) in (timestamp, id) order after a
+//!    remains, sizer.rs; at most about 1 MiB of row data) in (timestamp, id) order after a
 //!    remembered key and records them as a batch (random uuid, the reading ids in upload order).
 //! 2. UPLOAD — one remote statement inserts the ledger row (source, batch id) and the readings; it is its own
 //!    transaction. A unique violation on the ledger key means the batch is already in.

@@ -34,14 +34,14 @@ macro_rules! reading_values {
 /// The byte bound of a claim, as a literal for [`claim_ctes!`]: [`CLAIM_MAX_BYTES`].
 macro_rules! claim_max_bytes {
     () => {
-        "2097152"
+        "1048576"
     };
 }
 
 /// A claim takes readings only while their row data (the stored size of their columns, as `pg_column_size`
 /// counts it: TOAST-compressed values count compressed) adds up to at most this many bytes, and always at least
 /// one reading: a 1 MB metadata row makes a batch of two, not one of 5 GB.
-pub const CLAIM_MAX_BYTES: usize = 2 * 1024 * 1024;
+pub const CLAIM_MAX_BYTES: usize = 1024 * 1024;
 
 /// CTEs `c` (the next `$1` queued readings in claim order, cut where their row data passes
 /// [`CLAIM_MAX_BYTES`] but at least one: `first` from the start of the queue, `next` after the key ($2, $3),

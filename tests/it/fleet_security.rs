@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::support::pg::{PgServer, ServerOptions, HOST};
-use crate::support::unique_temp_dir;
+use crate::support::{openssl, unique_temp_dir};
 
 /// Group role: its members authenticate with their client certificate alone (`cert`).
 const CERT_GROUP: &str = "fleet_cert";
@@ -29,22 +29,6 @@ const CERT_GROUP: &str = "fleet_cert";
 const CERT_PW_GROUP: &str = "fleet_cert_pw";
 /// Group role: its members authenticate with scram-sha-256 passwords.
 const SCRAM_GROUP: &str = "fleet_scram";
-
-/// Runs the openssl CLI in `dir`; fails the test in one line when it is missing.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("could not run openssl (install it with apt-get install -y openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
 

@@ -24,7 +24,7 @@ use sync_process::shutdown::Shutdown;
 use crate::support::daemon::{run_command, Daemon};
 use crate::support::env::{closed_port, once_json};
 use crate::support::pg::{bin_dir, env_map, DbPair, PgServer, ServerOptions, TestDb, HOST, USER};
-use crate::support::unique_temp_dir;
+use crate::support::{openssl, unique_temp_dir};
 
 /// Role of the TLS tests: pg_hba.conf lets it in only over TLS.
 const TLS_USER: &str = "tls_client";
@@ -46,21 +46,6 @@ struct Certs {
     wrong_ca: Vec<u8>,
     server_crt: Vec<u8>,
     server_key: Vec<u8>,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("could not run openssl (install it with apt-get install -y openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A CA, a server certificate signed by it for 127.0.0.1 and localhost, and a second unrelated CA.

@@ -33,6 +33,22 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     sync_process::pgtemp::unique_temp_dir(prefix).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs the openssl CLI in `dir`; fails the test in one line when it is missing.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run openssl (install it with apt-get install -y openssl): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Sets the flag when dropped: a sampler thread that loops until its flag is set stops even when the test
 /// body beside it panics (inside `thread::scope`, a panic would otherwise wait for the sampler forever).
 pub struct SetOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);

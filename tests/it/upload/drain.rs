@@ -287,7 +287,7 @@ fn incompressible_metadata(bytes: usize, seed: u64) -> String {
 }
 
 // A claim is bounded by bytes as well: with 1 MB metadata rows among small ones, a claim of up to 50 readings
-// stops before its row data passes 2 MiB (a 3 MB row is a batch of its own), claims still walk the queue in
+// stops before its row data passes 1 MiB (a 3 MB row is a batch of its own), claims still walk the queue in
 // order without gap or overlap, and the drain (here: recovery of those claimed batches) delivers everything
 // exactly once, in order.
 #[test]
@@ -342,7 +342,7 @@ fn a_claim_is_bounded_by_bytes_and_large_readings_still_arrive_once_in_order() {
         taken, order,
         "the claims walk the queue in order, without gap or overlap"
     );
-    // 12 readings of 1 MB (two fit under 2 MiB) and one of 3 MB (alone): at least 7 batches, not 2.
+    // 12 readings of 1 MB and one of 3 MB, each a batch of its own under the 1 MiB bound: at least 7 batches, not 2.
     assert!(batches >= 7, "{batches} batches");
     let r = env.sync();
     assert!(r.success && r.records_uploaded == 60, "{r:?}");
