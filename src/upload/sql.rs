@@ -558,7 +558,7 @@ mod tests {
                  + coalesce(pg_column_size(metadata), 0)) OVER w AS bytes FROM meter_readings \
                  WHERE (timestamp, id) > ($2::timestamp, $3) AND is_synchronized IS NOT TRUE \
                  WINDOW w AS (ORDER BY timestamp, id ROWS UNBOUNDED PRECEDING) \
-                 ORDER BY timestamp, id LIMIT $1 ) AS q WHERE q.n = 1 OR q.bytes <= 2097152 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
+                 ORDER BY timestamp, id LIMIT $1 ) AS q WHERE q.n = 1 OR q.bytes <= 1048576 ), b AS ( INSERT INTO sync_upload_batches (batch_id, reading_ids) \
                  SELECT gen_random_uuid(), array_agg(c.id::int8 ORDER BY c.timestamp, c.id) FROM c HAVING count(*) > 0 \
                  RETURNING batch_id ) \
                  SELECT b.batch_id::text AS batch_text, c.id::int8 AS id_num, c.meter_id::text AS meter_text, \
