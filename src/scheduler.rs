@@ -356,8 +356,9 @@ impl Service {
             error: Some(error),
             ..Default::default()
         });
-        if meter_result.success && meter_result.new_meters > 0 && self.cfg.upload_validate.contains(&Check::KnownMeter)
-        {
+        // After every successful meter download, not only one that brought new meters: a re-queue that failed
+        // once is tried again, and a meter another program added locally counts too.
+        if meter_result.success && self.cfg.upload_validate.contains(&Check::KnownMeter) {
             match run_isolated("re-queueing known-meter readings", || {
                 crate::quarantine::requeue_known_meters(&self.conns.local)
             }) {
