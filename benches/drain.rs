@@ -29,7 +29,8 @@
 //! BENCH_PERF_DIR=dir records `perf record -a` per run; BENCH_DAEMON_BIN runs another build of the binary (one
 //! with symbols); BENCH_DAEMON_ENV="K=V,..." adds variables to every daemon run (separated by `;` instead when
 //! the value holds one, for a value with commas: "UPLOAD_VALIDATE=known-meter,finite-value;K=V"); BENCH_LOCAL_DB_SET /
-//! BENCH_REMOTE_DB_SET="name=value,..." apply `ALTER DATABASE ... SET` on a side.
+//! BENCH_REMOTE_DB_SET="name=value,..." apply `ALTER DATABASE ... SET` on a side; BENCH_SHARED_BUFFERS=128MB sets both
+//! servers' shared_buffers (default pgtemp's 32MB).
 //! Does not own: the daemon (src/), the proxy (tests/it/support/proxy.rs, included by path, not copied).
 
 mod common;

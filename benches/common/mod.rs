@@ -47,6 +47,12 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// BENCH_SHARED_BUFFERS (e.g. `128MB`, what Debian's postgresql-15 package gives an edge box): both servers'
+/// shared_buffers; unset, pgtemp's 32MB.
+pub fn shared_buffers() -> String {
+    std::env::var("BENCH_SHARED_BUFFERS").unwrap_or_else(|_| "32MB".into())
+}
+
 /// BENCH_PGSS=1: the servers load pg_stat_statements and each measured run prints its statements' server time.
 pub fn pgss() -> bool {
     std::env::var("BENCH_PGSS").as_deref() == Ok("1")
@@ -85,6 +91,7 @@ impl Servers {
                 "pg_stat_statements.track = all".into(),
             ];
         }
+        opts.extra_conf.push(format!("shared_buffers = '{}'", shared_buffers()));
         opts.extra_conf.extend(conf.iter().map(|l| l.to_string()));
         let local = PgTemp::start("sync-process-bench-local", &opts).unwrap_or_else(|e| panic!("{e}"));
         let remote = PgTemp::start("sync-process-bench-remote", &opts).unwrap_or_else(|e| panic!("{e}"));
@@ -633,9 +640,10 @@ pub fn machine(pg: &mut Client) -> String {
         .unwrap_or_default();
     format!(
         "Machine: {nproc} CPUs ({model}), {:.1} GiB RAM, Linux {}, PostgreSQL {pg_version} (throwaway servers: fsync, \
-         synchronous_commit and full_page_writes off, shared_buffers 32MB); {date}.",
+         synchronous_commit and full_page_writes off, shared_buffers {}); {date}.",
         mem_kb as f64 / 1024.0 / 1024.0,
-        kernel.trim()
+        kernel.trim(),
+        shared_buffers()
     )
 }
 

@@ -31,6 +31,9 @@ pub struct ClaimedBatch {
     /// The batch uuid as text.
     pub batch_id: String,
     pub readings: Vec<QueuedReading>,
+    /// The readings' row data as the claim's byte bound counts it (`sql::CLAIM_MAX_BYTES`); 0 when not
+    /// known (a batch loaded again in recovery). Only sizes the next claim (sizer.rs).
+    pub row_bytes: u64,
 }
 
 impl ClaimedBatch {
@@ -61,6 +64,7 @@ impl ClaimedBatch {
                 .filter(|(i, _)| !bad.contains(i))
                 .map(|(_, r)| r.clone())
                 .collect(),
+            row_bytes: self.row_bytes,
         }
     }
 }
@@ -132,8 +136,8 @@ pub(super) fn reading_from_row(row: &postgres::Row, offset: usize) -> Result<Que
     })
 }
 
-/// The claimed batch of a claim's result rows (batch id in column `offset`, the reading after it); None when
-/// nothing was claimed.
+/// The claimed batch of a claim's result rows (batch id in column `offset`, the reading after it, then the
+/// running byte sum of `sql::claimed_bytes!`); None when nothing was claimed.
 pub(super) fn batch_from_rows(rows: &[postgres::Row], offset: usize) -> Result<Option<ClaimedBatch>, postgres::Error> {
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -145,7 +149,15 @@ pub(super) fn batch_from_rows(rows: &[postgres::Row], offset: usize) -> Result<O
         .iter()
         .map(|r| reading_from_row(r, offset + 1))
         .collect::<Result<_, _>>()?;
-    Ok(Some(ClaimedBatch { batch_id, readings }))
+    let row_bytes = match rows.last() {
+        Some(last) => last.try_get::<_, Option<i64>>(offset + 7)?.unwrap_or(0).max(0) as u64,
+        None => 0,
+    };
+    Ok(Some(ClaimedBatch {
+        batch_id,
+        readings,
+        row_bytes,
+    }))
 }
 
 #[cfg(test)]
@@ -170,6 +182,7 @@ mod tests {
         ClaimedBatch {
             batch_id: "b".into(),
             readings: ids.iter().map(|&i| reading(i, i)).collect(),
+            row_bytes: 0,
         }
     }
 

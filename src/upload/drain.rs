@@ -46,6 +46,11 @@ struct Pipe {
     width: Width,
     /// The key of the newest claimed batch: the next claim continues after it. None: from the start.
     cursor: Option<super::ClaimCursor>,
+    /// The largest reading id when this pipe's first claim from the start ran (Some(None): the table was
+    /// empty). Its claims then passed every reading queued before that, so a later claim from the start takes
+    /// only the ids above it, those that arrived since, and leaves the drained readings' dead index entries
+    /// unvisited. A reading that took a lower id and committed later waits for the next drain.
+    pass_began_at: Option<Option<i64>>,
     /// Claimed ahead (while the batch before it was uploading), not yet sent.
     next: Option<ClaimedBatch>,
     /// Sent to the remote, not yet waited for, oldest first.
@@ -60,6 +65,7 @@ impl Pipe {
             sizer,
             width,
             cursor: None,
+            pass_began_at: None,
             next: None,
             in_flight: VecDeque::new(),
             uploaded: None,
@@ -273,23 +279,38 @@ impl UploadSyncManager<'_> {
             }
             None => s.claim(limit, Some(&after))?,
         };
-        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
+        pipe.sizer.claimed(
+            limit,
+            claimed.as_ref().map_or(0, ClaimedBatch::len),
+            claimed.as_ref().map_or(0, |b| b.row_bytes),
+        );
         // At the end of the queue the cursor stays cleared: the next claim starts from the beginning.
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
     }
 
     /// The next batch when nothing is in flight: after the cursor, else from the start of the queue (readings
-    /// that arrived older than the cursor wait behind it). A claim from the start must overlap nothing
-    /// pending, so the uploaded batch is finished first.
+    /// that arrived older than the cursor wait behind it; after the pipe's first pass, only those with ids
+    /// above where it began). A claim from the start must overlap nothing pending, so the uploaded batch is
+    /// finished first.
     fn claim_after(&self, s: &mut Session, pipe: &mut Pipe, stats: &mut Stats) -> Result<Option<ClaimedBatch>> {
         if let Some(b) = self.claim_ahead(s, pipe, stats)? {
             return Ok(Some(b));
         }
         self.finish_uploaded(s, pipe, stats)?;
         let limit = pipe.sizer.limit();
-        let claimed = s.claim(limit, None)?;
-        pipe.sizer.claimed(limit, claimed.as_ref().map_or(0, ClaimedBatch::len));
+        let claimed = match pipe.pass_began_at {
+            Some(above) => s.claim_late(limit, above.unwrap_or(i64::MIN))?,
+            None => {
+                pipe.pass_began_at = Some(s.max_reading_id()?);
+                s.claim(limit, None)?
+            }
+        };
+        pipe.sizer.claimed(
+            limit,
+            claimed.as_ref().map_or(0, ClaimedBatch::len),
+            claimed.as_ref().map_or(0, |b| b.row_bytes),
+        );
         pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
         Ok(claimed)
     }

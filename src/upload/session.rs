@@ -18,6 +18,15 @@ use super::wire::{Timestamp, Wire};
 use crate::db::{AdvisoryLock, ConnectionManager, LockKey, Side};
 use crate::error::{Error, Result};
 
+/// Where a claim starts: the start of the queue, after a key (keyset paging), or the start of the queue for
+/// only the ids above one (sql::CLAIM_LATE).
+#[derive(Clone, Debug)]
+enum ClaimStart {
+    Start,
+    After(ClaimCursor),
+    Above(i64),
+}
+
 /// The local connection one drain holds, with the upload lock. If it breaks it is dropped and the next use
 /// takes a fresh one (retried with backoff by `ConnectionManager::get`) and locks again. Remote statements
 /// take a pooled connection each, through `ConnectionManager::call_bounded`.
@@ -122,21 +131,42 @@ impl<'a> Session<'a> {
 
     /// CLAIM of the next `batch_size` readings after `after` (from the start of the queue when None).
     pub fn claim(&mut self, batch_size: u32, after: Option<&ClaimCursor>) -> Result<Option<ClaimedBatch>> {
+        let start = after.map_or(ClaimStart::Start, |k| ClaimStart::After(k.clone()));
+        self.claim_from(batch_size, start)
+    }
+
+    /// CLAIM from the start of the queue of only the readings with an id above `above` (sql::CLAIM_LATE).
+    pub fn claim_late(&mut self, batch_size: u32, above: i64) -> Result<Option<ClaimedBatch>> {
+        self.claim_from(batch_size, ClaimStart::Above(above))
+    }
+
+    fn claim_from(&mut self, batch_size: u32, start: ClaimStart) -> Result<Option<ClaimedBatch>> {
         if let Some(v) = self.validation.clone() {
-            return self.claim_checked(batch_size, after.cloned(), &v);
+            return self.claim_checked(batch_size, start, &v);
         }
         let limit = i64::from(batch_size);
         let context = || format!("claiming the next batch of up to {batch_size} readings");
-        let rows = match after {
-            None => self.query(sql::CLAIM_FIRST, &[Type::INT8], &[&limit], &context)?,
-            Some(k) => self.query(
+        let rows = match start {
+            ClaimStart::Start => self.query(sql::CLAIM_FIRST, &[Type::INT8], &[&limit], &context)?,
+            ClaimStart::After(k) => self.query(
                 sql::CLAIM_NEXT,
                 &[Type::INT8, Type::TIMESTAMP, Type::INT8],
                 &[&limit, &k.timestamp, &k.id],
                 &context,
             )?,
+            ClaimStart::Above(id) => {
+                self.query(sql::CLAIM_LATE, &[Type::INT8, Type::INT8], &[&limit, &id], &context)?
+            }
         };
         batch_from_rows(&rows, 0).map_err(|e| self.conns.local.err(context(), e))
+    }
+
+    /// The largest reading id now (queued or not); None when the table is empty.
+    pub fn max_reading_id(&mut self) -> Result<Option<i64>> {
+        let rows = self.query(sql::MAX_READING_ID, &[], &[], &|| {
+            "reading the largest reading id".to_string()
+        })?;
+        Ok(rows.first().and_then(|r| r.get(0)))
     }
 
     /// FINISH: returns (batch rows finished, readings deleted). With a confirmation window the batch is
@@ -251,7 +281,7 @@ impl<'a> Session<'a> {
             {
                 Checked::Batch(b) => Some(b),
                 Checked::Nothing => None,
-                Checked::AllFailed(last) => self.claim_checked(batch_size, Some(last), v)?,
+                Checked::AllFailed(last) => self.claim_checked(batch_size, ClaimStart::After(last), v)?,
             },
         };
         Ok((deleted, next))
@@ -263,14 +293,34 @@ impl<'a> Session<'a> {
     fn claim_checked(
         &mut self,
         batch_size: u32,
-        mut after: Option<ClaimCursor>,
+        mut start: ClaimStart,
         v: &Validation,
     ) -> Result<Option<ClaimedBatch>> {
         let limit = i64::from(batch_size);
         let context = || format!("claiming (and validating) the next batch of up to {batch_size} readings");
         loop {
-            let rows = match &after {
-                None => self.query(
+            let rows = match &start {
+                ClaimStart::Above(id) => self.query(
+                    sql::CLAIM_LATE_CHECKED,
+                    &[
+                        Type::INT8,
+                        Type::INT8,
+                        Type::TEXT_ARRAY,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::TEXT,
+                    ],
+                    &[
+                        &limit,
+                        id,
+                        &v.checks,
+                        &v.window.lower_secs,
+                        &v.window.upper_secs,
+                        &v.window.text,
+                    ],
+                    &context,
+                )?,
+                ClaimStart::Start => self.query(
                     sql::CLAIM_FIRST_CHECKED,
                     &[Type::INT8, Type::TEXT_ARRAY, Type::INT8, Type::INT8, Type::TEXT],
                     &[
@@ -282,7 +332,7 @@ impl<'a> Session<'a> {
                     ],
                     &context,
                 )?,
-                Some(k) => self.query(
+                ClaimStart::After(k) => self.query(
                     sql::CLAIM_NEXT_CHECKED,
                     &[
                         Type::INT8,
@@ -313,7 +363,7 @@ impl<'a> Session<'a> {
                 Checked::Nothing => return Ok(None),
                 // The queue stays; the next drain goes on from here.
                 Checked::AllFailed(_) if self.conns.shutdown.is_requested() => return Ok(None),
-                Checked::AllFailed(last) => after = Some(last),
+                Checked::AllFailed(last) => start = ClaimStart::After(last),
             }
         }
     }
@@ -369,6 +419,7 @@ impl<'a> Session<'a> {
         Ok(ClaimedBatch {
             batch_id: batch_id.to_string(),
             readings,
+            row_bytes: 0,
         })
     }
 

@@ -192,6 +192,100 @@ fn the_claim_and_finish_statements_use_their_indexes() {
     );
 }
 
+/// Shared buffers (hit + read) of `statement` as EXPLAIN (ANALYZE, BUFFERS) counts them for its top node, run
+/// in a transaction that is rolled back.
+fn buffers_of(l: &mut Client, statement: &str) -> u64 {
+    l.batch_execute("BEGIN").expect("begin");
+    let plan: Vec<String> = l
+        .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {statement}"), &[])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    l.batch_execute("ROLLBACK").expect("rollback");
+    let line = plan
+        .iter()
+        .find(|l| l.trim_start().starts_with("Buffers: shared"))
+        .cloned();
+    line.unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("hit=").or_else(|| w.strip_prefix("read=")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+// After a drain, the claim index still holds an entry for every reading it deleted (until vacuum). A claim from
+// the start visits each of their rows to find it dead; the drain's later claims from the start (CLAIM_LATE:
+// only ids above where its pass began) skip those entries inside the index and find just the readings that
+// arrived since.
+#[test]
+fn a_late_claim_does_not_visit_the_rows_a_drain_deleted() {
+    let env = Env::new(&[]);
+    let mut l = env.pair.local.client();
+    insert_many(&mut l, 20_000);
+    l.batch_execute("ANALYZE meter_readings").expect("analyze");
+    let began = count(&mut l, "SELECT max(id)::int8 FROM meter_readings");
+    l.batch_execute("DELETE FROM meter_readings").expect("drained");
+    insert_readings(&mut l, 5, "2023-06-01 00:00:00", "1 second");
+    let late = upload::sql::CLAIM_LATE
+        .replace("$1", "100")
+        .replace("$2", &began.to_string());
+    l.batch_execute("BEGIN").expect("begin");
+    let rows = l.query(&late, &[]).expect("late claim");
+    l.batch_execute("ROLLBACK").expect("rollback");
+    assert_eq!(
+        rows.len(),
+        5,
+        "the late claim takes exactly the readings that arrived since"
+    );
+    let late_buffers = buffers_of(&mut l, &late);
+    let first_buffers = buffers_of(&mut l, &upload::sql::CLAIM_FIRST.replace("$1", "100"));
+    assert!(
+        late_buffers * 20 < first_buffers,
+        "late claim {late_buffers} buffers, claim from the start {first_buffers}"
+    );
+}
+
+// A reading that arrives during a drain with a timestamp older than the drain's cursor (a meter that was offline
+// reporting its backlog) goes up in that same drain: the drain's claim from the start after its pass takes the
+// ids above where the pass began.
+#[test]
+fn a_reading_that_arrives_behind_the_cursor_goes_up_in_the_same_drain() {
+    let env = Env::builder().remote_via_proxy().vars(&[("BATCH_SIZE", "20")]).build();
+    env.proxy().set_latency(Duration::from_millis(3));
+    let mut l = env.pair.local.client();
+    insert_readings(&mut l, 2_000, "2024-01-01 00:00:00", "1 second");
+    let r = thread::scope(|s| {
+        s.spawn(|| {
+            let mut r = env.pair.remote.client();
+            for _ in 0..2_000 {
+                if count(&mut r, "SELECT count(*) FROM meter_readings") >= 500 {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            insert(
+                &mut env.pair.local.client(),
+                &[Reading::new("offline", "2023-06-01 00:00:00", "7.25", None)],
+            );
+        });
+        env.sync()
+    });
+    assert!(r.success && r.records_uploaded == 2_001, "{r:?}");
+    assert_eq!(count(&mut l, "SELECT count(*) FROM meter_readings"), 0);
+    assert_eq!(
+        count(
+            &mut env.pair.remote.client(),
+            "SELECT count(*) FROM meter_readings WHERE meter_id = 'offline' AND value = 7.25"
+        ),
+        1
+    );
+    assert_eq!(
+        count(&mut env.pair.remote.client(), "SELECT count(*) FROM meter_readings"),
+        2_001
+    );
+}
+
 // ----- The is_synchronized flag -----
 
 #[test]

@@ -270,6 +270,7 @@ fn prop_unreachable_remote_keeps_everything(readings: Vec<Reading>, batch: u8) -
         let direct = m.upload_batch(&ClaimedBatch {
             batch_id: "00000000-0000-0000-0000-000000000001".into(),
             readings: vec![],
+            row_bytes: 0,
         });
         let classified = matches!(&direct, Err(e) if e.is_transient() && !e.is_data_error());
         TestResult::from_bool(
