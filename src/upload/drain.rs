@@ -269,7 +269,7 @@ impl UploadSyncManager<'_> {
         let Some(after) = pipe.cursor.take() else {
             return Ok(None);
         };
-        let limit = pipe.sizer.limit();
+        let limit = pipe.sizer.limit(pipe.width.now());
         let claimed = match pipe.uploaded.take() {
             Some(prev) => {
                 let t0 = Instant::now();
@@ -298,7 +298,7 @@ impl UploadSyncManager<'_> {
             return Ok(Some(b));
         }
         self.finish_uploaded(s, pipe, stats)?;
-        let limit = pipe.sizer.limit();
+        let limit = pipe.sizer.limit(pipe.width.now());
         let claimed = match pipe.pass_began_at {
             Some(above) => s.claim_late(limit, above.unwrap_or(i64::MIN))?,
             None => {

@@ -5,7 +5,7 @@
 //! `sql::CLAIM_MAX_BYTES`) keeps that size; a short claim (the end of the queue) or a failed batch falls
 //! back to BATCH_SIZE. Once a claim's row data is known, no claim asks for more than about as many readings
 //! of that size as fit the byte bound: a claim reads every row it asks for, so asking for 5,000 where 2,200
-//! fit reads 2,800 rows only to drop them. Each batch is still one exactly-once unit, whatever its size.
+//! fit reads 2,800 rows only to drop them. With several batches in flight they share the bound. Each batch is still one exactly-once unit, whatever its size.
 //! With BATCH_SIZE_MAX = BATCH_SIZE (the default) every claim asks for BATCH_SIZE, or fewer only where the
 //! byte bound cut the claim before. Does not own: the claim itself and its byte bound (sql.rs), when claims
 //! happen (drain.rs).
@@ -35,9 +35,12 @@ impl Sizer {
         }
     }
 
-    /// How many readings the next claim asks for.
-    pub fn limit(&self) -> u32 {
-        self.fit.map_or(self.next, |fit| self.next.min(fit))
+    /// How many readings the next claim asks for when `sharing` batches (those in flight:
+    /// UPLOAD_BATCHES_IN_FLIGHT, as the drain's width now is) share the byte bound: each about its share of
+    /// what fits, so that N batches in flight hold about as much row data as one (the daemon's memory).
+    pub fn limit(&self, sharing: usize) -> u32 {
+        let sharing = u32::try_from(sharing.max(1)).unwrap_or(u32::MAX);
+        self.fit.map_or(self.next, |fit| self.next.min((fit / sharing).max(1)))
     }
 
     /// A claim that asked for `asked` readings came back with `claimed`, whose row data (as the byte bound
@@ -76,10 +79,10 @@ mod tests {
     fn equal_sizes_never_grow() {
         let mut s = Sizer::new(100, 100);
         for _ in 0..5 {
-            assert_eq!(s.limit(), 100);
+            assert_eq!(s.limit(1), 100);
             s.claimed(100, 100, 100 * 500);
         }
-        assert_eq!(s.limit(), 100);
+        assert_eq!(s.limit(1), 100);
     }
 
     #[test]
@@ -87,21 +90,21 @@ mod tests {
         let mut s = Sizer::new(100, 5000);
         let mut seen = Vec::new();
         for _ in 0..8 {
-            seen.push(s.limit());
-            s.claimed(s.limit(), s.limit() as usize, u64::from(s.limit()) * 100);
+            seen.push(s.limit(1));
+            s.claimed(s.limit(1), s.limit(1) as usize, u64::from(s.limit(1)) * 100);
         }
         assert_eq!(seen, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         s.claimed(5000, 4999, 4999 * 100);
-        assert_eq!(s.limit(), 100);
+        assert_eq!(s.limit(1), 100);
         s.claimed(100, 100, 0);
-        assert_eq!(s.limit(), 200);
+        assert_eq!(s.limit(1), 200);
     }
 
     #[test]
     fn a_maximum_below_the_base_is_the_base() {
         let mut s = Sizer::new(100, 10);
         s.claimed(100, 100, 0);
-        assert_eq!(s.limit(), 100);
+        assert_eq!(s.limit(1), 100);
     }
 
     /// Fleet-shaped rows of ~480 bytes: 5,000 asked, the byte bound takes 2,184. The growth stays (it was not
@@ -113,11 +116,11 @@ mod tests {
         for (base, max) in [(5000, 5000), (100, 5000)] {
             let mut s = Sizer::new(base, max);
             for _ in 0..12 {
-                let asked = s.limit();
+                let asked = s.limit(1);
                 let n = fits.min(asked as usize);
                 s.claimed(asked, n, n as u64 * per);
             }
-            let asked = s.limit() as usize;
+            let asked = s.limit(1) as usize;
             assert!(
                 (fits..=fits + fits / 8).contains(&asked),
                 "{base}/{max}: asks {asked}, {fits} fit"
@@ -126,9 +129,34 @@ mod tests {
         // A reading larger than the bound alone: the claim takes it, the next asks for one again.
         let mut s = Sizer::new(100, 100);
         s.claimed(100, 1, 5 * BOUND);
-        assert_eq!(s.limit(), 1);
+        assert_eq!(s.limit(1), 1);
         s.claimed(1, 1, 200);
-        assert_eq!(s.limit(), 100);
+        assert_eq!(s.limit(1), 100);
+    }
+
+    #[test]
+    fn batches_in_flight_share_the_byte_bound() {
+        let mut s = Sizer::new(100, 5000);
+        assert_eq!(s.limit(4), 100, "nothing known yet: the growth alone");
+        s.claimed(100, 100, 100 * 480);
+        let one = s.limit(1);
+        assert_eq!(one, 200);
+        s.claimed(one, one as usize, u64::from(one) * 480);
+        for _ in 0..6 {
+            let n = s.limit(1) as usize;
+            s.claimed(
+                s.limit(1),
+                n.min((BOUND / 480) as usize),
+                n.min((BOUND / 480) as usize) as u64 * 480,
+            );
+        }
+        let fits = BOUND / 480;
+        assert!(
+            u64::from(s.limit(4)) * 4 <= fits + fits / 8 + 4,
+            "{} each for 4",
+            s.limit(4)
+        );
+        assert!(s.limit(4) > 0 && s.limit(8) > 0);
     }
 
     /// What happened to one claim of a drain.
@@ -172,14 +200,14 @@ mod tests {
         let base = u32::from(base % 5000) + 1;
         let max = base + u32::from(extra % 3) * u32::from(extra);
         let mut s = Sizer::new(base, max);
-        if s.limit() != base {
+        if s.limit(1) != base {
             return TestResult::error("the first claim must ask for BATCH_SIZE");
         }
         // What the claim before the next one did: (readings taken, their bytes) when it was full or cut by the
         // byte bound; None after the end of the queue, a failure, or at the start.
         let mut before: Option<(u64, u64)> = None;
         for e in events {
-            let asked = s.limit();
+            let asked = s.limit(1);
             let floor = before.map_or(base, |(n, _)| base.min(n as u32));
             if asked < floor.max(1) || asked > max {
                 return TestResult::error(format!("asked {asked} outside {floor}..={max} after {before:?}"));
@@ -191,6 +219,13 @@ mod tests {
                 let fits = n * BOUND / bytes;
                 if u64::from(asked) > fits + fits / 8 + 1 {
                     return TestResult::error(format!("asked {asked} where {fits} fit ({n} readings, {bytes} B)"));
+                }
+                // Batches in flight share what fits.
+                for sharing in 2..=8u64 {
+                    let each = u64::from(s.limit(sharing as usize));
+                    if each == 0 || each > u64::from(asked) || each > (fits + fits / 8 + 1) / sharing + 1 {
+                        return TestResult::error(format!("{each} each for {sharing} in flight where {fits} fit"));
+                    }
                 }
             }
             before = match e {
