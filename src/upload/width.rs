@@ -2,18 +2,23 @@
 //!
 //! Owns: [`Width`], pure. Several batches in flight pay only where the link's round trip is what the drain
 //! waits for; where the local database is the slower side (loopback, a LAN) they only add the turn-taking's
-//! cost (measured: 0.8 × one batch in flight on loopback). So the drain starts at the maximum and watches each
-//! step:
+//! cost and a remote connection each (measured on loopback: 0.8 × one batch in flight, and a `once` at 8 in
+//! flight spends its first 25 ms opening connections). So the drain starts at one and watches each step:
 //! when it waited for the oldest batch in flight clearly longer than its own local work took, the width
-//! doubles (up to the maximum); when it hardly waited for several steps in a row, the width halves (down to
-//! one, where the plain statement is used and the chain is not touched). Does not own: sending or waiting
-//! (drain.rs, uplink.rs).
+//! doubles (up to the maximum: a 50 ms link reaches 8 in three steps); when it hardly waited for several steps
+//! in a row, the width halves (down to one, where the plain statement is used and the chain is not touched).
+//! A box whose central answers fast never opens more than one upload connection. Does not own: sending or
+//! waiting (drain.rs, uplink.rs).
 
 use std::time::Duration;
 
 /// Waiting this much longer than the local work took means the link is the limit: more in flight helps.
 const GROW_MARGIN: Duration = Duration::from_millis(1);
-/// Steps in a row with hardly any wait before the width halves.
+/// A wait this short is hardly any (loopback: the remote statement of a batch of 100 takes about 0.3 ms),
+/// whatever the local work took.
+const HARDLY: Duration = Duration::from_micros(500);
+/// Steps in a row with hardly any wait (under a quarter of the local work, or under [`HARDLY`]) before the
+/// width halves.
 const SHRINK_AFTER: u32 = 8;
 
 /// The drain's current number of batches in flight.
@@ -25,12 +30,11 @@ pub(crate) struct Width {
 }
 
 impl Width {
-    /// Starts at the maximum (a fast link brings it down to one within a few dozen batches).
+    /// Starts at one (a slow link brings it up to the maximum within a few batches).
     pub fn new(max: usize) -> Width {
-        let max = max.max(1);
         Width {
-            max,
-            now: max,
+            max: max.max(1),
+            now: 1,
             quiet: 0,
         }
     }
@@ -45,7 +49,7 @@ impl Width {
         if waited > local + GROW_MARGIN {
             self.now = (self.now * 2).min(self.max);
             self.quiet = 0;
-        } else if waited * 4 <= local {
+        } else if waited * 4 <= local || waited < HARDLY {
             self.quiet += 1;
             if self.quiet >= SHRINK_AFTER {
                 self.now = (self.now / 2).max(1);
@@ -67,11 +71,11 @@ mod tests {
     #[test]
     fn a_slow_link_grows_the_width_and_a_fast_one_shrinks_it() {
         let mut w = Width::new(8);
-        assert_eq!(w.now(), 8);
+        assert_eq!(w.now(), 1);
         for _ in 0..SHRINK_AFTER * 3 {
             w.observe(MS, Duration::ZERO);
         }
-        assert_eq!(w.now(), 1);
+        assert_eq!(w.now(), 1, "a fast central: one in flight");
         for want in [2, 4, 8, 8] {
             w.observe(MS / 2, 50 * MS);
             assert_eq!(w.now(), want);
@@ -81,9 +85,10 @@ mod tests {
             w.observe(MS, MS);
         }
         assert_eq!(w.now(), 8);
-        // Hardly waiting: halves after SHRINK_AFTER steps in a row, down to one.
+        // Hardly waiting: halves after SHRINK_AFTER steps in a row, down to one; a wait under HARDLY counts
+        // as none even when the local work was as short.
         for _ in 0..SHRINK_AFTER * 3 {
-            w.observe(MS, Duration::ZERO);
+            w.observe(MS / 10, HARDLY / 2);
         }
         assert_eq!(w.now(), 1);
         for _ in 0..SHRINK_AFTER {

@@ -63,6 +63,10 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
         let left = count(&mut env.pair.local.client(), "SELECT count(*) FROM meter_readings")
             + count(&mut env.pair.local.client(), "SELECT count(*) FROM sync_upload_batches");
         let out_of_order = remote_out_of_order(env);
+        let chained = count(&mut env.pair.remote.client(), "SELECT count(*) FROM sync_upload_chain");
+        if r.batches >= 8 && chained == 0 {
+            return TestResult::error(format!("{} batches, none went up chained: {r:?}", r.batches));
+        }
         if remote != good || left != 0 || out_of_order != 0 {
             return TestResult::error(format!(
                 "remote {} readings (want {}), {left} left locally, {out_of_order} out of order; {r:?}",
@@ -76,7 +80,13 @@ fn prop_batches_in_flight_arrive_once_and_in_order(
 
 #[test]
 fn batches_in_flight_arrive_once_and_in_order() {
-    let mut env = Env::new(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")]);
+    // A 2 ms round trip: the drain waits for the remote, so it keeps several batches in flight (on loopback it
+    // stays at one).
+    let mut env = Env::builder()
+        .remote_via_proxy()
+        .vars(&[("UPLOAD_BATCHES_IN_FLIGHT", "4")])
+        .build();
+    env.proxy().set_latency(Duration::from_millis(1));
     env.remote
         .batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT no_poison CHECK (unit <> 'poison')")
         .expect("constraint");
