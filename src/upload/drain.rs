@@ -82,7 +82,7 @@ impl Pipe {
             None if self.width.now() == 1 => Order::Serial,
             None => up.alone(),
         };
-        let sent = up.send(Arc::clone(&batch), order)?;
+        let sent = up.send(Arc::clone(&batch), order, self.width.now())?;
         self.in_flight.push_back((batch, sent));
         Ok(())
     }
@@ -381,7 +381,7 @@ impl UploadSyncManager<'_> {
                 Some(outcome) => outcome,
                 None if batch.is_empty() => return Ok(batch),
                 None => {
-                    let sent = up.send(Arc::clone(&batch), up.alone())?;
+                    let sent = up.send(Arc::clone(&batch), up.alone(), 1)?;
                     up.wait(sent)
                 }
             };

@@ -280,7 +280,7 @@ impl<'a> UploadSyncManager<'a> {
             self.cfg.upload_source_column.as_deref(),
             1,
         );
-        let sent = up.send(Arc::new(batch.clone()), Order::Serial)?;
+        let sent = up.send(Arc::new(batch.clone()), Order::Serial, 1)?;
         up.wait(sent)
     }
 

@@ -93,11 +93,12 @@ impl<'a> Uplink<'a> {
         }
     }
 
-    /// Sends `batch` to be uploaded on the next connection in turn; takes a remote connection (with
-    /// MAX_CONNECTION_RETRIES) if that one has none.
-    pub fn send(&mut self, batch: Arc<ClaimedBatch>, order: Order) -> Result<InFlight> {
+    /// Sends `batch` to be uploaded on the next connection in turn among the first `width` (the drain's width
+    /// now: at one, every batch goes on the same connection, and no other is opened); takes a remote
+    /// connection (with MAX_CONNECTION_RETRIES) if that one has none.
+    pub fn send(&mut self, batch: Arc<ClaimedBatch>, order: Order, width: usize) -> Result<InFlight> {
         let what = format!("uploading batch {} ({} readings)", batch.batch_id, batch.len());
-        let lane = self.turn % self.lanes.len();
+        let lane = self.turn % width.clamp(1, self.lanes.len());
         self.turn = self.turn.wrapping_add(1);
         log::trace!(
             "upload: sending batch {} on connection {lane} ({order:?})",
