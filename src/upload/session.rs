@@ -242,30 +242,14 @@ impl<'a> Session<'a> {
                 &[&limit, &after.timestamp, &after.id, &batch_id],
                 &context,
             )?,
-            Some(v) => self.query(
-                statement,
-                &[
-                    Type::INT8,
-                    Type::TIMESTAMP,
-                    Type::INT8,
-                    Type::TEXT,
-                    Type::TEXT_ARRAY,
-                    Type::INT8,
-                    Type::INT8,
-                    Type::TEXT,
-                ],
-                &[
-                    &limit,
-                    &after.timestamp,
-                    &after.id,
-                    &batch_id,
-                    &v.checks,
-                    &v.window.lower_secs,
-                    &v.window.upper_secs,
-                    &v.window.text,
-                ],
-                &context,
-            )?,
+            Some(v) => {
+                let (types, params) = with_checks(
+                    vec![Type::INT8, Type::TIMESTAMP, Type::INT8, Type::TEXT],
+                    vec![&limit, &after.timestamp, &after.id, &batch_id],
+                    v,
+                );
+                self.query(statement, &types, &params, &context)?
+            }
         };
         let (finished, deleted): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
         if finished != 1 {
@@ -299,62 +283,17 @@ impl<'a> Session<'a> {
         let limit = i64::from(batch_size);
         let context = || format!("claiming (and validating) the next batch of up to {batch_size} readings");
         loop {
-            let rows = match &start {
-                ClaimStart::Above(id) => self.query(
-                    sql::CLAIM_LATE_CHECKED,
-                    &[
-                        Type::INT8,
-                        Type::INT8,
-                        Type::TEXT_ARRAY,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::TEXT,
-                    ],
-                    &[
-                        &limit,
-                        id,
-                        &v.checks,
-                        &v.window.lower_secs,
-                        &v.window.upper_secs,
-                        &v.window.text,
-                    ],
-                    &context,
-                )?,
-                ClaimStart::Start => self.query(
-                    sql::CLAIM_FIRST_CHECKED,
-                    &[Type::INT8, Type::TEXT_ARRAY, Type::INT8, Type::INT8, Type::TEXT],
-                    &[
-                        &limit,
-                        &v.checks,
-                        &v.window.lower_secs,
-                        &v.window.upper_secs,
-                        &v.window.text,
-                    ],
-                    &context,
-                )?,
-                ClaimStart::After(k) => self.query(
+            let (statement, types, params): (_, _, Vec<&(dyn ToSql + Sync)>) = match &start {
+                ClaimStart::Start => (sql::CLAIM_FIRST_CHECKED, vec![Type::INT8], vec![&limit]),
+                ClaimStart::After(k) => (
                     sql::CLAIM_NEXT_CHECKED,
-                    &[
-                        Type::INT8,
-                        Type::TIMESTAMP,
-                        Type::INT8,
-                        Type::TEXT_ARRAY,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::TEXT,
-                    ],
-                    &[
-                        &limit,
-                        &k.timestamp,
-                        &k.id,
-                        &v.checks,
-                        &v.window.lower_secs,
-                        &v.window.upper_secs,
-                        &v.window.text,
-                    ],
-                    &context,
-                )?,
+                    vec![Type::INT8, Type::TIMESTAMP, Type::INT8],
+                    vec![&limit, &k.timestamp, &k.id],
+                ),
+                ClaimStart::Above(id) => (sql::CLAIM_LATE_CHECKED, vec![Type::INT8, Type::INT8], vec![&limit, id]),
             };
+            let (types, params) = with_checks(types, params, v);
+            let rows = self.query(statement, &types, &params, &context)?;
             match self
                 .checked_rows(&rows, 0)
                 .map_err(|e| self.conns.local.err(context(), e))?
@@ -481,4 +420,21 @@ enum Checked {
     Nothing,
     /// Readings were taken, and every one failed a check (quarantined): claim again after this key.
     AllFailed(ClaimCursor),
+}
+
+/// A validated statement's parameters: `types` and `params` of its own, then UPLOAD_VALIDATE's four (the
+/// checks' names, the window's bounds in seconds and its text), which every validated claim takes last.
+fn with_checks<'p>(
+    mut types: Vec<Type>,
+    mut params: Vec<&'p (dyn ToSql + Sync)>,
+    v: &'p Validation,
+) -> (Vec<Type>, Vec<&'p (dyn ToSql + Sync)>) {
+    types.extend([Type::TEXT_ARRAY, Type::INT8, Type::INT8, Type::TEXT]);
+    params.extend([
+        &v.checks as &(dyn ToSql + Sync),
+        &v.window.lower_secs,
+        &v.window.upper_secs,
+        &v.window.text,
+    ]);
+    (types, params)
 }

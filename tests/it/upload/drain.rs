@@ -114,18 +114,8 @@ fn the_claim_and_finish_statements_use_their_indexes() {
     let mut l = env.pair.local.client();
     insert_many(&mut l, 20_000);
     l.batch_execute("ANALYZE meter_readings").expect("analyze");
-    let plan = |l: &mut Client, prepare: String, execute: &str| -> String {
-        l.batch_execute("BEGIN").expect("begin");
-        l.batch_execute(&prepare).expect("prepare");
-        let text: Vec<String> = l
-            .query(&format!("EXPLAIN {execute}"), &[])
-            .expect("explain")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        l.batch_execute("ROLLBACK").expect("rollback");
-        text.join("\n")
-    };
+    let plan =
+        |l: &mut Client, prepare: String, execute: &str| -> String { explain(l, &prepare, "", execute).join("\n") };
     let first = plan(
         &mut l,
         format!("PREPARE c1(int8) AS {}", upload::sql::CLAIM_FIRST),
@@ -195,14 +185,7 @@ fn the_claim_and_finish_statements_use_their_indexes() {
 /// Shared buffers (hit + read) of `statement` as EXPLAIN (ANALYZE, BUFFERS) counts them for its top node, run
 /// in a transaction that is rolled back.
 fn buffers_of(l: &mut Client, statement: &str) -> u64 {
-    l.batch_execute("BEGIN").expect("begin");
-    let plan: Vec<String> = l
-        .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {statement}"), &[])
-        .expect("explain")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    l.batch_execute("ROLLBACK").expect("rollback");
+    let plan = explain(l, "", "(ANALYZE, BUFFERS)", statement);
     let line = plan
         .iter()
         .find(|l| l.trim_start().starts_with("Buffers: shared"))
@@ -238,6 +221,21 @@ fn a_late_claim_does_not_visit_the_rows_a_drain_deleted() {
         5,
         "the late claim takes exactly the readings that arrived since"
     );
+    // The same with UPLOAD_VALIDATE's checks (every reading here passes finite-value).
+    l.batch_execute("BEGIN").expect("begin");
+    l.batch_execute(&format!(
+        "PREPARE lc(int8, int8, text[], int8, int8, text) AS {}",
+        upload::sql::CLAIM_LATE_CHECKED
+    ))
+    .expect("prepare the validated late claim");
+    let checked = l
+        .query(
+            &format!("EXECUTE lc(100, {began}, '{{finite-value}}', -86400, 86400, '1 day')"),
+            &[],
+        )
+        .expect("validated late claim");
+    l.batch_execute("ROLLBACK").expect("rollback");
+    assert_eq!(checked.len(), 5, "the validated late claim takes the same readings");
     let late_buffers = buffers_of(&mut l, &late);
     let first_buffers = buffers_of(&mut l, &upload::sql::CLAIM_FIRST.replace("$1", "100"));
     assert!(

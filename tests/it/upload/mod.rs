@@ -83,6 +83,21 @@ fn numbered(n: usize, md: Option<&str>) -> Vec<Reading> {
         .collect()
 }
 
+/// The lines of `EXPLAIN <options> <statement>`, run after `setup` (e.g. a PREPARE; may be empty) in a
+/// transaction that is rolled back (EXPLAIN ANALYZE runs the statement).
+fn explain(l: &mut Client, setup: &str, options: &str, statement: &str) -> Vec<String> {
+    l.batch_execute("BEGIN").expect("begin");
+    l.batch_execute(setup).expect("setup");
+    let lines = l
+        .query(&format!("EXPLAIN {options} {statement}"), &[])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    l.batch_execute("ROLLBACK").expect("rollback");
+    lines
+}
+
 /// Local ids in claim order.
 fn local_ids_in_order(c: &mut Client) -> Vec<i64> {
     c.query("SELECT id::int8 FROM meter_readings ORDER BY timestamp, id", &[])

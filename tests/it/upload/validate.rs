@@ -647,18 +647,8 @@ fn the_validated_claims_use_the_indexes() {
     add_meters(&mut l);
     l.batch_execute("ANALYZE meter_readings; ANALYZE meters; SET plan_cache_mode = force_generic_plan")
         .expect("analyze");
-    let plan = |l: &mut Client, prepare: String, execute: &str| -> String {
-        l.batch_execute("BEGIN").expect("begin");
-        l.batch_execute(&prepare).expect("prepare");
-        let text: Vec<String> = l
-            .query(&format!("EXPLAIN {execute}"), &[])
-            .expect("explain")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        l.batch_execute("ROLLBACK").expect("rollback");
-        text.join("\n")
-    };
+    let plan =
+        |l: &mut Client, prepare: String, execute: &str| -> String { explain(l, &prepare, "", execute).join("\n") };
     let checks = format!("'{{{ALL_CHECKS}}}'");
     for (prepare, execute) in [
         (
