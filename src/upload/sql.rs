@@ -55,8 +55,8 @@ pub const CLAIM_MAX_BYTES: usize = 1024 * 1024;
 
 /// CTEs `c` (the next `$1` queued readings in claim order, cut where their row data passes
 /// [`CLAIM_MAX_BYTES`] but at least one: `first` from the start of the queue, `next` after the key ($2, $3),
-/// keyset paging over `idx_meter_readings_claim`, `late` from the start but only ids above $2; the running sum streams, so the scan stops at `$1` rows and
-/// reads no value to size it) and `b` (their batch row, with a random id and the reading ids in claim order).
+/// keyset paging over `idx_meter_readings_claim`, `late` from the start but only ids above $2; the running
+/// sum streams, so the scan stops at `$1` rows and reads no value to size it) and `b` (their batch row, with a random id and the reading ids in claim order).
 /// With `checked` (UPLOAD_VALIDATE), the readings taken are `k` and [`validate_ctes!`] makes `c` of those that
 /// pass, with the check parameters `$c`..`$w`.
 macro_rules! claim_ctes {
@@ -271,7 +271,7 @@ macro_rules! ledger_then_readings {
     };
 }
 
-/// A whole claim statement (`first` or `next`, as [`claim_ctes!`]): the batch id and the readings.
+/// A whole claim statement (`first`, `next` or `late`, as [`claim_ctes!`]): the batch id and the readings.
 macro_rules! claim {
     ($which:ident) => {
         concat!(
@@ -294,13 +294,13 @@ pub const CLAIM_NEXT: &str = claim!(next);
 /// Local. A claim from the start of the queue of only the readings with an id above $2 (the largest id when
 /// the drain's pass began): those that arrived behind its cursor. The drained readings' index entries, dead
 /// until vacuum, fail the id condition inside the index, so this claim does not visit their rows (a claim
-/// from the start would, one by one: 0.45 s per 200,000 drained readings, BENCHMARKS.md).
+/// from the start would, one by one: BENCHMARKS.md, run 5 of the field-shaped drain).
 pub const CLAIM_LATE: &str = claim!(late);
 
 /// Local. The largest reading id, queued or not (NULL for an empty table): where a drain's pass begins.
 pub const MAX_READING_ID: &str = "SELECT max(id)::int8 FROM meter_readings";
 
-/// A whole validated claim statement (UPLOAD_VALIDATE; `first` or `next`, the check parameters as
+/// A whole validated claim statement (UPLOAD_VALIDATE; `first`, `next` or `late`, the check parameters as
 /// [`validate_ctes!`]): the readings that fail a check are quarantined, the others claimed. Always one row
 /// at least: [`validated_columns!`], then the batch id and the readings as text (NULLs when none passed).
 macro_rules! claim_checked {
