@@ -72,6 +72,14 @@ impl Pipe {
         }
     }
 
+    /// After a claim that asked for `limit` readings: the next claim's size and key follow from what it took.
+    fn took(&mut self, limit: u32, claimed: Option<ClaimedBatch>) -> Option<ClaimedBatch> {
+        let (n, bytes) = claimed.as_ref().map_or((0, 0), |b| (b.len(), b.row_bytes));
+        self.sizer.claimed(limit, n, bytes);
+        self.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
+        claimed
+    }
+
     /// Sends `batch` after the batches in flight (chained to the newest of them when several may overlap).
     /// Alone at a width of one it goes as the plain statement: nothing is sent after it until it is back
     /// (the width changes only then), so nothing is ever chained to it.
@@ -279,14 +287,8 @@ impl UploadSyncManager<'_> {
             }
             None => s.claim(limit, Some(&after))?,
         };
-        pipe.sizer.claimed(
-            limit,
-            claimed.as_ref().map_or(0, ClaimedBatch::len),
-            claimed.as_ref().map_or(0, |b| b.row_bytes),
-        );
         // At the end of the queue the cursor stays cleared: the next claim starts from the beginning.
-        pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
-        Ok(claimed)
+        Ok(pipe.took(limit, claimed))
     }
 
     /// The next batch when nothing is in flight: after the cursor, else from the start of the queue (readings
@@ -306,13 +308,7 @@ impl UploadSyncManager<'_> {
                 s.claim(limit, None)?
             }
         };
-        pipe.sizer.claimed(
-            limit,
-            claimed.as_ref().map_or(0, ClaimedBatch::len),
-            claimed.as_ref().map_or(0, |b| b.row_bytes),
-        );
-        pipe.cursor = claimed.as_ref().and_then(ClaimedBatch::cursor);
-        Ok(claimed)
+        Ok(pipe.took(limit, claimed))
     }
 
     /// FINISH of the batch uploaded last, if it is still pending.
