@@ -47,7 +47,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{mb, thousands, CpuSplit, Finished, Report, Servers, Verdict};
+use common::{mb, thousands, CpuSplit, Finished, Report, Servers, Verdict, DIGEST, SEED};
 use postgres::types::ToSql;
 use postgres::Client;
 use sync_process::upload::wire::{Timestamp, Wire};
@@ -198,22 +198,6 @@ impl Run {
         }
     }
 }
-
-/// The digest of a readings table: md5 over every column as text, in (meter_id, timestamp, value) order (unit
-/// and metadata as tie-breakers). Sessions keep the server's DateStyle (ISO) on both sides.
-const DIGEST: &str = "SELECT count(*), md5(coalesce(string_agg(
-    meter_id || '|' || timestamp::text || '|' || value::text || '|' || unit || '|' || coalesce(metadata::text, '<null>'),
-    E'\\n' ORDER BY meter_id, timestamp, value, unit, metadata::text), '')) FROM meter_readings";
-
-/// The readings: ~20 meters, increasing timestamps with microseconds, NUMERIC with 2-4 decimals (scale kept as
-/// text), two units, small JSONB metadata on every other reading. `$1` rows, deterministic.
-const SEED: &str = "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-SELECT 'meter-' || lpad((g % 20)::text, 2, '0'),
-       timestamp '2024-01-01 00:00:00' + g * interval '1 second' + ((g * 7919) % 1000000) * interval '1 microsecond',
-       round(((g * 104729) % 100000000)::numeric / 1000, 2 + (g % 3)::int),
-       CASE WHEN g % 20 < 15 THEN 'kWh' ELSE 'm3' END,
-       CASE WHEN g % 2 = 0 THEN jsonb_build_object('quality', 'good', 'source', 'modbus', 'seq', g) END
-FROM generate_series(1::bigint, $1::bigint) AS g";
 
 impl Bench<'_> {
     // ----- Set-up and checks. -----
@@ -760,19 +744,8 @@ impl Bench<'_> {
         let target = SocketAddr::from(([127, 0, 0, 1], self.servers.remote.port()));
         let proxy = proxy::FaultProxy::start(target);
         proxy.set_latency(ONE_WAY);
-        // One round trip through the proxy, as a client sees it: the median of 21 `SELECT 1`.
-        let rtt = {
-            let mut c = common::connect(proxy.port());
-            let mut times: Vec<f64> = (0..21)
-                .map(|_| {
-                    let t = Instant::now();
-                    c.simple_query("SELECT 1").expect("SELECT 1 through the proxy");
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(|a, b| a.total_cmp(b));
-            Duration::from_secs_f64(times[times.len() / 2])
-        };
+        // One round trip through the proxy, as a client sees it.
+        let rtt = common::round_trip(proxy.port(), 21);
         println!("  round trip through the proxy: {:.1} ms", rtt.as_secs_f64() * 1e3);
         let seeded = self.seed(LATENCY_ROWS, true);
         let hand = self.hand(&seeded, proxy.port());

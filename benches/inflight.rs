@@ -23,7 +23,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{thousands, Report, Servers, Verdict};
+use common::{thousands, Report, Servers, Verdict, DIGEST, SEED};
 use postgres::Client;
 
 /// Readings per drain on loopback and through the link.
@@ -32,21 +32,6 @@ const LINK_ROWS: i64 = 20_000;
 /// One-way delay of the proxy: a 50 ms round trip.
 const ONE_WAY: Duration = Duration::from_millis(25);
 const BATCH: u32 = 100;
-
-/// The readings (as benches/drain.rs seeds them): ~20 meters, increasing timestamps with microseconds, NUMERIC
-/// with 2-4 decimals, two units, small JSONB metadata on every other reading. `$1` rows, deterministic.
-const SEED: &str = "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
-SELECT 'meter-' || lpad((g % 20)::text, 2, '0'),
-       timestamp '2024-01-01 00:00:00' + g * interval '1 second' + ((g * 7919) % 1000000) * interval '1 microsecond',
-       round(((g * 104729) % 100000000)::numeric / 1000, 2 + (g % 3)::int),
-       CASE WHEN g % 20 < 15 THEN 'kWh' ELSE 'm3' END,
-       CASE WHEN g % 2 = 0 THEN jsonb_build_object('quality', 'good', 'source', 'modbus', 'seq', g) END
-FROM generate_series(1::bigint, $1::bigint) AS g";
-
-/// Count and multiset digest of a readings table.
-const DIGEST: &str = "SELECT count(*), md5(coalesce(string_agg(
-    meter_id || '|' || timestamp::text || '|' || value::text || '|' || unit || '|' || coalesce(metadata::text, '<null>'),
-    E'\\n' ORDER BY meter_id, timestamp, value, unit, metadata::text), '')) FROM meter_readings";
 
 /// One drain at one width.
 struct Drain {

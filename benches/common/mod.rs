@@ -47,6 +47,22 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// The digest of a readings table: md5 over every column as text, in (meter_id, timestamp, value) order (unit
+/// and metadata as tie-breakers). Sessions keep the server's DateStyle (ISO) on both sides.
+pub const DIGEST: &str = "SELECT count(*), md5(coalesce(string_agg(
+    meter_id || '|' || timestamp::text || '|' || value::text || '|' || unit || '|' || coalesce(metadata::text, '<null>'),
+    E'\\n' ORDER BY meter_id, timestamp, value, unit, metadata::text), '')) FROM meter_readings";
+
+/// The readings of the uniform sections (benches/drain.rs, benches/inflight.rs): ~20 meters, increasing timestamps with microseconds, NUMERIC with 2-4 decimals (scale kept as
+/// text), two units, small JSONB metadata on every other reading. `$1` rows, deterministic.
+pub const SEED: &str = "INSERT INTO meter_readings (meter_id, timestamp, value, unit, metadata)
+SELECT 'meter-' || lpad((g % 20)::text, 2, '0'),
+       timestamp '2024-01-01 00:00:00' + g * interval '1 second' + ((g * 7919) % 1000000) * interval '1 microsecond',
+       round(((g * 104729) % 100000000)::numeric / 1000, 2 + (g % 3)::int),
+       CASE WHEN g % 20 < 15 THEN 'kWh' ELSE 'm3' END,
+       CASE WHEN g % 2 = 0 THEN jsonb_build_object('quality', 'good', 'source', 'modbus', 'seq', g) END
+FROM generate_series(1::bigint, $1::bigint) AS g";
+
 /// BENCH_SHARED_BUFFERS (e.g. `128MB`, what Debian's postgresql-15 package gives an edge box): both servers'
 /// shared_buffers; unset, pgtemp's 32MB.
 pub fn shared_buffers() -> String {
@@ -230,6 +246,20 @@ pub fn connect(port: u16) -> Client {
     pgtemp::client_config(pgtemp::HOST, port, DB)
         .connect(NoTls)
         .unwrap_or_else(|e| panic!("connecting to {}:{port}/{DB}: {e}", pgtemp::HOST))
+}
+
+/// One round trip to the server at `port` as a client sees it: the median of `n` `SELECT 1`.
+pub fn round_trip(port: u16, n: usize) -> Duration {
+    let mut c = connect(port);
+    let mut times: Vec<f64> = (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            c.simple_query("SELECT 1").expect("SELECT 1 through the proxy");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    Duration::from_secs_f64(times[times.len() / 2])
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@
 //! multiset hash of every column's text; remote insertion order for the daemon).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::common::{self, mb, thousands, Report, Servers, Verdict};
 use super::proxy::{FaultProxy, Way};
@@ -106,6 +106,17 @@ impl Contender {
             label: "hand-written 100-row loop".into(),
             how: How::Hand,
         }
+    }
+
+    /// The loopback sections' contenders: the COPY pipe, the hand loop, the daemon at 5000 and at 100 (the
+    /// peak RSS row reads the third).
+    fn loopback() -> [Contender; 4] {
+        [
+            Contender::copy(),
+            Contender::hand(),
+            Contender::daemon(5000, &[]),
+            Contender::daemon(100, &[]),
+        ]
     }
 
     fn daemon(batch_size: u32, vars: &[(&'static str, &str)]) -> Contender {
@@ -242,19 +253,7 @@ impl Bench<'_> {
             thousands(rows as f64)
         );
         let port = self.servers.remote.port();
-        let runs = self.contest(
-            "fleet",
-            &FLEET,
-            rows,
-            port,
-            None,
-            &[
-                Contender::copy(),
-                Contender::hand(),
-                Contender::daemon(5000, &[]),
-                Contender::daemon(100, &[]),
-            ],
-        );
+        let runs = self.contest("fleet", &FLEET, rows, port, None, &Contender::loopback());
         let what = format!("{} fleet-shaped readings, loopback, fsync off", thousands(rows as f64));
         report_contest(self.report, &what, &runs, 0.8);
         if let Some(m) = runs.get(2) {
@@ -328,19 +327,7 @@ impl Bench<'_> {
             report: self.report,
         };
         let port = servers.remote.port();
-        let runs = b.contest(
-            "durable",
-            &FLEET,
-            rows,
-            port,
-            None,
-            &[
-                Contender::copy(),
-                Contender::hand(),
-                Contender::daemon(5000, &[]),
-                Contender::daemon(100, &[]),
-            ],
-        );
+        let runs = b.contest("durable", &FLEET, rows, port, None, &Contender::loopback());
         let what = format!("{} fleet-shaped readings, loopback, fsync on", thousands(rows as f64));
         report_contest(self.report, &what, &runs, 0.7);
         if backlog > 0 {
@@ -371,18 +358,7 @@ impl Bench<'_> {
         let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], self.servers.remote.port())));
         proxy.set_latency(LINK_ONE_WAY);
         proxy.set_bandwidth(Some(LINK_BYTES_PER_SEC));
-        let rtt = {
-            let mut c = common::connect(proxy.port());
-            let mut times: Vec<f64> = (0..11)
-                .map(|_| {
-                    let t = Instant::now();
-                    c.simple_query("SELECT 1").expect("SELECT 1 through the proxy");
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(|a, b| a.total_cmp(b));
-            times[times.len() / 2]
-        };
+        let rtt = common::round_trip(proxy.port(), 11).as_secs_f64();
         println!("  round trip through the proxy: {:.1} ms", rtt * 1e3);
         let mut runs = self.contest(
             "link",
