@@ -35,7 +35,14 @@ impl CitusEnv {
             all.push(("UPLOAD_SOURCE_COLUMN", SITE_COLUMN));
         }
         all.extend_from_slice(vars);
-        let mut env = Env::builder().on(pair).vars(&all).build();
+        // With several batches in flight the central sits behind a 2 ms round trip: the drain then waits for it
+        // and widens (on loopback it would keep one batch in flight, and no chained statement would run).
+        let wide = vars.iter().any(|(k, v)| *k == "UPLOAD_BATCHES_IN_FLIGHT" && *v != "1");
+        let builder = Env::builder().on(pair).vars(&all);
+        let mut env = if wide { builder.remote_via_proxy() } else { builder }.build();
+        if wide {
+            env.proxy().set_latency(Duration::from_millis(1));
+        }
         apply_layout(&mut env.remote, layout);
         CitusEnv {
             env,
@@ -113,8 +120,7 @@ fn killed_mid_drain_then_recovered(layout: Layout, in_flight: &str) {
     let prepared = count(&mut env.remote(), "SELECT count(*) FROM pg_prepared_xacts");
     assert_eq!(prepared, 0, "prepared transactions left on the coordinator");
     if in_flight != "1" {
-        // The drain widens only while it waits for the central; a distributed insert is slow enough here that
-        // batches went up chained (UPLOAD_LEAD / UPLOAD_AFTER ran on Citus), not only the plain statement.
+        // Batches went up chained (UPLOAD_LEAD / UPLOAD_AFTER ran on Citus), not only the plain statement.
         assert!(
             count(&mut env.remote(), "SELECT count(*) FROM sync_upload_chain") > 0,
             "no batch went up chained"
