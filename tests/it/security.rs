@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -23,7 +22,7 @@ use sync_process::shutdown::Shutdown;
 
 use crate::support::daemon::{run_command, Daemon};
 use crate::support::env::{closed_port, once_json};
-use crate::support::pg::{bin_dir, env_map, DbPair, PgServer, ServerOptions, TestDb, HOST, USER};
+use crate::support::pg::{env_map, psql_script, DbPair, PgServer, ServerOptions, TestDb, HOST};
 use crate::support::{openssl, unique_temp_dir};
 
 /// Role of the TLS tests: pg_hba.conf lets it in only over TLS.
@@ -357,30 +356,7 @@ const LEAST_PRIVILEGE_SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/leas
 /// Runs the script with psql against `db` as the superuser, creating `role` with `password`; then makes the
 /// role a member of [`SCRAM_GROUP`] so that pg_hba.conf checks its password.
 fn apply_least_privilege_script(db: &TestDb, role: &str, password: &str) {
-    let out = Command::new(bin_dir().join("psql"))
-        .args(["-X", "-q", "-h", HOST, "-U", USER])
-        .args(["-p", &db.port().to_string(), "-d", db.name()])
-        .args([
-            "-v",
-            &format!("role={role}"),
-            "-v",
-            &format!("password={password}"),
-            "-f",
-            LEAST_PRIVILEGE_SQL,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not run psql: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "psql -f {LEAST_PRIVILEGE_SQL} failed ({}):\n{text}",
-        out.status
-    );
+    let text = psql_script(db, LEAST_PRIVILEGE_SQL, &[("role", role), ("password", password)]);
     assert!(!text.contains(password), "psql printed the password:\n{text}");
     db.client()
         .batch_execute(&format!("GRANT {SCRAM_GROUP} TO {role}"))

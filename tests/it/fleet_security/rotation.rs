@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 use sync_process::status::daemon_get;
 
-use super::sites::{central, psql_script, Site};
+use super::sites::{central, Site};
 use super::*;
 use crate::support::daemon::Daemon;
 use crate::support::env::closed_port;
+use crate::support::pg::psql_script;
 use crate::support::wait_until;
 
 const PER_SITE_SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/per-site-remote-roles.sql");

@@ -3,7 +3,8 @@
 //! the other's source id, runs its whole cycle exactly once, and revoking one role stops only that site.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use postgres::Client;
 use serde_json::Value;
@@ -14,36 +15,10 @@ use sync_process::shutdown::Shutdown;
 
 use super::*;
 use crate::support::env::once_json;
-use crate::support::pg::{bin_dir, env_map_for, TestDb, USER};
+use crate::support::pg::{env_map_for, psql_script, TestDb};
+use crate::support::proxy::FaultProxy;
 
 const PER_SITE_SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/per-site-remote-roles.sql");
-
-/// Runs `script` with psql against `db` as the superuser, with `-v name=value` for each of `vars`; returns
-/// what psql printed. Fails the test when psql fails.
-pub(super) fn psql_script(db: &TestDb, script: &str, vars: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(bin_dir().join("psql"));
-    cmd.args(["-X", "-q", "-h", HOST, "-U", USER])
-        .args(["-p", &db.port().to_string(), "-d", db.name()]);
-    for (k, v) in vars {
-        cmd.args(["-v", &format!("{k}={v}")]);
-    }
-    let out = cmd
-        .args(["-f", script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not run psql: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "psql -f {script} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
 
 /// One site: its own local database, its own central role (password auth) mapped to its source id.
 pub(super) struct Site {
@@ -262,7 +237,12 @@ fn per_site_roles_see_and_delete_only_their_own_rows_and_cannot_forge_another_si
 
     // Several batches in flight use the chain row, under the same policies.
     b.queue(9, 200);
+    // Through a 2 ms round trip: the drain waits for the central, so it keeps several in flight (on loopback
+    // it stays at one).
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], central.port())));
+    proxy.set_latency(Duration::from_millis(1));
     let mut wide = b.env.clone();
+    wide.insert("POSTGRES_CLIENT_PORT".into(), proxy.port().to_string());
     wide.insert("UPLOAD_BATCHES_IN_FLIGHT".into(), "3".into());
     wide.insert("BATCH_SIZE".into(), "2".into());
     let (code, json, stderr) = once_with(&wide);

@@ -276,3 +276,30 @@ pub fn bin_dir() -> &'static Path {
 fn db_config(host: &str, port: u16, db: &str) -> Config {
     pgtemp::client_config(host, port, db)
 }
+
+/// Runs `script` with psql against `db` as the superuser, with `-v name=value` for each of `vars`; returns
+/// what psql printed. Fails the test when psql fails.
+pub fn psql_script(db: &TestDb, script: &str, vars: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(bin_dir().join("psql"));
+    cmd.args(["-X", "-q", "-h", HOST, "-U", USER])
+        .args(["-p", &db.port().to_string(), "-d", db.name()]);
+    for (k, v) in vars {
+        cmd.args(["-v", &format!("{k}={v}")]);
+    }
+    let out = cmd
+        .args(["-f", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run psql: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "psql -f {script} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}

@@ -167,6 +167,19 @@ pub fn insert_readings(c: &mut Client, n: i64, start: &str, step: &str) {
     .unwrap_or_else(|e| panic!("inserting {n} readings from {start}: {e}"));
 }
 
+impl Reading {
+    /// A row of `SELECT` [`COLUMNS`].
+    pub fn from_row(r: &postgres::Row) -> Reading {
+        Reading {
+            meter: r.get(0),
+            ts: r.get(1),
+            value: r.get(2),
+            unit: r.get(3),
+            md: r.get(4),
+        }
+    }
+}
+
 /// `SELECT` [`COLUMNS`] `{from_where}` as a sorted multiset (e.g. `"FROM meter_readings WHERE id = ANY($1)"`).
 pub fn query_readings(c: &mut Client, from_where: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<Reading> {
     let sql = format!("SELECT {COLUMNS} {from_where}");
@@ -174,13 +187,7 @@ pub fn query_readings(c: &mut Client, from_where: &str, params: &[&(dyn ToSql + 
         .query(&sql, params)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
-        .map(|r| Reading {
-            meter: r.get(0),
-            ts: r.get(1),
-            value: r.get(2),
-            unit: r.get(3),
-            md: r.get(4),
-        })
+        .map(Reading::from_row)
         .collect();
     v.sort();
     v

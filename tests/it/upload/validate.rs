@@ -43,13 +43,7 @@ fn remote_in_order(c: &mut Client) -> Vec<Reading> {
     c.query(&format!("SELECT {COLUMNS} FROM meter_readings ORDER BY id"), &[])
         .expect("remote readings")
         .iter()
-        .map(|r| Reading {
-            meter: r.get(0),
-            ts: r.get(1),
-            value: r.get(2),
-            unit: r.get(3),
-            md: r.get(4),
-        })
+        .map(Reading::from_row)
         .collect()
 }
 
